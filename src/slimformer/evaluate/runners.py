@@ -1,0 +1,132 @@
+"""Task metrics: run a model over a task's examples and score it (the scoring is in metrics.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.errors import SlimformerError
+from . import metrics as M
+
+# which model kinds can do which task
+TASK_KINDS_FOR_MODEL = {
+    "stsb": ("embedding",),
+    "classification": ("classification",),
+    "lm": ("causal-lm",),
+    "translation": ("seq2seq-lm",),
+    "summarization": ("seq2seq-lm",),
+}
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    batch_size: int = 32
+    max_length: int = 128
+    ppl_window: int = 1024  # tokens per perplexity window
+    ppl_stride: int = 512  # new tokens scored per window
+    ppl_max_tokens: int | None = 16384  # first N tokens of the text; None = all
+    gen_max_new_tokens: int = 64
+    gen_num_beams: int = 1
+    progress: bool = True
+
+
+def check_task(sm, task_kind: str) -> None:
+    ok = TASK_KINDS_FOR_MODEL.get(task_kind)
+    if ok is None:
+        raise SlimformerError(f"unknown task {task_kind!r}; accepted: {', '.join(TASK_KINDS_FOR_MODEL)}")
+    if sm.kind not in ok:
+        raise SlimformerError(
+            f"task {task_kind!r} needs a model of kind {' or '.join(ok)}, but {sm.source} is a {sm.kind} model"
+        )
+
+
+def _bar(it, opts, desc, total=None):
+    return tqdm(it, desc=desc, total=total, disable=not opts.progress, leave=False)
+
+
+def run_stsb(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
+    s1 = [e[0] for e in task.examples]
+    s2 = [e[1] for e in task.examples]
+    gold = [e[2] for e in task.examples]
+    e1 = sm.embed(s1, opts.batch_size)
+    e2 = sm.embed(s2, opts.batch_size)
+    cos = torch.nn.functional.cosine_similarity(e1, e2).tolist()
+    return {"spearman": M.spearman(cos, gold), "pearson": M.pearson(cos, gold)}, {"n": len(gold)}
+
+
+@torch.inference_mode()
+def run_classification(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
+    preds, gold = [], [e[1] for e in task.examples]
+    texts = [e[0] for e in task.examples]
+    for i in _bar(range(0, len(texts), opts.batch_size), opts, "classify"):
+        enc = sm.tokenize(texts[i : i + opts.batch_size], opts.max_length)
+        preds.extend(sm.model(**enc).logits.argmax(-1).tolist())
+    avg = "binary" if len(set(gold)) <= 2 else "macro"
+    return {"accuracy": M.accuracy(preds, gold), "f1": M.f1(preds, gold, average=avg)}, {"n": len(gold)}
+
+
+def lm_token_ids(sm, task, opts: TaskOptions) -> torch.Tensor:
+    text = "\n".join(task.examples) if len(task.examples) > 1 else task.examples[0]
+    ids = sm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    if opts.ppl_max_tokens:
+        ids = ids[: opts.ppl_max_tokens]
+    return ids
+
+
+@torch.inference_mode()
+def run_lm(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
+    """Strided-window perplexity (transformers' recipe): each window holds `window` tokens, of
+    which the last `stride` (the ones not scored before) are scored with the rest as context."""
+    ids = lm_token_ids(sm, task, opts)
+    window = min(opts.ppl_window, getattr(sm.config, "max_position_embeddings", opts.ppl_window))
+    stride = min(opts.ppl_stride, window)
+    nll, n, prev_end = 0.0, 0, 0
+    starts = list(range(0, len(ids), stride))
+    for begin in _bar(starts, opts, "perplexity"):
+        end = min(begin + window, len(ids))
+        trg_len = end - prev_end
+        x = ids[begin:end].unsqueeze(0)
+        logits = sm.model(input_ids=x, use_cache=False).logits[0, :-1].float()
+        target = x[0, 1:].clone()
+        target[: max(0, target.numel() - trg_len)] = -100
+        loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+        k = int((target != -100).sum())
+        nll, n, prev_end = nll + loss.item(), n + k, end
+        if end == len(ids):
+            break
+    return {"perplexity": M.perplexity_from_nll(nll, n)}, {
+        "ppl_window": window, "ppl_stride": stride, "ppl_tokens": int(len(ids)), "ppl_scored": n}
+
+
+@torch.inference_mode()
+def generate(sm, sources: list[str], opts: TaskOptions, desc: str) -> list[str]:
+    out = []
+    for i in _bar(range(0, len(sources), opts.batch_size), opts, desc):
+        enc = sm.tokenize(sources[i : i + opts.batch_size], opts.max_length)
+        gen = sm.model.generate(**enc, max_new_tokens=opts.gen_max_new_tokens, num_beams=opts.gen_num_beams,
+                                do_sample=False)
+        out.extend(sm.tokenizer.batch_decode(gen, skip_special_tokens=True))
+    return [o.strip() for o in out]
+
+
+def run_translation(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
+    hyps = generate(sm, [e[0] for e in task.examples], opts, "translate")
+    refs = [e[1] for e in task.examples]
+    return {"bleu": M.bleu(hyps, refs), "chrf": M.chrf(hyps, refs)}, {
+        "n": len(refs), "num_beams": opts.gen_num_beams, "max_new_tokens": opts.gen_max_new_tokens}
+
+
+def run_summarization(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
+    hyps = generate(sm, [e[0] for e in task.examples], opts, "summarize")
+    refs = [e[1] for e in task.examples]
+    return M.rouge(hyps, refs), {"n": len(refs), "num_beams": opts.gen_num_beams}
+
+
+RUNNERS = {
+    "stsb": run_stsb,
+    "classification": run_classification,
+    "lm": run_lm,
+    "translation": run_translation,
+    "summarization": run_summarization,
+}

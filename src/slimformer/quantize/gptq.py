@@ -1,0 +1,170 @@
+"""GPTQ on tensors (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers"), following the reference implementation in
+IST-DASLab/gptq and AutoGPTQ:
+
+* H = 2/n sum x x^T over calibration rows (HessianAccumulator, running average, float32);
+* dead inputs (diag(H) == 0): diag set to 1 and the weight columns zeroed;
+* damping: H += percdamp * mean(diag(H)) * I (retried x10 if Cholesky fails);
+* upper Cholesky factor of H^-1 (computed in float64), lazy batch updates of `block_size` columns;
+* act_order: columns processed by descending diag(H), codes un-permuted at the end.
+
+Groups: without act_order, the params of each group are computed on the fly at its first
+column, from the group's *current* (error-compensated) weights - like AutoGPTQ, but including
+the pending in-block updates. With act_order and groups we use AutoGPTQ's "static groups":
+params of each contiguous group of original columns are computed before quantization. Both
+keep contiguous groups in the original column order, so the result is stored exactly in
+qmath.quantize_groupwise's format (uint8 codes, scales/zeros (out, in // group_size)) and
+`dequantize_groupwise(q, scales, zeros)` reproduces the weight GPTQ committed to bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .qmath import dequantize_groupwise, group_qparams, quantize_codes, resolve_group_size
+
+
+class HessianAccumulator:
+    """Accumulates H = 2/n * sum_i x_i x_i^T (in, in) in float32 over calibration rows.
+
+    Every row of x (..., in_features) counts as one sample (tokens, not sequences)."""
+
+    def __init__(self, in_features: int):
+        self.in_features = in_features
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.n_samples = 0
+
+    def add(self, x: Tensor) -> None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs with last dim {self.in_features}, got shape {tuple(x.shape)}")
+        x = x.detach().reshape(-1, self.in_features).float()  # (n, in)
+        n = x.shape[0]
+        if n == 0:
+            return
+        if self.H.device != x.device:
+            self.H = self.H.to(x.device)
+        self.H *= self.n_samples / (self.n_samples + n)  # running average
+        self.n_samples += n
+        x = x * math.sqrt(2.0 / self.n_samples)
+        self.H.addmm_(x.T, x)
+
+
+@dataclass
+class GPTQResult:
+    q: Tensor  # (out, in) uint8 codes in [0, 2^bits - 1], original column order
+    scales: Tensor  # (out, n_groups) float32
+    zeros: Tensor  # (out, n_groups) uint8
+    g_idx: Tensor  # (in,) int64 column -> group (always j // group_size: groups are contiguous)
+    perm: Tensor | None  # (in,) int64 act_order processing order (informative), None without
+    weight: Tensor  # (out, in) float32: the quantized weight GPTQ committed to
+    error: float  # GPTQ's proxy loss: sum (w - q)^2 / (2 [H^-1]_jj^2)
+
+    def dequantize(self) -> Tensor:
+        return dequantize_groupwise(self.q, self.scales, self.zeros, self.g_idx)
+
+
+def _inverse_hessian_cholesky(H: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1, in float64, retried with
+    10x damping (up to 5 times) if H is not positive definite."""
+    H = H.double()
+    mean_diag = torch.diag(H).mean()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for attempt in range(6):
+        L, info = torch.linalg.cholesky_ex(H + (damp * 10**attempt) * mean_diag * eye)
+        if info == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info == 0:
+                return U
+    raise ValueError(f"GPTQ: Hessian is not positive definite even with damp={damp * 1e5:g}; check calibration data")
+
+
+def gptq_quantize(
+    weight: Tensor,
+    H: Tensor,
+    bits: int = 4,
+    group_size: int | None = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+    block_size: int = 128,
+    symmetric: bool = False,
+) -> GPTQResult:
+    """GPTQ-quantize weight (out, in) given the input Hessian H (in, in). group_size None/-1
+    means one group per row; otherwise it must divide in."""
+    if weight.dim() != 2 or H.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(f"GPTQ needs weight (out, in) and H (in, in); got {tuple(weight.shape)} and {tuple(H.shape)}")
+    if not torch.isfinite(H).all():
+        raise ValueError("GPTQ: the Hessian contains NaN/inf; check calibration activations")
+    if damp <= 0 or block_size <= 0:
+        raise ValueError(f"GPTQ needs damp > 0 and block_size > 0, got damp={damp}, block_size={block_size}")
+    out_f, n_cols = weight.shape
+    gs = resolve_group_size(n_cols, group_size)
+    maxq = 2**bits - 1
+    device = weight.device
+
+    W = weight.detach().clone().float()  # (out, in)
+    H = H.detach().clone().to(device=device, dtype=torch.float64)  # (in, in)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    n_groups = n_cols // gs
+    scales = torch.zeros(out_f, n_groups, dtype=torch.float32, device=device)
+    zeros = torch.zeros(out_f, n_groups, dtype=torch.float32, device=device)
+    static = act_order or gs == n_cols  # group params fixed before quantization
+    if static:
+        for g in range(n_groups):
+            scales[:, g], zeros[:, g] = group_qparams(W[:, g * gs : (g + 1) * gs], bits, symmetric)
+
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    col_group = (perm if perm is not None else torch.arange(n_cols, device=device)) // gs  # (in,)
+
+    Hinv = _inverse_hessian_cholesky(H, damp).float()  # (in, in) upper
+    Q = torch.zeros_like(W)  # (out, in) quantized weight, processing order
+    codes = torch.zeros_like(W)  # (out, in) codes, processing order
+    losses = torch.zeros_like(W)
+
+    for i1 in range(0, n_cols, block_size):
+        i2 = min(i1 + block_size, n_cols)
+        W1 = W[:, i1:i2].clone()  # (out, B) block, updated column by column
+        Err1 = torch.zeros_like(W1)  # (out, B) scaled errors
+        Hinv1 = Hinv[i1:i2, i1:i2]  # (B, B)
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = int(col_group[col])
+            if not static and col % gs == 0:  # first column of a group: params on current weights
+                end = min(col + gs, n_cols)
+                seg = W1[:, i : end - i1]
+                if end > i2:  # group spills past the block: add its pending in-block updates
+                    rest = W[:, i2:end] - Err1 @ Hinv[i1:i2, i2:end]
+                    seg = torch.cat([seg, rest], 1)
+                scales[:, g], zeros[:, g] = group_qparams(seg, bits, symmetric)
+            w, d = W1[:, i], Hinv1[i, i]  # (out,), scalar
+            c = quantize_codes(w, scales[:, g], zeros[:, g], maxq)  # (out,)
+            q = (c - zeros[:, g]) * scales[:, g]  # same arithmetic as dequantize_groupwise
+            codes[:, col], Q[:, col] = c, q
+            losses[:, col] = (w - q) ** 2 / d**2 / 2
+            err = (w - q) / d  # (out,)
+            W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the remaining columns
+
+    if perm is not None:
+        inv = torch.argsort(perm)
+        codes, Q = codes[:, inv], Q[:, inv]
+    g_idx = torch.arange(n_cols, device=device) // gs
+    return GPTQResult(
+        q=codes.to(torch.uint8),
+        scales=scales,
+        zeros=zeros.to(torch.uint8),
+        g_idx=g_idx,
+        perm=perm,
+        weight=Q,
+        error=float(losses.sum()),
+    )

@@ -1,0 +1,58 @@
+"""CompressionResult and StepRecord: what a compress run did and what it cost, as plain data."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from ..evaluate.result import EvalResult
+
+
+@dataclass
+class StepRecord:
+    method: str
+    config: dict
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class CompressionResult:
+    recipe: dict
+    steps: list[StepRecord]
+    baseline: EvalResult
+    compressed: EvalResult
+    recovery: dict = field(default_factory=dict)
+    model: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "recipe": self.recipe,
+            "steps": [asdict(s) for s in self.steps],
+            "baseline": self.baseline.to_dict(),
+            "compressed": self.compressed.to_dict(),
+            "recovery": self.recovery,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompressionResult":
+        return cls(
+            recipe=d["recipe"],
+            steps=[StepRecord(**s) for s in d["steps"]],
+            baseline=EvalResult.from_dict(d["baseline"]),
+            compressed=EvalResult.from_dict(d["compressed"]),
+            recovery=dict(d.get("recovery", {})),
+            model=d.get("model", ""),
+        )
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CompressionResult":
+        return cls.from_dict(json.loads(text))

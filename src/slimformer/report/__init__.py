@@ -1,0 +1,3 @@
+from .markdown import render_markdown
+
+__all__ = ["render_markdown"]
