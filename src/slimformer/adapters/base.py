@@ -27,11 +27,20 @@ class AttentionBlock:
     kind: str = "self"  # "self" | "cross"
     qkv: nn.Module | None = None
     fused_qkv_split: tuple[int, int, int] | None = None
+    # Relative-position bias table (buckets, heads) feeding this attention's scores, if any.
+    # T5 (owned by block 0 of the stack) and MPNet (owned by the encoder) share one table across
+    # all layers, so heads can only be removed there the same way in every layer of the stack.
+    rel_bias: nn.Module | None = None
 
 
 @dataclass
 class FFNBlock:
-    """The feed-forward block of one layer: down(act(up(x)) [* gate(x)])."""
+    """The feed-forward block of one layer.
+
+    Plain FFN: down(act(up(x))). Gated FFN (Llama, T5 v1.1): down(act(gate(x)) * up(x)); `gate`
+    is the branch that goes through the activation. up/gate: (hidden -> intermediate),
+    down: (intermediate -> hidden). `module` is None where the FFN is not one module (BERT).
+    """
 
     module: nn.Module | None
     up: nn.Module
@@ -42,6 +51,21 @@ class FFNBlock:
 
 @dataclass
 class LayerInfo:
+    """One Transformer layer. `index` is the position inside its stack's ModuleList.
+
+    `norms` holds the LayerNorm / RMSNorm modules of the layer, by key:
+      "attn"  pre-LN: the norm whose output is the self-attention input (Llama `input_layernorm`).
+              post-LN: the norm applied to (attention output + residual) (BERT
+              `attention.output.LayerNorm`); its output feeds the FFN and the residual.
+      "ffn"   pre-LN: the norm whose output is the FFN input (Llama `post_attention_layernorm`).
+              post-LN: the norm applied to (FFN output + residual).
+      "cross" the same for cross-attention (encoder-decoder decoder layers).
+      "attn_out", "ffn_out"  extra norms on block outputs before the residual (Gemma 3).
+    Folding a per-channel scale into a norm (SmoothQuant) is only output-preserving for pre-LN
+    ("attn"/"ffn"/"cross" keys with `Adapter.norm_position == "pre"`): in post-LN the norm output
+    is also the residual stream.
+    """
+
     index: int
     stack: str  # "encoder" | "decoder"
     module: nn.Module
@@ -59,6 +83,8 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     # "post" (BERT: LayerNorm after the residual) or "pre" (Llama/GPT-2: norm before the block)
     norm_position: ClassVar[str] = "pre"
+    # RMSNorm multiplies by (norm_weight_offset + weight): 0 for most, 1 for Gemma.
+    norm_weight_offset: ClassVar[float] = 0.0
 
     def base(self, model: nn.Module) -> nn.Module:
         """The bare transformer inside a task head wrapper (BertModel inside BertForX, ...)."""
@@ -76,8 +102,73 @@ class Adapter:
         raise NotImplementedError
 
     def lm_head(self, model: nn.Module) -> nn.Module | None:
-        return None
+        """The vocabulary projection of an LM task model; None for bare / classification models."""
+        get = getattr(unwrap(model), "get_output_embeddings", None)
+        return get() if get is not None else None
+
+    def layer_sizes(self, model: nn.Module) -> list[dict]:
+        """Real per-layer sizes read from the modules, in `layers()` order:
+        {"stack", "heads", "kv_heads", "head_dim", "intermediate"[, "cross_heads"]}."""
+        sizes = []
+        for li in self.layers(model):
+            a = li.attention
+            s = {"stack": li.stack, "heads": a.num_heads, "kv_heads": a.num_kv_heads,
+                 "head_dim": a.head_dim, "intermediate": li.ffn.intermediate_size}
+            if li.cross_attention is not None:
+                s["cross_heads"] = li.cross_attention.num_heads
+            sizes.append(s)
+        return sizes
 
     def fix_config(self, model: nn.Module) -> None:
         """After surgery: write the real sizes (heads, kv heads, FFN size, layer count) to config."""
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the adapters
+
+
+def unwrap(model):
+    """The Hugging Face model: `model` itself, or `model.model` for a wrapper without a config."""
+    if getattr(model, "config", None) is None and getattr(model, "model", None) is not None:
+        return model.model
+    return model
+
+
+def in_features(m: nn.Module) -> int:
+    """Input size of a Linear-like module (nn.Linear, transformers Conv1D, quantized linears)."""
+    if hasattr(m, "in_features"):
+        return m.in_features
+    if hasattr(m, "nx"):  # Conv1D: weight (in, out)
+        return m.weight.shape[0]
+    return m.weight.shape[1]
+
+
+def out_features(m: nn.Module) -> int:
+    """Output size of a Linear-like module (nn.Linear, transformers Conv1D, quantized linears)."""
+    if hasattr(m, "out_features"):
+        return m.out_features
+    if hasattr(m, "nf"):  # Conv1D: weight (in, out)
+        return m.weight.shape[1]
+    return m.weight.shape[0]
+
+
+def reindex_layers(layers: nn.ModuleList) -> None:
+    """After layer removal: renumber every `layer_idx` inside the stack so KV caches line up."""
+    for i, layer in enumerate(layers):
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = i
+
+
+def is_uniform(sizes: list[dict], keys=("heads", "kv_heads", "head_dim", "intermediate")) -> bool:
+    """True when every layer in `sizes` has the same value for each key."""
+    return all(len({s[k] for s in sizes if k in s}) <= 1 for k in keys)
+
+
+def write_layer_sizes(config, sizes: list[dict], needed: bool) -> None:
+    """Set `config.slimformer_layer_sizes` to the per-layer sizes, or drop it when not needed."""
+    if needed:
+        config.slimformer_layer_sizes = [dict(s) for s in sizes]
+    elif hasattr(config, "slimformer_layer_sizes"):
+        del config.slimformer_layer_sizes

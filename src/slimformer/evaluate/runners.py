@@ -62,7 +62,7 @@ def run_classification(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
     for i in _bar(range(0, len(texts), opts.batch_size), opts, "classify"):
         enc = sm.tokenize(texts[i : i + opts.batch_size], opts.max_length)
         preds.extend(sm.model(**enc).logits.argmax(-1).tolist())
-    avg = "binary" if len(set(gold)) <= 2 else "macro"
+    avg = "binary" if set(gold) | set(preds) <= {0, 1} else "macro"
     return {"accuracy": M.accuracy(preds, gold), "f1": M.f1(preds, gold, average=avg)}, {"n": len(gold)}
 
 

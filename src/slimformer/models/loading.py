@@ -1,6 +1,7 @@
 """Load a model with its tokenizer and purpose from a folder, a hub id, a .gguf file or the default."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -24,7 +25,29 @@ def default_model_path() -> Path:
 
 
 def load(source: str | os.PathLike | None = None, kind: str | None = None) -> SlimModel:
-    """Load a Transformer with its tokenizer and what it is for.
+    with quiet_transformers():
+        return _load(source, kind)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' per-tensor progress bars and load reports (slimformer shows its own)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _load(source, kind: str | None) -> SlimModel:
+    """Load a Transformer with its tokenizer and what it is for (see `_load`).
 
     source: None (the default model all-MiniLM-L6-v2), an HF model folder (also one written by
     `slimformer.save`), a `.gguf` file (dequantized to float32), or a hub id such as
@@ -116,7 +139,7 @@ def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
             model = _load_restored(cls, config, folder, restore)
         else:
             model = cls.from_pretrained(folder, dtype=torch.float32)
-        tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+        tokenizer = _load_tokenizer(folder)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{label}: could not load the model ({e})") from None
     model.eval()
@@ -124,6 +147,19 @@ def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
     if kind == "embedding" and pooling is None:
         pooling = Pooling()
     return SlimModel(model, tokenizer, kind, pooling, source=label, meta=meta)
+
+
+def _load_tokenizer(folder: Path):
+    """AutoTokenizer, except that a generic fast tokenizer (tokenizer_class TokenizersBackend or
+    PreTrainedTokenizerFast) is reloaded as exactly that, not as the model type's own class,
+    which would replace its pre-tokenizer."""
+    import transformers as tf
+
+    tc = folder / "tokenizer_config.json"
+    cls = json.loads(tc.read_text()).get("tokenizer_class") if tc.exists() else None
+    if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return tf.PreTrainedTokenizerFast.from_pretrained(folder)
+    return tf.AutoTokenizer.from_pretrained(folder)
 
 
 def _load_restored(cls, config, folder: Path, restore: dict):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import SlimformerError
 from .._version import __version__
-from .loading import META_FILE
+from .loading import META_FILE, quiet_transformers
 from .wrapper import SlimModel
 
 
@@ -32,7 +32,8 @@ def save(sm: SlimModel, out_dir, extra_files: dict[str, str] | None = None) -> P
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write(sm, tmp)
+        with quiet_transformers():
+            _write(sm, tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text)

@@ -7,7 +7,8 @@ axis=None is per-tensor (0-dim scale/zp); axis=k is per-channel along dim k ((C,
 scale is float32, zero_point int32 (0 when symmetric); conventions as in qmath.
 
 Built in: "minmax", "percentile" (opt `percentile`, default 99.99), "mse" (opts `grid`=100,
-`min_ratio`=0.2: clipping ratios in [min_ratio, 1] minimising the quantization MSE).
+`min_ratio`=0.01: `grid` geometrically spaced clipping ratios in [min_ratio, 1]; the one with
+the lowest quantization MSE wins, per channel).
 
 `RunningObserver` is the streaming form for calibration over many batches: "minmax" keeps
 running min/max (exact); any other observer keeps a uniform reservoir sample of at most
@@ -16,6 +17,7 @@ the one-shot observer on it in `compute()`. Up to `max_samples` values it is exa
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -85,18 +87,19 @@ def mse_observer(
     symmetric: bool = True,
     axis: int | None = None,
     grid: int = 100,
-    min_ratio: float = 0.2,
+    min_ratio: float = 0.01,
     **opts,
 ):
-    """Shrink the min/max range by ratios in [min_ratio, 1] (`grid` steps) and keep, per
-    channel, the one with the lowest mean squared quantization error."""
+    """Shrink the min/max range by `grid` ratios from 1 down to min_ratio (geometric steps, so
+    heavy tails that want a small ratio get a fine search too) and keep, per channel, the one
+    with the lowest mean squared quantization error."""
     if not 0.0 < min_ratio <= 1.0 or grid < 1:
         raise ValueError(f"mse observer needs 0 < min_ratio <= 1 and grid >= 1, got {min_ratio}, {grid}")
     xc = _channels(x, axis)  # (C, N)
     xmin, xmax = xc.amin(1), xc.amax(1)  # (C,)
     best_err = torch.full_like(xmin, float("inf"))
     best_scale, best_zp = qparams_from_minmax(xmin, xmax, bits, symmetric)
-    for ratio in torch.linspace(1.0, min_ratio, grid).tolist():
+    for ratio in torch.logspace(0.0, math.log10(min_ratio), grid).tolist():
         scale, zp = qparams_from_minmax(xmin * ratio, xmax * ratio, bits, symmetric)
         xq = dequantize(quantize(xc, scale, zp, bits, symmetric, axis=0), scale, zp, axis=0)
         err = (xq - xc).pow(2).mean(1)  # (C,)

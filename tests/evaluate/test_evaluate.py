@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from slimformer import EvalOptions, EvalResult, TimingOptions, evaluate
+from slimformer.core.errors import SlimformerError
+from slimformer.data import Task
+from slimformer.evaluate import TaskOptions, recovery
+from slimformer.testing import tiny_slim
+
+FAST = EvalOptions(timing=TimingOptions(seq_len=16, batch_size=4, warmup=1, repeats=3, throughput_repeats=2),
+                   task=TaskOptions(progress=False, ppl_window=16, ppl_stride=8, gen_max_new_tokens=4))
+
+STS = Task("stsb", [("the cat sits", "a cat sits", 4.5), ("the dog runs", "the sky is blue", 0.5),
+                    ("a man reads a book", "a man reads", 3.0), ("red car", "the sun", 0.0)], "mem")
+
+
+def test_eval_result_shape_and_json_round_trip():
+    r = evaluate(tiny_slim(), STS, None, FAST)
+    d = r.to_dict()
+    assert set(d) == {"metrics", "efficiency", "fidelity", "env"}
+    assert -100 <= d["metrics"]["spearman"] <= 100
+    for k in ("params", "bytes", "latency_ms_p50", "latency_ms_p95", "throughput", "peak_memory_mb"):
+        assert d["efficiency"][k] > 0, k
+    assert d["efficiency"]["latency_ms_p95"] >= d["efficiency"]["latency_ms_p50"]
+    assert d["env"]["timing"]["seq_len"] == 16 and d["env"]["timing"]["latency_batch"] == 1
+    assert EvalResult.from_json(r.to_json()) == r
+    assert all(k == k.lower() for k in d["metrics"]) and all(k == k.lower() for k in d["efficiency"])
+
+
+def test_bytes_are_saved_size():
+    sm = tiny_slim()
+    r = evaluate(sm, None, None, FAST)
+    nbytes = sum(p.numel() * 4 for p in sm.model.state_dict().values())
+    assert nbytes <= r.efficiency["bytes"] < nbytes + 64 * 1024  # safetensors header only
+    assert r.efficiency["params"] == sum(p.numel() for p in sm.model.parameters())
+
+
+def test_fidelity_to_itself_is_perfect_and_to_other_is_not():
+    sm = tiny_slim()
+    r = evaluate(sm, STS, tiny_slim(), FAST)
+    assert r.fidelity["cosine"] == pytest.approx(1.0, abs=1e-6)
+    r2 = evaluate(sm, None, tiny_slim(seed=3), EvalOptions(efficiency=False))
+    assert r2.fidelity["cosine"] < 0.999
+    lm = tiny_slim("llama", "causal-lm")
+    r3 = evaluate(lm, None, tiny_slim("llama", "causal-lm"), EvalOptions(efficiency=False))
+    assert r3.fidelity["kl"] == pytest.approx(0.0, abs=1e-6) and r3.fidelity["agreement"] == 1.0
+
+
+def test_perplexity_records_window_and_stride():
+    lm = tiny_slim("llama", "causal-lm")
+    text = " ".join(["the cat sits on the red car and the dog runs"] * 10)
+    r = evaluate(lm, Task("lm", [text], "mem"), None, EvalOptions(task=FAST.task, efficiency=False))
+    # a random tiny model: perplexity near the vocabulary size, far from 1
+    assert 10 < r.metrics["perplexity"] < 1000
+    s = r.env["task_settings"]
+    assert s["ppl_window"] == 16 and s["ppl_stride"] == 8 and s["ppl_scored"] == s["ppl_tokens"] - 1
+
+
+def test_classification_and_seq2seq_tasks():
+    clf = tiny_slim("bert", "classification")
+    t = Task("classification", [("the cat", 0), ("a dog", 1), ("good film", 1), ("bad film", 0)], "mem")
+    r = evaluate(clf, t, None, EvalOptions(task=FAST.task, efficiency=False))
+    assert 0 <= r.metrics["accuracy"] <= 100 and "f1" in r.metrics
+    s2s = tiny_slim("t5", "seq2seq-lm")
+    t = Task("translation", [("the cat sits", "the cat sits"), ("a dog runs", "a dog runs")], "mem")
+    r = evaluate(s2s, t, None, EvalOptions(task=FAST.task, efficiency=False))
+    assert 0 <= r.metrics["bleu"] <= 100 and 0 <= r.metrics["chrf"] <= 100
+
+
+def test_task_the_model_cannot_do():
+    with pytest.raises(SlimformerError, match="needs a model of kind causal-lm"):
+        evaluate(tiny_slim(), Task("lm", ["the cat"], "mem"), None, FAST)
+
+
+def test_recovery_direction():
+    b = EvalResult(metrics={"spearman": 80.0, "perplexity": 20.0})
+    c = EvalResult(metrics={"spearman": 76.0, "perplexity": 25.0})
+    rec = recovery(b, c)
+    assert rec["spearman"] == pytest.approx(0.95) and rec["perplexity"] == pytest.approx(0.8)
