@@ -10,6 +10,7 @@ from transformers.pytorch_utils import Conv1D
 from slimformer.adapters import SUPPORTED, get_adapter, supported_model_types
 from slimformer.adapters.base import in_features, out_features
 from slimformer.core.errors import UnsupportedArchitectureError
+from slimformer.models.wrapper import SlimModel
 from slimformer.testing import TINY_FAMILIES, tasks_for, tiny_model
 
 CASES = [(f, t) for f in TINY_FAMILIES for t in tasks_for(f)]
@@ -336,13 +337,19 @@ def test_gemma3_multimodal_uses_text_model_and_text_config():
         assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 99)
 
 
-def test_wrapper_with_model_attribute():
+@pytest.mark.parametrize("make", [lambda m: SimpleNamespace(model=m, tokenizer=None),
+                                  lambda m: SlimModel(m, None, "embedding")], ids=["plain", "slim"])
+def test_wrapper_with_model_attribute(make):
     model = tiny_model("bert")
-    wrapper = SimpleNamespace(model=model, tokenizer=None)
+    wrapper = make(model)
     ad = get_adapter(wrapper)
     assert ad.name == "bert"
+    assert ad.base(wrapper) is model
     assert ad.layers(wrapper)[0].module is model.encoder.layer[0]
     assert ad.embeddings(wrapper) is model.embeddings.word_embeddings
+    del ad.layer_containers(wrapper)["encoder"][0]
+    ad.fix_config(wrapper)
+    assert model.config.num_hidden_layers == 1
 
 
 def test_unknown_architecture_lists_supported():

@@ -72,8 +72,7 @@ class LayerInfo:
     attention: AttentionBlock
     ffn: FFNBlock
     cross_attention: AttentionBlock | None = None
-    # LayerNorm-like modules feeding attention / FFN inputs (pre-LN) or after them (post-LN)
-    norms: dict = field(default_factory=dict)
+    norms: dict = field(default_factory=dict)  # see above: "attn", "ffn", "cross", ...
 
 
 class Adapter:
@@ -91,6 +90,7 @@ class Adapter:
         raise NotImplementedError
 
     def layers(self, model: nn.Module) -> list[LayerInfo]:
+        """Every layer, encoder layers first, then decoder layers; sizes read from the modules."""
         raise NotImplementedError
 
     def layer_containers(self, model: nn.Module) -> dict[str, nn.ModuleList]:
@@ -129,9 +129,15 @@ class Adapter:
 
 
 def unwrap(model):
-    """The Hugging Face model: `model` itself, or `model.model` for a wrapper without a config."""
-    if getattr(model, "config", None) is None and getattr(model, "model", None) is not None:
-        return model.model
+    """The Hugging Face model inside a wrapper (SlimModel, ...) that holds it as `.model`.
+
+    A wrapper is anything that is not itself an nn.Module, or an nn.Module without a config;
+    `LlamaForCausalLM.model` (an inner module of an HF model) is not unwrapped.
+    """
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module) and (
+            not isinstance(model, nn.Module) or getattr(model, "config", None) is None):
+        return inner
     return model
 
 

@@ -172,12 +172,19 @@ def _load_restored(cls, config, folder: Path, restore: dict):
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))
+    # from_config tied what the config ties; a tied tensor is saved once and fills both names
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set()
-    if getattr(config, "tie_word_embeddings", False) or getattr(config, "tie_encoder_decoder", False):
-        model.tie_weights()
-        tied = {k for k in missing if "lm_head" in k or "embed" in k or "shared" in k}
-    missing = [k for k in missing if k not in tied]
+    # one module shared under several names (seq2seq embeddings) is filled through any of them
+    mods = dict(model.named_modules(remove_duplicate=False))
+    loaded = {id(mods.get(k.rpartition(".")[0])) for k in state}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded_ptrs = {params[k].data_ptr() for k in state if k in params}
+    import re
+
+    skip = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
+    missing = [k for k in missing if not any(p.search(k) for p in skip)]  # e.g. sinusoidal positions
+    missing = [k for k in missing if id(mods.get(k.rpartition(".")[0])) not in loaded
+               and not (k in params and params[k].data_ptr() in loaded_ptrs)]
     if missing or unexpected:
         raise ModelLoadError(
             f"{folder}: saved tensors do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"

@@ -7,8 +7,14 @@ from torch import nn
 
 
 def _tensor_bytes(mod: nn.Module) -> tuple[int, int]:
+    """(parameters, bytes of all tensors); tied tensors (same storage) are counted once."""
     params = sum(p.numel() for p in mod.parameters())
-    nbytes = sum(t.numel() * t.element_size() for t in mod.state_dict().values())
+    seen, nbytes = set(), 0
+    for t in mod.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            nbytes += t.numel() * t.element_size()
     return params, nbytes
 
 

@@ -1,0 +1,22 @@
+"""Quantization: configs + handlers (registered as recipe methods), math in pure tensor modules."""
+from __future__ import annotations
+
+from ..core.config import MethodConfig, register_method
+from ..models.hooks import RESTORE_HOOKS
+from .configs import Int8DynamicConfig, SmoothQuantConfig, WeightOnlyConfig
+from .handlers import META_KEY, int8_dynamic, restore, weight_only
+
+register_method(Int8DynamicConfig, int8_dynamic)
+register_method(WeightOnlyConfig, weight_only)
+RESTORE_HOOKS.register(META_KEY, restore)
+
+
+def quantize_(model, config: MethodConfig, data=None) -> list[str]:
+    """Quantize `model` (a SlimModel) in place with `config`; `data`: calibration texts (GPTQ,
+    static int8, SmoothQuant). Returns warnings."""
+    from ..core.config import handler_for
+
+    return handler_for(config)(model, config, data) or []
+
+
+__all__ = ["Int8DynamicConfig", "WeightOnlyConfig", "SmoothQuantConfig", "quantize_"]

@@ -1,0 +1,29 @@
+"""Shared helpers for benchmark scripts: data location, result writing, table printing."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with the real data (default ../shared/data)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write JSON + Markdown")
+    return ap
+
+
+def write(name: str, payload: dict, markdown: str, out: Path = RESULTS) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), **payload}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+    print(f"\nwrote {out / (name + '.json')} and .md")

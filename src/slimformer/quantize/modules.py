@@ -1,0 +1,135 @@
+"""Quantized modules that replace nn.Linear / nn.Embedding. Weights live in buffers in their
+stored (packed) form, so safetensors holds exactly what is used; dequantization happens inside
+forward. `slimformer_weight_numel` lets parameter counts include the quantized weights."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .packing import pack_int4, unpack_int4
+from .qmath import quantize_per_channel_symmetric, quantize_per_token
+
+
+def linear_weight(mod: nn.Module) -> torch.Tensor:
+    """(out, in) float weight of nn.Linear or transformers' Conv1D (stored (in, out))."""
+    if isinstance(mod, nn.Linear):
+        return mod.weight.detach()
+    if type(mod).__name__ == "Conv1D":
+        return mod.weight.detach().t()
+    raise TypeError(f"not a linear layer: {type(mod).__name__}")
+
+
+class Int8Linear(nn.Module):
+    """W8A8 dynamic: int8 weights per output channel; activations quantized per token (symmetric
+    int8) at run time. Computes (q_x @ q_w^T) * s_x * s_w exactly in float32 arithmetic (int8
+    products of <= 2^14 summed over K <= 2^9..2^10 are exact in float32 up to K ~ 1024 terms).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, act_bits: int | None = 8):
+        super().__init__()
+        self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.slimformer_weight_numel = in_features * out_features
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, act_bits: int | None = 8) -> "Int8Linear":
+        w = linear_weight(mod)
+        out_f, in_f = w.shape
+        m = cls(in_f, out_f, mod.bias is not None, act_bits)
+        q, s = quantize_per_channel_symmetric(w.float(), 8, axis=0)
+        m.weight_int8.copy_(q)
+        m.weight_scale.copy_(s)
+        if mod.bias is not None:
+            m.bias.copy_(mod.bias.detach().float())
+        return m
+
+    @property
+    def weight(self) -> torch.Tensor:  # model code sometimes reads .weight (dtype checks, T5)
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_int8.float()  # (out, in) integer-valued
+        if self.act_bits:
+            qx, sx = quantize_per_token(x.float(), self.act_bits)  # (..., in), (..., 1)
+            y = F.linear(qx.float(), w) * sx * self.weight_scale
+        else:
+            y = F.linear(x.float(), w) * self.weight_scale
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, w=int8/channel, a={'int8/token' if self.act_bits else 'float'}"
+
+
+class Int8Embedding(nn.Module):
+    """Embedding table stored int8 with one scale per row (token)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings))
+        self.slimformer_weight_numel = num_embeddings * embedding_dim
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding) -> "Int8Embedding":
+        m = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx)
+        q, s = quantize_per_channel_symmetric(emb.weight.detach().float(), 8, axis=0)
+        m.weight_int8.copy_(q)
+        m.weight_scale.copy_(s)
+        return m
+
+    @property
+    def weight(self) -> torch.Tensor:  # some model code reads embed.weight (dtype, device, tying)
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight_int8).float() * self.weight_scale[ids].unsqueeze(-1)
+
+
+class GroupQuantLinear(nn.Module):
+    """Weight-only group-wise int4/int8 (RTN or GPTQ). int4 codes are packed two per byte; the
+    weight is dequantized inside forward ((q - zero) * scale per group), then a float matmul."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, bits: int, group_size: int):
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"bits={bits}; accepted: 4, 8")
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        n_groups = in_features // group_size
+        width = (in_features + 1) // 2 if bits == 4 else in_features
+        self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, n_groups))
+        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.slimformer_weight_numel = in_features * out_features
+
+    @classmethod
+    def from_codes(cls, mod: nn.Module, q, scales, zeros, bits: int, group_size: int) -> "GroupQuantLinear":
+        out_f, in_f = q.shape
+        m = cls(in_f, out_f, mod.bias is not None, bits, group_size)
+        m.qweight.copy_(pack_int4(q) if bits == 4 else q)
+        m.scales.copy_(scales)
+        m.zeros.copy_(zeros)
+        if mod.bias is not None:
+            m.bias.copy_(mod.bias.detach().float())
+        return m
+
+    def dequantized_weight(self) -> torch.Tensor:
+        q = unpack_int4(self.qweight, self.in_features) if self.bits == 4 else self.qweight
+        out_f, in_f = self.out_features, self.in_features
+        g = self.scales.shape[1]
+        w = (q.view(out_f, g, in_f // g).float() - self.zeros.float().unsqueeze(-1)) * self.scales.unsqueeze(-1)
+        return w.view(out_f, in_f)
+
+    @property
+    def weight(self) -> torch.Tensor:  # model code sometimes reads .weight (dtype checks, T5)
+        return self.dequantized_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group_size}"

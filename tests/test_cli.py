@@ -1,0 +1,64 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from slimformer.cli import main
+from slimformer.models import save
+from slimformer.testing import tiny_slim
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert "slimformer 0." in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    assert "--recipe" in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "slimformer.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "inspect" in out.stdout and "compress" in out.stdout
+
+
+def test_inspect_tiny(tmp_path, capsys):
+    folder = save(tiny_slim("llama", "causal-lm"), tmp_path / "m")
+    assert main(["inspect", str(folder), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["family"] == "llama" and len(s["layers"]) == 2
+    assert s["layers"][0]["heads"] == 4 and s["layers"][0]["kv_heads"] == 2 and s["layers"][0]["gated"]
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "kv heads" in out and "LlamaForCausalLM" in out
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    folder = save(tiny_slim(), tmp_path / "m")
+    assert main(["inspect", str(tmp_path / "missing" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slimformer: error:") and "Traceback" not in err and err.count("\n") == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,notanumber\n")
+    assert main(["evaluate", str(folder), "--task", "stsb", "--data", str(bad), "--no-efficiency"]) == 2
+    assert "bad.csv" in capsys.readouterr().err
+    assert main(["evaluate", str(folder), "--task", "lm", "--data", str(bad), "--no-efficiency"]) == 2
+    assert "needs a model of kind causal-lm" in capsys.readouterr().err
+    assert main(["compress", str(folder), "--recipe", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "built-in recipe" in capsys.readouterr().err
+
+
+def test_evaluate_and_compress_tiny(tmp_path, capsys):
+    folder = save(tiny_slim(), tmp_path / "m")
+    data = tmp_path / "sts.csv"
+    data.write_text('the cat sits,a cat sits,4.5\nthe dog runs,the sky is blue,0.5\nred car,the sun,0.0\n')
+    out = tmp_path / "r.json"
+    assert main(["evaluate", str(folder), "--task", "stsb", "--data", str(data), "--out", str(out),
+                 "--seq-len", "16", "--reference", str(folder)]) == 0
+    r = json.loads(out.read_text())
+    assert "spearman" in r["metrics"] and r["fidelity"]["cosine"] > 0.999 and r["efficiency"]["bytes"] > 0
+    assert main(["compress", str(folder), "--recipe", "baseline", "--out", str(tmp_path / "c"),
+                 "--no-efficiency"]) == 0
+    assert (tmp_path / "c" / "report.md").exists() and (tmp_path / "c" / "result.json").exists()
