@@ -31,7 +31,8 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        # the bias stays a float parameter (counted as one)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.slimformer_weight_numel = in_features * out_features
 
     @classmethod
@@ -43,7 +44,7 @@ class Int8Linear(nn.Module):
         m.weight_int8.copy_(q)
         m.weight_scale.copy_(s)
         if mod.bias is not None:
-            m.bias.copy_(mod.bias.detach().float())
+            m.bias.data.copy_(mod.bias.detach().float())
         return m
 
     @property
@@ -103,7 +104,8 @@ class GroupQuantLinear(nn.Module):
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, n_groups))
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        # the bias stays a float parameter (counted as one)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.slimformer_weight_numel = in_features * out_features
 
     @classmethod
@@ -114,7 +116,7 @@ class GroupQuantLinear(nn.Module):
         m.scales.copy_(scales)
         m.zeros.copy_(zeros)
         if mod.bias is not None:
-            m.bias.copy_(mod.bias.detach().float())
+            m.bias.data.copy_(mod.bias.detach().float())
         return m
 
     def dequantized_weight(self) -> torch.Tensor:
