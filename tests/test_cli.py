@@ -62,3 +62,20 @@ def test_evaluate_and_compress_tiny(tmp_path, capsys):
     assert main(["compress", str(folder), "--recipe", "baseline", "--out", str(tmp_path / "c"),
                  "--no-efficiency"]) == 0
     assert (tmp_path / "c" / "report.md").exists() and (tmp_path / "c" / "result.json").exists()
+
+
+def test_quantize_command_and_bad_scheme(tmp_path, capsys):
+    import torch
+
+    import slimformer as sf
+
+    folder = save(tiny_slim("llama", "causal-lm"), tmp_path / "m")
+    data = tmp_path / "calib.txt"
+    data.write_text("\n".join(sf.sample_sentences()[:40]))
+    assert main(["quantize", str(folder), "--scheme", "w4-gptq-g32", "--data", str(data), "--out", str(tmp_path / "q")]) == 0
+    q = sf.load(tmp_path / "q")
+    assert q.meta["steps"][0]["algorithm"] == "gptq"
+    ids = torch.tensor([[4, 7, 33, 68, 5]])
+    assert q.model(ids).logits.shape == (1, 5, 99)
+    assert main(["quantize", str(folder), "--scheme", "int3", "--out", str(tmp_path / "x")]) == 2
+    assert "accepted: int8" in capsys.readouterr().err

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, help="a built-in recipe name (see `slimformer recipes`) or a YAML file")
     p.add_argument("--out", required=True, help="output folder: model, result.json, report.md")
 
+    p = sub.add_parser("quantize", help="quantize a model and save it (reloadable with slimformer.load)")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("--scheme", required=True, help="int8 | w8 | w4 | w4-gptq | w4-gptq-g64 | w4-gptq-g32")
+    p.add_argument("--data", help="calibration text (one text per line; GPTQ needs it; default: packaged sample)")
+    p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
+    p.add_argument("--out", required=True, help="output folder")
+
     sub.add_parser("recipes", help="list the built-in recipes")
     return ap
 
@@ -138,6 +145,19 @@ def cmd_compress(a) -> None:
     print(f"\nwrote {a.out} (model, result.json, report.md)")
 
 
+def cmd_quantize(a) -> None:
+    from . import calibration_texts, load, quantize_, sample_sentences, save
+    from .quantize import scheme_config
+
+    cfg = scheme_config(a.scheme)
+    model = load(a.model)
+    calib = calibration_texts(a.data or sample_sentences(), n=a.calibration_samples)
+    for w in quantize_(model, cfg, calib):
+        print(f"warning: {w}", file=sys.stderr)
+    model.meta.setdefault("steps", []).append(cfg.to_dict())
+    print(f"wrote {save(model, a.out)} ({a.scheme}: {cfg.to_dict()})")
+
+
 def cmd_recipes(a) -> None:
     from .recipes import builtin_recipes, load_recipe
 
@@ -146,7 +166,8 @@ def cmd_recipes(a) -> None:
         print(f"{name:20s} {r.description}")
 
 
-COMMANDS = {"inspect": cmd_inspect, "evaluate": cmd_evaluate, "compress": cmd_compress, "recipes": cmd_recipes}
+COMMANDS = {"inspect": cmd_inspect, "evaluate": cmd_evaluate, "compress": cmd_compress, "recipes": cmd_recipes,
+            "quantize": cmd_quantize}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,25 @@ register_method(WeightOnlyConfig, weight_only)
 RESTORE_HOOKS.register(META_KEY, restore)
 
 
+# named schemes for `slimformer quantize --scheme`
+SCHEMES = {
+    "int8": Int8DynamicConfig(),
+    "w8": WeightOnlyConfig(bits=8, group_size=128),
+    "w4": WeightOnlyConfig(bits=4, group_size=128),
+    "w4-gptq": WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq"),
+    "w4-gptq-g64": WeightOnlyConfig(bits=4, group_size=64, algorithm="gptq"),
+    "w4-gptq-g32": WeightOnlyConfig(bits=4, group_size=32, algorithm="gptq"),
+}
+
+
+def scheme_config(name: str) -> MethodConfig:
+    from ..core.errors import ConfigError
+
+    if name not in SCHEMES:
+        raise ConfigError(f"unknown scheme {name!r}; accepted: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
 def quantize_(model, config: MethodConfig, data=None) -> list[str]:
     """Quantize `model` (a SlimModel) in place with `config`; `data`: calibration texts (GPTQ,
     static int8, SmoothQuant). Returns warnings."""
@@ -19,4 +38,4 @@ def quantize_(model, config: MethodConfig, data=None) -> list[str]:
     return handler_for(config)(model, config, data) or []
 
 
-__all__ = ["Int8DynamicConfig", "WeightOnlyConfig", "SmoothQuantConfig", "quantize_"]
+__all__ = ["SCHEMES", "scheme_config", "Int8DynamicConfig", "WeightOnlyConfig", "SmoothQuantConfig", "quantize_"]
