@@ -6,12 +6,14 @@ from .models.summary import summarize
 from .data import load_task, Task, calibration_texts, sample_sentences
 from .evaluate import evaluate, EvalResult, EvalOptions, TaskOptions, TimingOptions
 from .recipes import compress, CompressionResult, StepRecord, load_recipe, CompressOptions
-from .quantize import quantize_, Int8DynamicConfig, WeightOnlyConfig  # also registers the methods
+from .quantize import (quantize_, Int8DynamicConfig, Int8StaticConfig, WeightOnlyConfig, SmoothQuantConfig,
+                       MixedPrecisionConfig)  # also registers the methods
 
 __all__ = [
     "__version__", "SlimformerError", "ConfigError", "DataError", "UnsupportedArchitectureError", "MethodConfig",
     "SlimModel", "load", "save", "summarize", "load_task", "Task", "calibration_texts", "sample_sentences",
     "evaluate", "EvalResult", "EvalOptions", "TaskOptions", "TimingOptions",
-    "quantize_", "Int8DynamicConfig", "WeightOnlyConfig",
+    "quantize_", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig", "SmoothQuantConfig",
+    "MixedPrecisionConfig",
     "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
 ]

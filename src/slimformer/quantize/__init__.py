@@ -3,23 +3,29 @@ from __future__ import annotations
 
 from ..core.config import MethodConfig, register_method
 from ..models.hooks import RESTORE_HOOKS
-from .configs import Int8DynamicConfig, SmoothQuantConfig, WeightOnlyConfig
-from .handlers import META_KEY, int8_dynamic, restore, weight_only
+from .configs import (Int8DynamicConfig, Int8StaticConfig, MixedPrecisionConfig, SmoothQuantConfig,
+                      WeightOnlyConfig)
+from .handlers import META_KEY, int8_dynamic, int8_static, restore, smoothquant, weight_only
 
-register_method(Int8DynamicConfig, int8_dynamic)
-register_method(WeightOnlyConfig, weight_only)
-RESTORE_HOOKS.register(META_KEY, restore)
-
-
-# named schemes for `slimformer quantize --scheme`
+# named schemes for `slimformer quantize --scheme` and MixedPrecisionConfig.scheme
 SCHEMES = {
     "int8": Int8DynamicConfig(),
+    "int8-static": Int8StaticConfig(),
     "w8": WeightOnlyConfig(bits=8, group_size=128),
     "w4": WeightOnlyConfig(bits=4, group_size=128),
     "w4-gptq": WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq"),
     "w4-gptq-g64": WeightOnlyConfig(bits=4, group_size=64, algorithm="gptq"),
     "w4-gptq-g32": WeightOnlyConfig(bits=4, group_size=32, algorithm="gptq"),
 }
+
+from .mixed import mixed_precision  # noqa: E402  (needs SCHEMES)
+
+register_method(Int8DynamicConfig, int8_dynamic)
+register_method(Int8StaticConfig, int8_static)
+register_method(SmoothQuantConfig, smoothquant)
+register_method(WeightOnlyConfig, weight_only)
+register_method(MixedPrecisionConfig, mixed_precision)
+RESTORE_HOOKS.register(META_KEY, restore)
 
 
 def scheme_config(name: str) -> MethodConfig:
@@ -32,10 +38,11 @@ def scheme_config(name: str) -> MethodConfig:
 
 def quantize_(model, config: MethodConfig, data=None) -> list[str]:
     """Quantize `model` (a SlimModel) in place with `config`; `data`: calibration texts (GPTQ,
-    static int8, SmoothQuant). Returns warnings."""
+    static int8, SmoothQuant, mixed precision). Returns warnings."""
     from ..core.config import handler_for
 
     return handler_for(config)(model, config, data) or []
 
 
-__all__ = ["SCHEMES", "scheme_config", "Int8DynamicConfig", "WeightOnlyConfig", "SmoothQuantConfig", "quantize_"]
+__all__ = ["SCHEMES", "scheme_config", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig",
+           "SmoothQuantConfig", "MixedPrecisionConfig", "quantize_"]

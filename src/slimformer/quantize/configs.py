@@ -40,6 +40,7 @@ class WeightOnlyConfig(MethodConfig):
     lm_head: bool = True
     embeddings: bool = True
     calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ)
+    calibration_samples: int = 64  # calibration sequences (GPTQ)
 
     def validate(self) -> None:
         self._check_choice("bits", (4, 8))
@@ -48,6 +49,7 @@ class WeightOnlyConfig(MethodConfig):
             self._check_choice("group_size", (-1, 16, 32, 64, 128, 256))
         self._check_range("damp", 0.0, 1.0, lo_open=True)
         self._check_range("calibration_tokens", 16, 8192)
+        self._check_range("calibration_samples", 1, 4096)
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,50 @@ class SmoothQuantConfig(MethodConfig):
 
     def validate(self) -> None:
         self._check_range("alpha", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Int8StaticConfig(MethodConfig):
+    """W8A8 static: int8 weights (per_channel or per_tensor), activations int8 with one scale
+    per layer input fixed from calibration data by an observer: "minmax", "percentile"
+    (clips the top 100 - percentile % of |x|) or "mse" (clipping that minimises the error).
+    In PyTorch eager each layer re-quantizes its input (activations are not kept int8 between
+    ops); the ONNX export is where int8 can flow between ops."""
+
+    method = "int8_static"
+    observer: str = "percentile"
+    percentile: float = 99.99
+    per_channel: bool = True
+    embeddings: bool = True
+    calibration_tokens: int = 128
+
+    def validate(self) -> None:
+        self._check_choice("observer", ("minmax", "percentile", "mse"))
+        self._check_range("percentile", 90.0, 100.0)
+        self._check_range("calibration_tokens", 8, 8192)
+
+
+@dataclass(frozen=True)
+class MixedPrecisionConfig(MethodConfig):
+    """Quantize with `scheme` (a name from `slimformer.quantize.SCHEMES`, e.g. "int8") but keep
+    the most sensitive Linear layers float until the quality budget holds.
+
+    Sensitivity of a layer = the fidelity drop when only that layer is quantized, measured on
+    the calibration texts against the float model: 1 - cosine of sentence embeddings for
+    embedding models, KL(float || quantized) of the output distribution for LMs and
+    classifiers. Layers are kept float from the most sensitive down until the whole model's
+    drop is <= max_drop, or max_float layers are float."""
+
+    method = "mixed_precision"
+    scheme: str = "int8"
+    max_drop: float = 0.002
+    max_float: int = 16
+    calibration_texts: int = 64
+
+    def validate(self) -> None:
+        from . import SCHEMES
+
+        self._check_choice("scheme", tuple(SCHEMES))
+        self._check_range("max_drop", 0.0, 10.0)
+        self._check_range("max_float", 0, 100000)
+        self._check_range("calibration_texts", 1, 100000)

@@ -7,10 +7,13 @@ from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
 from ..core.targets import select_modules
-from .configs import Int8DynamicConfig, WeightOnlyConfig
+from .calibrate import calibration_inputs, observe_inputs
+from .configs import Int8DynamicConfig, Int8StaticConfig, SmoothQuantConfig, WeightOnlyConfig
 from .gptq import HessianAccumulator, gptq_quantize
-from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, linear_weight
+from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, SmoothedLinear, linear_weight
+from .observers import RunningObserver
 from .qmath import quantize_groupwise, resolve_group_size
+from .smoothquant import smoothing_scales
 
 META_KEY = "quantization"
 
@@ -29,17 +32,20 @@ def _names(model: nn.Module) -> dict[int, str]:
     return {id(m): n for n, m in model.named_modules()}
 
 
-def _linear_targets(sm, cfg, include_head: bool) -> list[tuple[str, nn.Module]]:
+def head_name(sm) -> str | None:
+    head = get_adapter(sm.model).lm_head(sm.model)
+    return _names(sm.model).get(id(head)) if head is not None else None
+
+
+def linear_targets(sm, cfg, include_head: bool) -> list[tuple[str, nn.Module]]:
     """Linear layers to quantize: cfg.targets (default: every Linear/Conv1D) minus cfg.ignore,
-    minus the LM / classification head unless include_head."""
+    minus the LM head unless include_head."""
     from transformers.pytorch_utils import Conv1D
 
-    model = sm.model
-    picked = [(n, m) for n, m in select_modules(model, cfg.targets, cfg.ignore, default=(nn.Linear, Conv1D))
+    picked = [(n, m) for n, m in select_modules(sm.model, cfg.targets, cfg.ignore, default=(nn.Linear, Conv1D))
               if _is_linear(m)]
-    head = get_adapter(model).lm_head(model)
-    head_name = _names(model).get(id(head)) if head is not None else None
-    return [(n, m) for n, m in picked if include_head or n != head_name]
+    head = head_name(sm)
+    return [(n, m) for n, m in picked if include_head or n != head]
 
 
 def _record(sm, name: str, info: dict) -> None:
@@ -47,7 +53,17 @@ def _record(sm, name: str, info: dict) -> None:
     sm.model.config.slimformer_quantization = sm.meta["modules"][META_KEY]
 
 
-def _quantize_embedding(sm) -> list[str]:
+def _replace_linear(sm, name: str, mod: nn.Module, act: str | None, per_channel: bool = True,
+                    act_scale: float | None = None) -> None:
+    """Swap in an Int8Linear. Replacing a tied head gives it its own (quantized) weight; the
+    config's tie flag stays, so a reload builds the same float model first, then these modules."""
+    new = Int8Linear.from_float(mod, act=act, per_channel=per_channel, act_scale=act_scale)
+    _set_module(sm.model, name, new)
+    _record(sm, name, {"type": "int8_linear", "act": act, "smooth": new.input_scale is not None,
+                       "in": new.in_features, "out": new.out_features, "bias": new.bias is not None})
+
+
+def quantize_embedding(sm) -> list[str]:
     """Store the token embedding int8 per row. Every module sharing its weight is replaced by the
     one quantized module; when one of them is a subclass with its own forward (BART/Marian scale
     embeddings), the table stays float and a warning says so."""
@@ -61,7 +77,7 @@ def _quantize_embedding(sm) -> list[str]:
         return [f"embedding table kept float: {', '.join(odd)} has its own forward (e.g. scaling)"]
     head = adapter.lm_head(model)
     if head is not None and getattr(head, "weight", None) is emb.weight:  # a float head tied to it
-        _replace_linear(sm, _names(model)[id(head)], head, act_bits=None)
+        _replace_linear(sm, _names(model)[id(head)], head, act=None)
     new = Int8Embedding.from_float(emb)
     for n, _ in sharing:
         _set_module(model, n, new)
@@ -70,87 +86,77 @@ def _quantize_embedding(sm) -> list[str]:
     return []
 
 
-def _replace_linear(sm, name: str, mod: nn.Module, act_bits: int | None) -> None:
-    """Swap in an Int8Linear (act_bits 8: W8A8 dynamic; None: int8 weight-only). Replacing a
-    tied head gives it its own (quantized) weight; the config's tie flag stays as it was, so a
-    reload builds the same float model first and then these modules."""
-    new = Int8Linear.from_float(mod, act_bits=act_bits)
-    _set_module(sm.model, name, new)
-    _record(sm, name, {"type": "int8_linear" if act_bits else "int8_weight_linear", "in": new.in_features,
-                       "out": new.out_features, "bias": new.bias is not None})
+# ------------------------------------------------------------------ int8 (dynamic, static)
 
 
 def int8_dynamic(sm, cfg: Int8DynamicConfig, data) -> list[str]:
-    warnings = []
-    targets = _linear_targets(sm, cfg, include_head=True)
-    for name, mod in tqdm(targets, desc="int8", leave=False):
-        _replace_linear(sm, name, mod, act_bits=8)
-    if cfg.embeddings:
-        warnings += _quantize_embedding(sm)
-    if sm.kind == "classification":
-        warnings.append("classification head quantized too; add it to `ignore` to keep it float")
-    return warnings
+    for name, mod in tqdm(linear_targets(sm, cfg, include_head=True), desc="int8", leave=False):
+        _replace_linear(sm, name, mod, act="token")
+    return quantize_embedding(sm) if cfg.embeddings else []
+
+
+def int8_static(sm, cfg: Int8StaticConfig, data) -> list[str]:
+    targets = linear_targets(sm, cfg, include_head=True)
+    obs = {n: RunningObserver(cfg.observer, 8, True, None, max_samples=2**18,
+                              **({"percentile": cfg.percentile} if cfg.observer == "percentile" else {}))
+           for n, _ in targets}
+    batches = calibration_inputs(sm, list(data or []), cfg.calibration_tokens)
+    smooth = {n: m.input_scale for n, m in targets if getattr(m, "input_scale", None) is not None}
+
+    def consume(n, x):  # the quantizer sees the input after any SmoothQuant scaling
+        obs[n].update(x * smooth[n] if n in smooth else x)
+
+    observe_inputs(sm, targets, batches, consume, "int8 static calibration")
+    for name, mod in tqdm(targets, desc="int8 static", leave=False):
+        scale, _ = obs[name].compute()
+        _replace_linear(sm, name, mod, act="static", per_channel=cfg.per_channel, act_scale=float(scale))
+    return quantize_embedding(sm) if cfg.embeddings else []
+
+
+def smoothquant(sm, cfg: SmoothQuantConfig, data) -> list[str]:
+    """Per-channel smoothing of each Linear's input (x / s, W * s), s from calibration absmax.
+    The scale is kept on the layer (`input_scale`) so it is exact for every architecture;
+    a later int8 step quantizes the smoothed weight and keeps the scale."""
+    targets = [(n, m) for n, m in linear_targets(sm, cfg, include_head=False) if isinstance(m, nn.Linear)]
+    amax = {}
+
+    def consume(name, x):
+        a = x.reshape(-1, x.shape[-1]).abs().amax(0)
+        amax[name] = a if name not in amax else torch.maximum(amax[name], a)
+
+    observe_inputs(sm, targets, calibration_inputs(sm, list(data or []), 128), consume, "smoothquant calibration")
+    for name, mod in targets:
+        w = mod.weight.detach().float()
+        s = smoothing_scales(amax[name], w.abs().amax(0), cfg.alpha)
+        new = SmoothedLinear(mod.in_features, mod.out_features, mod.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(w * s)
+            new.input_scale.copy_(1.0 / s)
+            if mod.bias is not None:
+                new.bias.copy_(mod.bias)
+        _set_module(sm.model, name, new)
+        _record(sm, name, {"type": "smoothed_linear", "in": mod.in_features, "out": mod.out_features,
+                           "bias": mod.bias is not None})
+    return []
 
 
 # ------------------------------------------------------------------ weight-only (RTN / GPTQ)
 
 
-def _calibration_inputs(sm, texts: list[str], seq_len: int, max_seqs: int = 128) -> list[dict]:
-    """Token batches for calibration: LMs get the texts joined and cut into seq_len chunks."""
-    tok = sm.tokenizer
-    if sm.kind == "causal-lm":
-        sep = tok.eos_token or "\n"
-        ids = tok(f"{sep}".join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        n = max(1, min(max_seqs, len(ids) // seq_len))
-        return [{"input_ids": ids[i * seq_len:(i + 1) * seq_len].unsqueeze(0)} for i in range(n)] if len(ids) >= seq_len \
-            else [{"input_ids": ids.unsqueeze(0)}]
-    out = []
-    for i in range(0, min(len(texts), max_seqs), 8):
-        enc = sm.tokenize(texts[i:i + 8], seq_len)
-        if sm.kind == "seq2seq-lm":
-            enc["decoder_input_ids"] = enc["input_ids"]
-        out.append(enc)
-    return out
-
-
-@torch.inference_mode()
-def _collect_hessians(sm, targets, batches) -> dict[str, HessianAccumulator]:
-    """One pass of the float model over the calibration batches, accumulating X^T X per layer
-    input (all layers at once: fast, and close to sequential GPTQ for small models)."""
-    hs, hooks = {}, []
-    for name, mod in targets:
-        in_f = linear_weight(mod).shape[1]
-        hs[name] = HessianAccumulator(in_f)
-
-        def hook(m, args, _out, acc=hs[name]):
-            acc.add(args[0].detach().float())
-
-        hooks.append(mod.register_forward_hook(hook))
-    try:
-        for enc in tqdm(batches, desc="gptq calibration", leave=False):
-            sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
-    finally:
-        for h in hooks:
-            h.remove()
-    return hs
-
-
 def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     warnings = []
-    targets = _linear_targets(sm, cfg, include_head=cfg.lm_head)
-    head = get_adapter(sm.model).lm_head(sm.model)
-    head_name = _names(sm.model).get(id(head)) if head is not None else None
+    targets = linear_targets(sm, cfg, include_head=cfg.lm_head)
+    head = head_name(sm)
     hs = {}
     if cfg.algorithm == "gptq":
         if not data:
             raise ValueError("GPTQ needs calibration data (texts); none was given")
-        batches = _calibration_inputs(sm, list(data), cfg.calibration_tokens)
-        hs = _collect_hessians(sm, [(n, m) for n, m in targets if n != head_name], batches)
+        hs = _hessians(sm, [(n, m) for n, m in targets if n != head], list(data), cfg)
     for name, mod in tqdm(targets, desc=f"int{cfg.bits} {cfg.algorithm}", leave=False):
-        w = linear_weight(mod).float()
-        if name == head_name:  # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
-            _replace_linear(sm, name, mod, act_bits=None)
+        if name == head:  # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
+            _replace_linear(sm, name, mod, act=None)
             continue
+        w = linear_weight(mod).float()
         try:
             gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
         except ValueError:
@@ -167,8 +173,32 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
         _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,
                            "bias": new.bias is not None, "bits": cfg.bits, "group_size": gs})
     if cfg.embeddings:
-        warnings += _quantize_embedding(sm)
+        warnings += quantize_embedding(sm)
     return warnings
+
+
+def _hessians(sm, body, texts, cfg: WeightOnlyConfig) -> dict[str, HessianAccumulator]:
+    """X^T X of each layer's input over the calibration data, in one pass of the float model.
+    Layers fed the very same tensor (q/k/v, gate/up) share one accumulator: computed once."""
+    hs: dict[str, HessianAccumulator] = {}
+    # this batch: id of an input tensor -> (its accumulator, the tensor). Holding the tensor keeps
+    # its memory from being reused by a later layer's input within the batch.
+    seen: dict[int, tuple[HessianAccumulator, torch.Tensor]] = {}
+
+    def consume(name, x, raw):
+        hit = seen.get(id(raw))
+        if name not in hs:
+            hs[name] = hit[0] if hit is not None and hit[1] is raw else HessianAccumulator(x.shape[-1])
+        acc = hs[name]
+        if hit is None or hit[1] is not raw or hit[0] is not acc:
+            seen[id(raw)] = (acc, raw)
+            acc.add(x)
+
+    batches = calibration_inputs(sm, texts, cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
+    for enc in tqdm(batches, desc="gptq calibration", leave=False):
+        seen.clear()
+        observe_inputs(sm, body, [enc], lambda n, x, raw=None: None, "", consume_raw=consume)
+    return hs
 
 
 # ------------------------------------------------------------------ restore on load
@@ -179,9 +209,9 @@ def restore(model: nn.Module, info: dict) -> None:
     for name, d in info.items():
         t = d["type"]
         if t == "int8_linear":
-            new = Int8Linear(d["in"], d["out"], d["bias"])
-        elif t == "int8_weight_linear":
-            new = Int8Linear(d["in"], d["out"], d["bias"], act_bits=None)
+            new = Int8Linear(d["in"], d["out"], d["bias"], act=d["act"], smooth=d.get("smooth", False))
+        elif t == "smoothed_linear":
+            new = SmoothedLinear(d["in"], d["out"], d["bias"])
         elif t == "group_linear":
             new = GroupQuantLinear(d["in"], d["out"], d["bias"], d["bits"], d["group_size"])
         elif t == "int8_embedding":

@@ -20,29 +20,61 @@ def linear_weight(mod: nn.Module) -> torch.Tensor:
     raise TypeError(f"not a linear layer: {type(mod).__name__}")
 
 
+class SmoothedLinear(nn.Linear):
+    """A float Linear whose input is divided per channel by s (stored as input_scale = 1/s) and
+    whose weight was multiplied by s: the same function, with activation outliers moved into
+    the weight (SmoothQuant). An int8 step keeps the input scale."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("input_scale", torch.ones(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x * self.input_scale, self.weight, self.bias)
+
+
 class Int8Linear(nn.Module):
-    """W8A8 dynamic: int8 weights per output channel; activations quantized per token (symmetric
-    int8) at run time. Computes (q_x @ q_w^T) * s_x * s_w exactly in float32 arithmetic (int8
-    products of <= 2^14 summed over K <= 2^9..2^10 are exact in float32 up to K ~ 1024 terms).
+    """int8 weights (per output channel, or one scale for the tensor) with activations:
+    act "token": quantized per token (symmetric int8) at run time (W8A8 dynamic);
+    act "static": quantized with one scale fixed at calibration (W8A8 static);
+    act None: kept float (int8 weight-only).
+    Integer products are computed in a float32 matmul: exact for int8 values while partial sums
+    stay below 2^24 (always for K <= 1040; in practice for all layers here).
+    `input_scale` (SmoothQuant) multiplies the input first when present.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, act_bits: int | None = 8):
+    def __init__(self, in_features: int, out_features: int, bias: bool, act: str | None = "token",
+                 smooth: bool = False):
         super().__init__()
-        self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
+        if act not in ("token", "static", None):
+            raise ValueError(f"act={act!r}; accepted: 'token', 'static', None")
+        self.in_features, self.out_features, self.act = in_features, out_features, act
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("act_scale", torch.ones(()) if act == "static" else None)
+        self.register_buffer("input_scale", torch.ones(in_features) if smooth else None)
         # the bias stays a float parameter (counted as one)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.slimformer_weight_numel = in_features * out_features
 
     @classmethod
-    def from_float(cls, mod: nn.Module, act_bits: int | None = 8) -> "Int8Linear":
-        w = linear_weight(mod)
+    def from_float(cls, mod: nn.Module, act: str | None = "token", per_channel: bool = True,
+                   act_scale: float | None = None) -> "Int8Linear":
+        w = linear_weight(mod).float()
         out_f, in_f = w.shape
-        m = cls(in_f, out_f, mod.bias is not None, act_bits)
-        q, s = quantize_per_channel_symmetric(w.float(), 8, axis=0)
+        smooth = getattr(mod, "input_scale", None) is not None
+        m = cls(in_f, out_f, mod.bias is not None, act, smooth)
+        if per_channel:
+            q, s = quantize_per_channel_symmetric(w, 8, axis=0)
+        else:
+            q, s1 = quantize_per_channel_symmetric(w.reshape(1, -1), 8, axis=0)
+            q, s = q.reshape(out_f, in_f), s1.expand(out_f).clone()
         m.weight_int8.copy_(q)
         m.weight_scale.copy_(s)
+        if act == "static":
+            m.act_scale.fill_(float(act_scale))
+        if smooth:
+            m.input_scale.copy_(mod.input_scale)
         if mod.bias is not None:
             m.bias.data.copy_(mod.bias.detach().float())
         return m
@@ -52,16 +84,22 @@ class Int8Linear(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.input_scale is not None:
+            x = x * self.input_scale
         w = self.weight_int8.float()  # (out, in) integer-valued
-        if self.act_bits:
-            qx, sx = quantize_per_token(x.float(), self.act_bits)  # (..., in), (..., 1)
+        if self.act == "token":
+            qx, sx = quantize_per_token(x, 8)  # (..., in), (..., 1)
             y = F.linear(qx.float(), w) * sx * self.weight_scale
+        elif self.act == "static":
+            qx = torch.clamp(torch.round(x / self.act_scale), -127, 127)
+            y = F.linear(qx, w) * (self.act_scale * self.weight_scale)
         else:
-            y = F.linear(x.float(), w) * self.weight_scale
+            y = F.linear(x, w) * self.weight_scale
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, w=int8/channel, a={'int8/token' if self.act_bits else 'float'}"
+        return f"in={self.in_features}, out={self.out_features}, w=int8, act={self.act}"
 
 
 class Int8Embedding(nn.Module):

@@ -1,0 +1,630 @@
+"""Export a SlimModel to an ONNX folder: model.onnx + config + tokenizer (+ pooling) + slimformer_onnx.json.
+
+    folder = export_onnx(sm, "out/m-onnx")                      # float32, CPU-tuned graph
+    folder = export_onnx(sm, "out/m-int8", quantize="int8")     # dynamic int8, see below
+
+What `quantize="int8"` does by default (chosen by benchmarks/quantize/onnx_int8_explore.py on
+all-MiniLM-L6-v2, 2-core AVX2 x86 without VNNI, ONNX Runtime 1.31):
+
+1. SmoothQuant (alpha 0.8), exact in float. ORT quantizes activations per tensor at run time,
+   so a few outlier channels (LayerNorm / GELU outputs up to 15x the median channel) waste the
+   8 bits of every other channel. BERT is post-LN: the LayerNorm output is also the residual
+   stream, so folding 1/s into the LayerNorm is *not* output-preserving there. Instead:
+   - attention output projection: 1/s is folded into the rows of v, s into the columns of o
+     (the attention mix is linear per channel) - free at run time;
+   - q/k/v, FFN up and FFN down inputs: one `Mul(x, 1/s)` node in the graph, s into the weight
+     rows. Activation statistics come from a calibration pass (packaged sample sentences unless
+     `calibration_texts` is given).
+2. Dynamic int8 with ORT `quantize_dynamic`: per-output-channel int8 weights (u8s8 kernels),
+   per-tensor uint8 activations, int8 word-embedding Gather (bytes on disk ~25% of float32).
+   The q/k/v weights use 7-bit range (reduce_range): on AVX2 without VNNI the u8s8 kernel
+   (vpmaddubsw) saturates int16 pair sums, and the q/k/v inputs (LayerNorm outputs, zero point
+   near 128) are where it hurts.
+3. No fused Attention / SkipLayerNormalization ops: on CPU they ran slower than the unfused
+   graph, and the runtime (`load_onnx`) disables ORT's own SkipLayerNorm fusion (recorded in
+   slimformer_onnx.json under "session").
+
+Every choice is an option (`EXPORT_OPTIONS`), e.g. `export_onnx(sm, out, quantize="int8",
+smooth_alpha=None, reduce_range=False)` gives the plain ORT per-channel recipe.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..core.errors import ConfigError, SlimformerError
+
+ONNX_META_FILE = "slimformer_onnx.json"
+MODEL_FILE = "model.onnx"
+SUPPORTED_KINDS = ("embedding", "classification", "causal-lm")
+QUANTIZE_MODES = ("int8",)
+ROLES = ("qkv", "o", "up", "down")
+DEFAULT_OPSET = 17
+FUSION_PROFILES = ("cpu", "full", "none")
+# ORT graph optimizers that made the exported graphs slower on CPU (see module docstring)
+SESSION_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+_MAX_BYTES = 1_900_000_000  # single-file ONNX protobuf limit is 2 GB
+
+# option -> default. Documented in the module docstring and README; validated in _options().
+EXPORT_OPTIONS: dict = {
+    "per_channel": True,            # int8: one weight scale per output channel
+    "weight_type": "int8",          # "int8" (u8s8 kernels, fastest on x86) | "uint8" (u8u8, no saturation, slower)
+    "reduce_range": ("qkv",),       # 7-bit weights for these roles; True: all MatMuls, False/(): none
+    "smooth_alpha": 0.8,            # SmoothQuant migration strength in [0, 1]; None: off
+    "smooth_roles": ("qkv", "up", "down"),  # MatMul inputs that get an exact Mul(x, 1/s) node
+    "smooth_floor": 0.5,            # per-channel max|x| is floored at this quantile over channels: only
+                                    # outlier channels are damped, rarely-seen ones never amplified
+    "fold_vo": True,                # SmoothQuant of the attention output projection folded into v/o weights
+    "quantize_embeddings": True,    # int8 Gather for embedding tables (most of the bytes of a small model)
+    "calibration_samples": 128,     # texts used for the activation statistics
+    "calibration_max_length": 128,  # tokens per calibration text
+    "fusion": "cpu",                # ORT transformer optimizer profile when optimize=True
+    "exporter": "torchscript",      # "torchscript" (keeps module names: roles, fusions) | "dynamo"
+}
+
+_log = logging.getLogger(__name__)
+
+
+def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = None, opset: int | None = None,
+                calibration_texts=None, **opts) -> Path:
+    """Write `sm` (a SlimModel of kind embedding, classification or causal-lm) as an ONNX folder.
+
+    optimize: run ONNX Runtime's transformer optimizer with the `fusion` profile ("cpu": GELU and
+    LayerNorm fusions only; "full": also Attention, SkipLayerNorm, EmbedLayerNorm - faster on GPU,
+    slower on CPU in our measurements; "none"). quantize: None (float32) or "int8".
+    calibration_texts: texts for the int8 activation statistics (default: packaged sample
+    sentences). opts: see EXPORT_OPTIONS. Returns the folder path. The folder is written to a
+    temporary folder beside `out_dir` and renamed into place; an existing `out_dir` is replaced
+    only if it is empty or was written by this function.
+    """
+    o = _options(quantize, opset, opts)
+    _check_model(sm)
+    out = _check_out_dir(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        meta = _build(sm, tmp, optimize, quantize, calibration_texts, o)
+        (tmp / ONNX_META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        from ..models.saving import _swap_into_place
+
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _options(quantize, opset, opts: dict) -> dict:
+    unknown = sorted(set(opts) - set(EXPORT_OPTIONS))
+    if unknown:
+        raise ConfigError(f"export_onnx: unknown option(s) {', '.join(unknown)}; accepted: "
+                          f"{', '.join(EXPORT_OPTIONS)}")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"export_onnx: quantize={quantize!r} is not supported; accepted: None, "
+                          f"{', '.join(repr(q) for q in QUANTIZE_MODES)}")
+    o = {**EXPORT_OPTIONS, **opts}
+    o["opset"] = DEFAULT_OPSET if opset is None else opset
+    if not isinstance(o["opset"], int) or not 14 <= o["opset"] <= 21:
+        raise ConfigError(f"export_onnx: opset must be an integer in 14..21, got {o['opset']!r}")
+    if o["weight_type"] not in ("int8", "uint8"):
+        raise ConfigError(f"weight_type: expected 'int8' or 'uint8', got {o['weight_type']!r}")
+    if o["fusion"] not in FUSION_PROFILES:
+        raise ConfigError(f"fusion: expected one of {', '.join(FUSION_PROFILES)}, got {o['fusion']!r}")
+    if o["exporter"] not in ("torchscript", "dynamo"):
+        raise ConfigError(f"exporter: expected 'torchscript' or 'dynamo', got {o['exporter']!r}")
+    a = o["smooth_alpha"]
+    fl = o["smooth_floor"]
+    if fl is not None and (not isinstance(fl, (int, float)) or not 0.0 <= fl <= 1.0):
+        raise ConfigError(f"smooth_floor: expected a quantile in [0, 1] or None, got {fl!r}")
+    if a is not None and (not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
+        raise ConfigError(f"smooth_alpha: expected a number in [0, 1] or None, got {a!r}")
+    rr = o["reduce_range"]
+    o["reduce_range"] = tuple(ROLES) + ("other",) if rr is True else () if rr in (False, None) else tuple(rr)
+    for key in ("reduce_range", "smooth_roles"):
+        o[key] = tuple(o[key])
+        bad = [r for r in o[key] if r not in ROLES + ("other",)]
+        if bad:
+            raise ConfigError(f"{key}: unknown role(s) {bad}; accepted: {', '.join(ROLES)}, other")
+    n = o["calibration_samples"]
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"calibration_samples: expected an integer >= 1, got {n!r}")
+    return o
+
+
+def _check_model(sm) -> None:
+    from ..models.wrapper import SlimModel
+
+    if not isinstance(sm, SlimModel):
+        raise SlimformerError(f"export_onnx needs a SlimModel (from slimformer.load), got {type(sm).__name__}")
+    if sm.kind not in SUPPORTED_KINDS:
+        raise SlimformerError(f"export_onnx: kind {sm.kind!r} is not supported; accepted: "
+                              f"{', '.join(SUPPORTED_KINDS)}")
+    if sm.tokenizer is None:
+        raise SlimformerError("export_onnx: the model has no tokenizer; the ONNX folder needs one")
+    nbytes = sum(p.numel() * p.element_size() for p in sm.model.parameters())
+    if nbytes > _MAX_BYTES:
+        raise SlimformerError(f"export_onnx: the model has {nbytes / 1e9:.1f} GB of parameters; models over "
+                              "2 GB (ONNX external data) are not supported yet")
+
+
+def _check_out_dir(out_dir) -> Path:
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise SlimformerError(f"{out} exists and is a file; give a folder path for the ONNX export")
+        if any(out.iterdir()) and not (out / ONNX_META_FILE).exists():
+            raise SlimformerError(f"{out} exists and holds files slimformer did not export; refusing to "
+                                  "overwrite it (give a new or empty folder)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dict) -> dict:
+    work = folder / ".work"
+    work.mkdir()
+    steps: list[dict] = []
+    model = sm.model
+    int8 = quantize == "int8"
+    smooth = int8 and o["smooth_alpha"] is not None
+    texts = _calibration_texts(calibration_texts, o["calibration_samples"]) if smooth else None
+    if smooth and o["fold_vo"]:
+        model = copy.deepcopy(model)  # never change the caller's weights
+        n = fold_vo_smoothing(model, _torch_batches(sm, texts, o), o["smooth_alpha"], o["smooth_floor"])
+        steps.append({"step": "fold_vo_smoothing", "attention_blocks": n, "alpha": o["smooth_alpha"]})
+    names = input_names(sm)
+    outputs = [_OUTPUT[sm.kind]]
+    path = work / "plain.onnx"
+    _export_torch(model, sm.kind, names, outputs, path, o)
+    steps.append({"step": "export", "exporter": o["exporter"], "opset": o["opset"]})
+    roles = module_roles(model)
+    if optimize:
+        path, info = _optimize(path, model.config, o["fusion"], work)
+        steps.append({"step": "optimize", **info})
+    if int8:
+        import onnx
+
+        proto = onnx.load(str(path))
+        node_roles = onnx_node_roles(proto, roles)
+        if smooth:
+            feeds = [{k: v.numpy() for k, v in b.items()} for b in _torch_batches(sm, texts, o)]
+            info = smooth_graph(proto, feeds, o["smooth_alpha"], o["smooth_floor"],
+                                select=lambda nodes: all(node_roles.get(n.name) in o["smooth_roles"] for n in nodes))
+            steps.append({"step": "smooth_graph", "alpha": o["smooth_alpha"], **info})
+        info = quantize_int8(proto, folder / MODEL_FILE, node_roles, o, work)
+        steps.append({"step": "quantize_dynamic", **info})
+    else:
+        shutil.move(str(path), folder / MODEL_FILE)
+    shutil.rmtree(work)
+    _write_side_files(sm, model, folder)
+    return _meta(sm, names, outputs, optimize, quantize, o, steps, folder)
+
+
+_OUTPUT = {"embedding": "last_hidden_state", "classification": "logits", "causal-lm": "logits"}
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def input_names(sm) -> list[str]:
+    """The ONNX inputs: what the tokenizer gives that the model's forward accepts."""
+    import inspect
+
+    enc = sm.tokenizer(["hello world", "a second sentence"], padding=True)
+    params = set(inspect.signature(sm.model.forward).parameters)
+    names = [k for k in _INPUTS if k in enc and k in params]
+    if sm.kind == "causal-lm":
+        names = [k for k in names if k != "token_type_ids"]
+    if "input_ids" not in names:
+        raise SlimformerError(f"export_onnx: the tokenizer gives no input_ids the model accepts ({sorted(enc)})")
+    return names
+
+
+class _ExportWrapper(nn.Module):
+    """Positional inputs -> one output tensor, so the graph has named inputs and outputs."""
+
+    def __init__(self, model: nn.Module, kind: str, names: list[str]):
+        super().__init__()
+        self.m, self.kind, self.names = model, kind, names
+
+    def forward(self, *args):
+        from ..models.wrapper import _is_bare
+
+        kw = dict(zip(self.names, args))
+        if self.kind == "causal-lm":
+            return self.m(**kw, use_cache=False, return_dict=True).logits
+        if self.kind == "classification":
+            return self.m(**kw, return_dict=True).logits
+        if _is_bare(self.m):
+            return self.m(**kw, return_dict=True).last_hidden_state
+        return self.m(**kw, output_hidden_states=True, return_dict=True).hidden_states[-1]
+
+
+@contextlib.contextmanager
+def _eager_attention(model: nn.Module):
+    """Plain matmul/softmax attention while tracing: the pattern ORT's fusions and our passes know."""
+    cfg = getattr(model, "config", None)
+    prev = getattr(cfg, "_attn_implementation", None)
+    changed = False
+    if prev not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+            changed = True
+        except (ValueError, ImportError):  # some models have no eager path; export what there is
+            pass
+    try:
+        yield
+    finally:
+        if changed:
+            model.set_attn_implementation(prev)
+
+
+def _export_torch(model: nn.Module, kind: str, names: list[str], outputs: list[str], path: Path, o: dict) -> None:
+    cfg = model.config
+    vocab = int(getattr(cfg, "vocab_size", 100) or 100)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(min(5, vocab - 1), vocab, (2, 8), generator=g)
+    sample = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    sample["attention_mask"][1, 6:] = 0  # a padded row, so masking is traced as data, not constant
+    args = tuple(sample[n] for n in names)
+    wrap = _ExportWrapper(model, kind, names).eval()
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[outputs[0]] = {0: "batch", 1: "sequence"} if kind != "classification" else {0: "batch"}
+    was_training = model.training
+    model.eval()
+    try:
+        with _eager_attention(model), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if o["exporter"] == "torchscript":
+                torch.onnx.export(wrap, args, str(path), dynamo=False, input_names=names, output_names=outputs,
+                                  dynamic_axes=axes, opset_version=o["opset"], do_constant_folding=True)
+            else:
+                b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
+                torch.onnx.export(wrap, args, str(path), dynamo=True, input_names=names, output_names=outputs,
+                                  dynamic_shapes=tuple({0: b, 1: s} for _ in names), opset_version=o["opset"],
+                                  external_data=False)
+    except Exception as e:  # the exporters raise many types
+        other = "dynamo" if o["exporter"] == "torchscript" else "torchscript"
+        raise SlimformerError(f"export_onnx: the {o['exporter']} exporter failed for {type(model).__name__} "
+                              f"({type(e).__name__}: {str(e)[:300]}); try exporter={other!r}") from e
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# ORT transformer optimizer
+
+_ORT_MODEL_TYPE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
+                   "distilbert": "bert", "mpnet": "bert", "gpt2": "gpt2"}
+
+
+def _optimize(path: Path, cfg, profile: str, work: Path) -> tuple[Path, dict]:
+    mt = _ORT_MODEL_TYPE.get(getattr(cfg, "model_type", ""))
+    if profile == "none" or mt is None:
+        why = "fusion='none'" if profile == "none" else f"no ORT fusion profile for model_type {cfg.model_type!r}"
+        return path, {"applied": False, "why": why}
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fo = FusionOptions(mt)
+    if profile == "cpu":
+        # measured slower than the unfused graph on CPU (ORT 1.31, AVX2): keep them out
+        for k in ("enable_attention", "enable_skip_layer_norm", "enable_bias_skip_layer_norm",
+                  "enable_embed_layer_norm"):
+            setattr(fo, k, False)
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or getattr(cfg, "n_head", 0)
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None) or getattr(cfg, "n_embd", 0)
+    with _quiet():
+        om = optimize_model(str(path), model_type=mt, num_heads=int(heads), hidden_size=int(hidden),
+                            optimization_options=fo, opt_level=0)
+    fused = {k: v for k, v in om.get_fused_operator_statistics().items() if v}
+    out = work / "optimized.onnx"
+    om.save_model_to_file(str(out))
+    return out, {"applied": True, "profile": profile, "model_type": mt, "fused": fused}
+
+
+# ---------------------------------------------------------------------------------------------
+# roles: which MatMul is q/k/v, o, FFN up or down (names from the adapters, never matched here)
+
+
+def module_roles(model: nn.Module) -> dict[str, str]:
+    """{qualified module name: role} for the linear layers an adapter knows; {} if none does."""
+    from ..adapters import get_adapter
+    from ..core.errors import UnsupportedArchitectureError
+
+    try:
+        adapter = get_adapter(model)
+        layers = adapter.layers(model)
+    except UnsupportedArchitectureError:
+        return {}
+    names = {id(m): n for n, m in model.named_modules()}
+    roles: dict[str, str] = {}
+    for li in layers:
+        for a in (li.attention, li.cross_attention):
+            if a is None:
+                continue
+            for m in (a.q, a.k, a.v, a.qkv):
+                if m is not None:
+                    roles[names[id(m)]] = "qkv"
+            roles[names[id(a.o)]] = "o"
+        for m in (li.ffn.up, li.ffn.gate):
+            if m is not None:
+                roles[names[id(m)]] = "up"
+        roles[names[id(li.ffn.down)]] = "down"
+    return roles
+
+
+def onnx_node_roles(proto, roles: dict[str, str]) -> dict[str, str]:
+    """{ONNX MatMul node name: role}. The TorchScript exporter names nodes by module scope
+    (`/m/encoder/layer.0/attention/self/query/MatMul`, `m` being the export wrapper)."""
+    out = {}
+    for n in proto.graph.node:
+        if n.op_type != "MatMul":
+            continue
+        scope = n.name.rsplit("/", 1)[0]  # ModuleList children appear as "layer.0": compare dotted
+        module = scope[len("/m/"):].replace("/", ".") if scope.startswith("/m/") else ""
+        out[n.name] = roles.get(module, "other")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration
+
+
+def _calibration_texts(texts, n: int) -> list[str]:
+    from ..data.calibration import calibration_texts, sample_sentences
+
+    return calibration_texts(sample_sentences() if texts is None else texts, n=n)
+
+
+def _torch_batches(sm, texts: list[str], o: dict, batch_size: int = 32) -> list[dict]:
+    names = input_names(sm)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = sm.tokenize(texts[i : i + batch_size], o["calibration_max_length"])
+        out.append({k: enc[k] for k in names})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SmoothQuant: exact in float
+
+
+@torch.no_grad()
+def fold_vo_smoothing(model: nn.Module, batches: list[dict], alpha: float, floor: float | None = 0.5) -> int:
+    """Per attention block: o input channel j gets s_j from calibration statistics; v's output
+    row j (and bias) is divided by s_j, o's input column j multiplied by s_j. Exact, since the
+    attention mix is linear per channel. Skipped where v/o are not plain Linear layers or k/v
+    heads are shared (GQA). Returns the number of blocks changed."""
+    from ..adapters import get_adapter
+    from ..core.errors import UnsupportedArchitectureError
+    from ..quantize.smoothquant import smoothing_scales
+
+    try:
+        layers = get_adapter(model).layers(model)
+    except UnsupportedArchitectureError:
+        return 0
+    blocks = [a for li in layers for a in (li.attention, li.cross_attention)
+              if a is not None and a.kind == "self" and isinstance(a.v, nn.Linear) and isinstance(a.o, nn.Linear)
+              and a.num_kv_heads == a.num_heads and a.v.out_features == a.o.in_features]
+    if not blocks:
+        return 0
+    amax: dict[int, torch.Tensor] = {}
+
+    def hook(mod, args):
+        x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+        amax[id(mod)] = torch.maximum(amax[id(mod)], x) if id(mod) in amax else x
+
+    handles = [a.o.register_forward_pre_hook(hook) for a in blocks]
+    try:
+        model.eval()
+        for b in batches:
+            model(**b)
+    finally:
+        for h in handles:
+            h.remove()
+    for a in blocks:
+        s = smoothing_scales(floor_absmax(amax[id(a.o)], floor), a.o.weight.abs().amax(0), alpha)
+        a.v.weight.div_(s[:, None].to(a.v.weight.dtype))
+        if a.v.bias is not None:
+            a.v.bias.div_(s.to(a.v.bias.dtype))
+        a.o.weight.mul_(s[None, :].to(a.o.weight.dtype))
+    return len(blocks)
+
+
+def weight_matmul_groups(proto) -> dict[str, list]:
+    """{activation tensor: [MatMul nodes reading it with a 2-D constant weight used only there]}."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    groups: dict[str, list] = {}
+    for n in proto.graph.node:
+        if (n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits and n.input[0] not in inits
+                and len(inits[n.input[1]].dims) == 2 and uses[n.input[1]] == 1):
+            groups.setdefault(n.input[0], []).append(n)
+    return groups
+
+
+def activation_absmax(proto, names: list[str], feeds: list[dict]) -> dict[str, np.ndarray]:
+    """Per-channel (last dim) max |x| of graph tensors `names` over the calibration feeds."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    del m.graph.output[:]
+    for n in names:
+        m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ins = [i.name for i in sess.get_inputs()]
+    amax: dict[str, np.ndarray] = {}
+    for f in feeds:
+        for n, x in zip(names, sess.run(names, {k: f[k] for k in ins})):
+            a = np.abs(x).reshape(-1, x.shape[-1]).max(0)
+            amax[n] = np.maximum(amax[n], a) if n in amax else a
+    return amax
+
+
+def floor_absmax(amax: torch.Tensor, q: float | None) -> torch.Tensor:
+    """max(amax, quantile_q(amax)). Calibration sees few texts: a channel that stayed small there
+    (an FFN neuron that rarely fires) would get a small s and be *amplified* on other text,
+    becoming a new outlier. Flooring keeps s flat below the quantile."""
+    if q is None:
+        return amax
+    amax = amax.float()
+    return amax.clamp_min(torch.quantile(amax, q))
+
+
+def smooth_graph(proto, feeds: list[dict], alpha: float, floor: float | None = 0.5, select=None) -> dict:
+    """SmoothQuant on the ONNX graph, in place: for each activation x read by weight MatMuls
+    (chosen by `select(nodes)`), insert `Mul(x, 1/s)` feeding them and scale the weight rows by s.
+    s_j = max|x_j|^alpha / max|W_j|^(1-alpha). Exact in float; int8 then sees x/s."""
+    from onnx import helper, numpy_helper
+
+    from ..quantize.smoothquant import smoothing_scales
+
+    groups = {x: ns for x, ns in weight_matmul_groups(proto).items() if select is None or select(ns)}
+    if not groups:
+        return {"groups": 0}
+    amax = activation_absmax(proto, list(groups), feeds)
+    inits = {i.name: i for i in proto.graph.initializer}
+    inserts = []
+    for x, nodes in groups.items():
+        ws = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in nodes]  # (in, out)
+        wmax = np.max([np.abs(w).max(1) for w in ws], axis=0)
+        act = floor_absmax(torch.from_numpy(amax[x].astype(np.float32)), floor)
+        s = smoothing_scales(act, torch.from_numpy(wmax), alpha).numpy()
+        for n, w in zip(nodes, ws):
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), n.input[1]))
+        inv = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{x}_smooth_inv")
+        proto.graph.initializer.append(inv)
+        y = f"{x}_smoothed"
+        inserts.append((nodes[0], helper.make_node("Mul", [x, inv.name], [y], name=f"{x}_smooth")))
+        for n in nodes:
+            n.input[0] = y
+    for first, mul in inserts:  # right before the first reader: keeps the graph topologically sorted
+        idx = next(i for i, n in enumerate(proto.graph.node) if n is first)
+        proto.graph.node.insert(idx, mul)
+    return {"groups": len(groups), "matmuls": sum(len(v) for v in groups.values())}
+
+
+# ---------------------------------------------------------------------------------------------
+# int8
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's tools log advice at WARNING on the root logger; keep the user's console clean."""
+    prev = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(prev)
+
+
+def quantize_int8(proto, out_path: Path, node_roles: dict[str, str], o: dict, work: Path) -> dict:
+    """Dynamic int8 with onnxruntime.quantization.quantize_dynamic. MatMuls whose role is in
+    o["reduce_range"] get 7-bit weights (a first pass limited to them), the rest full 8-bit."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    wt = QuantType.QInt8 if o["weight_type"] == "int8" else QuantType.QUInt8
+    if _has_contrib_ops(proto):  # fused ops: ONNX shape inference cannot type their outputs
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        proto = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+    matmuls = [n.name for n in proto.graph.node if n.op_type == "MatMul"]
+    rr = [n for n in matmuls if node_roles.get(n, "other") in o["reduce_range"]]
+    exclude = []
+    if not o["quantize_embeddings"]:
+        exclude = [n.name for n in proto.graph.node if n.op_type in ("Gather", "EmbedLayerNormalization")]
+    common = dict(per_channel=o["per_channel"], weight_type=wt, extra_options={"MatMulConstBOnly": True})
+    src = work / "to_quantize.onnx"
+    onnx.save(proto, str(src))
+    with _quiet():
+        if rr and len(rr) < len(matmuls):
+            mid = work / "quantized_rr.onnx"
+            quantize_dynamic(src, mid, reduce_range=True, nodes_to_quantize=rr, op_types_to_quantize=["MatMul"],
+                             **common)
+            quantize_dynamic(mid, out_path, reduce_range=False, nodes_to_exclude=rr + exclude, **common)
+        else:
+            quantize_dynamic(src, out_path, reduce_range=bool(rr), nodes_to_exclude=exclude, **common)
+    q = onnx.load(str(out_path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in q.graph.node:
+        if n.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QAttention", "QEmbedLayerNormalization",
+                         "DequantizeLinear", "MatMul"):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return {"per_channel": o["per_channel"], "weight_type": o["weight_type"], "reduce_range_matmuls": len(rr),
+            "quantize_embeddings": o["quantize_embeddings"], "ops": counts}
+
+
+def _has_contrib_ops(proto) -> bool:
+    return any(n.domain == "com.microsoft" for n in proto.graph.node)
+
+
+# ---------------------------------------------------------------------------------------------
+# side files
+
+
+def _write_side_files(sm, model: nn.Module, folder: Path) -> None:
+    from ..models.saving import _write_pooling
+
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.save_pretrained(folder)
+    sm.tokenizer.save_pretrained(folder)
+    if sm.kind == "embedding" and sm.pooling is not None:
+        _write_pooling(sm, folder)
+
+
+def _meta(sm, names, outputs, optimize, quantize, o, steps, folder: Path) -> dict:
+    from dataclasses import asdict
+
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in o.items()} if quantize else {
+        k: o[k] for k in ("fusion", "exporter", "opset")}
+    seq_out = {0: "batch"} if sm.kind == "classification" else {0: "batch", 1: "sequence"}
+    return {
+        "format": "slimformer-onnx",
+        "format_version": 1,
+        "slimformer_version": __version__,
+        "kind": sm.kind,
+        "source": sm.source,
+        "model_type": getattr(sm.model.config, "model_type", None),
+        "model_file": MODEL_FILE,
+        "bytes": (folder / MODEL_FILE).stat().st_size,
+        "inputs": [{"name": n, "dtype": "int64", "axes": {0: "batch", 1: "sequence"}} for n in names],
+        "outputs": [{"name": outputs[0], "dtype": "float32", "axes": seq_out}],
+        "pooling": asdict(sm.pooling) if sm.pooling is not None else None,
+        "optimize": bool(optimize),
+        "quantize": quantize,
+        "options": options,
+        "session": {"disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS)},
+        "steps": steps,
+        "model_meta": sm.meta,
+    }

@@ -1,0 +1,144 @@
+"""Run an exported ONNX folder with ONNX Runtime, behind the SlimModel interface.
+
+    m = load_onnx("out/minilm-int8", threads=2)
+    emb = m.embed(["a sentence", "another"])          # (B, H) torch tensor, same pooling as torch
+    out = m.model(**m.tokenize(["a sentence"]))       # out.last_hidden_state (or out.logits)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import ModelLoadError
+from ..models.wrapper import Pooling
+from .onnx import MODEL_FILE, ONNX_META_FILE
+
+
+class _OrtModule:
+    """Callable like a transformers model: `model(**enc)` -> ModelOutput with torch tensors.
+
+    Inputs the graph lacks are dropped (e.g. `use_cache`), inputs it needs but were not given
+    (token_type_ids) are zeros shaped like input_ids."""
+
+    def __init__(self, session, config, kind: str, output_name: str):
+        self.session, self.config, self.kind, self.output_name = session, config, kind, output_name
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def __call__(self, input_ids=None, attention_mask=None, **kw):
+        from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
+
+        if input_ids is None:
+            raise ValueError("the ONNX model needs input_ids")
+        ids = _np(input_ids)
+        given = {"input_ids": ids, "attention_mask": attention_mask, **kw}
+        feed = {}
+        for name in self.input_names:
+            v = given.get(name)
+            if v is None:
+                v = np.ones_like(ids) if name == "attention_mask" else np.zeros_like(ids)
+            feed[name] = _np(v)
+        out = torch.from_numpy(self.session.run([self.output_name], feed)[0])
+        if self.kind == "embedding":
+            return BaseModelOutput(last_hidden_state=out)
+        if self.kind == "classification":
+            return SequenceClassifierOutput(logits=out)
+        return CausalLMOutput(logits=out)
+
+    forward = __call__
+
+    def eval(self):
+        return self
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.int64))
+
+
+class OnnxSlimModel:
+    """An exported folder loaded with ONNX Runtime (CPU). Quacks like SlimModel for evaluation:
+    kind, tokenizer, pooling, source, meta, config, tokenize(), embed(), model(**enc), num_params().
+
+    threads: ORT intra-op threads (None: ORT's default). spin: let idle ORT worker threads
+    busy-wait (faster on an idle machine, slower when the cores are shared). The session is
+    created once, with the graph-optimizer settings recorded at export time.
+    """
+
+    def __init__(self, folder, threads: int | None = None, spin: bool = True):
+        import onnxruntime as ort
+        import transformers as tf
+
+        folder = Path(folder).expanduser()
+        meta_path = folder / ONNX_META_FILE
+        if not meta_path.exists():
+            raise ModelLoadError(f"{folder}: no {ONNX_META_FILE}; not a folder written by slimformer's export_onnx")
+        self.meta = json.loads(meta_path.read_text())
+        self.folder = folder
+        self.kind = self.meta["kind"]
+        self.source = str(folder)
+        p = self.meta.get("pooling")
+        self.pooling = Pooling(**p) if p else (Pooling() if self.kind == "embedding" else None)
+        try:
+            self.config = tf.AutoConfig.from_pretrained(folder)
+            self.tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{folder}: could not read the config or tokenizer ({e})") from None
+        if self.kind == "causal-lm" and getattr(self.tokenizer, "pad_token", None) is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        disabled = self.meta.get("session", {}).get("disabled_optimizers") or None
+        model_path = folder / self.meta.get("model_file", MODEL_FILE)
+        try:
+            self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=disabled)
+        except Exception as e:  # ORT raises its own exception types
+            raise ModelLoadError(f"{model_path}: ONNX Runtime could not load it ({type(e).__name__}: {e})") from None
+        out_name = self.meta["outputs"][0]["name"]
+        self.model = _OrtModule(self.session, self.config, self.kind, out_name)
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def num_params(self) -> int:
+        """Elements of the ONNX initializers (int8 weights count one per element, like the float ones)."""
+        import onnx
+
+        m = onnx.load(str(self.folder / self.meta.get("model_file", MODEL_FILE)), load_external_data=False)
+        return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in m.graph.initializer))
+
+    def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
+        max_length = max_length or (self.pooling.max_seq_length if self.pooling else None) or 512
+        kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = self.tokenizer(texts, pairs, **kw) if pairs is not None else self.tokenizer(texts, **kw)
+        return dict(enc)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+        """Sentence embeddings (B, H) with the exported pooling (mean if none)."""
+        if self.kind != "embedding":
+            raise ValueError(f"embed() needs an embedding model; this one is {self.kind}")
+        pool = self.pooling or Pooling()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[i : i + batch_size], max_length)
+            hidden = self.model(**enc).last_hidden_state
+            out.append(pool(hidden.float(), enc["attention_mask"]))
+        return torch.cat(out)
+
+    def __repr__(self) -> str:
+        return f"OnnxSlimModel({self.source!r}, kind={self.kind!r}, quantize={self.meta.get('quantize')!r})"
+
+
+def load_onnx(folder, threads: int | None = None, spin: bool = True) -> OnnxSlimModel:
+    """Load a folder written by `export_onnx` (see OnnxSlimModel)."""
+    return OnnxSlimModel(folder, threads=threads, spin=spin)

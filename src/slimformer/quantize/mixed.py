@@ -1,0 +1,76 @@
+"""Mixed precision by sensitivity: keep the layers whose quantization hurts most in float."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .configs import MixedPrecisionConfig
+from .handlers import linear_targets
+
+
+@torch.inference_mode()
+def _outputs(sm, batches) -> list[torch.Tensor]:
+    outs = []
+    for enc in batches:
+        o = sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
+        if sm.kind == "embedding":
+            outs.append(sm.pooling(o.last_hidden_state.float(), enc["attention_mask"]) if sm.pooling else
+                        o.last_hidden_state.float().mean(1))
+        else:
+            outs.append(o.logits.float())
+    return outs
+
+
+def fidelity_drop(ref: list[torch.Tensor], out: list[torch.Tensor], kind: str) -> float:
+    """1 - mean cosine (embeddings), else mean KL(ref || out) per position."""
+    if kind == "embedding":
+        return 1.0 - torch.cat([F.cosine_similarity(a, b) for a, b in zip(ref, out)]).mean().item()
+    kl, n = 0.0, 0
+    for a, b in zip(ref, out):
+        la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
+        kl += (la.exp() * (la - lb)).sum().item()
+        n += a.numel() // a.shape[-1]
+    return kl / max(n, 1)
+
+
+def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
+    from . import SCHEMES
+    from ..core.config import handler_for
+    from .calibrate import calibration_inputs
+
+    scheme = SCHEMES[cfg.scheme]
+    texts = list(data or [])[: cfg.calibration_texts]
+    batches = calibration_inputs(sm, texts, 128, max_seqs=cfg.calibration_texts)
+    ref = _outputs(sm, batches)
+    names = [n for n, _ in linear_targets(sm, scheme, include_head=True)]
+
+    def drop_with(cfg_):
+        m = copy.deepcopy(sm)
+        handler_for(cfg_)(m, cfg_, texts)
+        return fidelity_drop(ref, _outputs(m, batches), sm.kind)
+
+    # sensitivity of each layer alone (embedding table excluded: it is measured with the whole model)
+    only = {n: drop_with(dataclasses.replace(scheme, targets=(n,), **_no_emb(scheme)))
+            for n in tqdm(names, desc="sensitivity", leave=False)}
+    order = sorted(names, key=lambda n: only[n], reverse=True)
+    kept: list[str] = []
+    drop = drop_with(scheme)
+    while drop > cfg.max_drop and len(kept) < min(cfg.max_float, len(order)):
+        kept.append(order[len(kept)])
+        drop = drop_with(dataclasses.replace(scheme, ignore=tuple(scheme.ignore) + tuple(kept)))
+    final = dataclasses.replace(scheme, ignore=tuple(scheme.ignore) + tuple(kept))
+    warnings = handler_for(final)(sm, final, texts) or []
+    sm.meta["mixed_precision"] = {"scheme": cfg.scheme, "kept_float": kept, "fidelity_drop": drop,
+                                  "max_drop": cfg.max_drop, "sensitivity": only}
+    met = "met" if drop <= cfg.max_drop else "NOT met"
+    warnings.append(f"kept float ({len(kept)}): {', '.join(kept) or 'none'}; fidelity drop {drop:.5f} "
+                    f"(budget {cfg.max_drop}: {met})")
+    return warnings
+
+
+def _no_emb(scheme) -> dict:
+    return {"embeddings": False} if hasattr(scheme, "embeddings") else {}
