@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="quantize a model and save it (reloadable with slimformer.load)")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
-    p.add_argument("--scheme", required=True, help="int8 | w8 | w4 | w4-gptq | w4-gptq-g64 | w4-gptq-g32")
+    p.add_argument("--scheme", required=True,
+                   help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-gptq | w4-gptq-g64 | w4-gptq-g32 (weight-only)")
+    p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
+    p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
+                   "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float")
     p.add_argument("--data", help="calibration text (one text per line; GPTQ needs it; default: packaged sample)")
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
     p.add_argument("--out", required=True, help="output folder")
@@ -149,13 +153,19 @@ def cmd_quantize(a) -> None:
     from . import calibration_texts, load, quantize_, sample_sentences, save
     from .quantize import scheme_config
 
-    cfg = scheme_config(a.scheme)
+    from .quantize import MixedPrecisionConfig, SmoothQuantConfig
+
+    steps = [SmoothQuantConfig(alpha=a.smoothquant)] if a.smoothquant is not None else []
+    scheme_config(a.scheme)  # validates the name
+    steps.append(MixedPrecisionConfig(scheme=a.scheme, max_drop=a.max_drop) if a.max_drop is not None
+                 else scheme_config(a.scheme))
     model = load(a.model)
     calib = calibration_texts(a.data or sample_sentences(), n=a.calibration_samples)
-    for w in quantize_(model, cfg, calib):
-        print(f"warning: {w}", file=sys.stderr)
-    model.meta.setdefault("steps", []).append(cfg.to_dict())
-    print(f"wrote {save(model, a.out)} ({a.scheme}: {cfg.to_dict()})")
+    for cfg in steps:
+        for w in quantize_(model, cfg, calib):
+            print(f"note: {w}", file=sys.stderr)
+        model.meta.setdefault("steps", []).append(cfg.to_dict())
+    print(f"wrote {save(model, a.out)} ({', '.join(c.method for c in steps)})")
 
 
 def cmd_recipes(a) -> None:
