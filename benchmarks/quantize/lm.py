@@ -24,9 +24,10 @@ from slimformer.report.markdown import table  # noqa: E402
 from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
 
 SCHEMES = {
-    "int8 RTN (per-channel-ish, g128)": sf.WeightOnlyConfig(bits=8, group_size=128, algorithm="rtn"),
+    "int8 RTN g128": sf.WeightOnlyConfig(bits=8, group_size=128, algorithm="rtn"),
     "int4 RTN g128": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn"),
-    "int4 GPTQ g128": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq"),
+    "int4 GPTQ g128 act-order": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq", act_order=True,
+                                                    calibration_samples=32),
 }
 
 
@@ -66,7 +67,7 @@ def main() -> None:
         "# Weight-only quantization of SmolLM2-135M", "",
         f"`python benchmarks/quantize/lm.py --ppl-max-tokens {a.ppl_max_tokens}`: WikiText-2 raw test, first "
         f"{s['ppl_tokens']} tokens, window {s['ppl_window']}, stride {s['ppl_stride']}; {a.threads} threads. "
-        "Weights = bytes of the saved safetensors (int4 packed two per byte, fp32 group scales, uint8 zeros; "
+        "576-wide inputs at group 128 have a last group of 64. Weights = bytes of the saved safetensors (int4 packed two per byte, fp32 group scales, uint8 zeros; "
         "embedding int8 per row; LM head int8 per channel). GPTQ calibrates on WikiText-2 valid.", "",
         table(["scheme", "perplexity", "ppl / float", "MB", "bytes / float", "quantize s"], rows),
     ])

@@ -5,7 +5,7 @@
 
 For every variant: throughput at batch 32 x 128 tokens and latency at batch 1 x 128 tokens, both
 as speed-up over float32 PyTorch eager measured in the same process (interleaved rounds, median,
-torch and ORT on the same thread count); embedding cosine to float32 torch (mean and min) and
+torch and ORT on the same thread count, ORT worker threads not spinning - see spin_check); embedding cosine to float32 torch (mean and min) and
 STS-B dev Spearman x100 over all 1500 pairs (3000 sentences); bytes of the weight file.
 
 Peers: torch.ao quantize_dynamic (qint8 Linear), ORT float32 on the plain export, and ORT
@@ -59,19 +59,22 @@ VARIANTS: dict[str, tuple] = {
     "int8 smooth a=0.5": (dict(quantize="int8", smooth_alpha=0.5), "ours", ""),
     "int8 smooth a=0.7": (dict(quantize="int8", smooth_alpha=0.7), "ours", ""),
     "int8 smooth a=0.9": (dict(quantize="int8", smooth_alpha=0.9), "ours", ""),
+    "int8 smooth a=0.8, no floor": (dict(quantize="int8", smooth_floor=None), "ours",
+                                    "scales from raw calibration max: rare channels get amplified"),
     "int8 smooth a=0.8, no reduce_range": (dict(quantize="int8", reduce_range=False), "ours", ""),
+    "int8 smooth a=0.8, reduce_range q/k/v only": (dict(quantize="int8", reduce_range=("qkv",)), "ours", ""),
     "int8 smooth a=0.8, reduce_range all": (dict(quantize="int8", reduce_range=True), "ours", ""),
-    "int8 smooth a=0.8, no v->o fold": (dict(quantize="int8", fold_vo=False), "ours", ""),
+    "int8 smooth a=0.8, with v->o fold": (dict(quantize="int8", fold_vo=True), "ours", "o input smoothed in v/o weights"),
     "int8 smooth a=0.8, qkv+up only": (dict(quantize="int8", smooth_roles=("qkv", "up")), "ours",
                                        "no Mul on the 1536-wide FFN input"),
     "int8 smooth a=0.8, uint8 weights": (dict(quantize="int8", weight_type="uint8", reduce_range=False), "ours", ""),
-    "int8 slimformer default": (dict(quantize="int8"), "ours", "smooth a=0.8 (v->o fold + q/k/v, up, down), "
-                                "reduce_range q/k/v"),
-    "int8 slimformer default, spin off": (dict(quantize="int8"), "ours-nospin", "ORT worker threads do not busy-wait"),
-    "ort int8 peer, spin off": (dict(optimize=False, quantize="int8", **PEER), "default-nospin", ""),
+    "int8 slimformer default + FastGelu": (dict(quantize="int8", gelu_approximation=True), "ours", ""),
+    "int8 slimformer default": (dict(quantize="int8"), "ours", "smooth a=0.8 floor q0.5 (Mul on q/k/v, up, down "
+                                "inputs), reduce_range q/k/v + o, no SkipLN fusion"),
 }
+SPIN = ["ort int8 peer (plain, per-channel)", "int8 slimformer default"]
 QUICK = ["torch fp32", "torch qdynamic int8", "ort fp32 plain", "ort int8 peer (plain, per-channel)",
-         "int8 fusion=cpu (no smoothing)", "int8 smooth a=0.8, no reduce_range", "int8 slimformer default"]
+         "int8 fusion=cpu (no smoothing)", "int8 slimformer default"]
 
 
 def stsb(path: Path):
@@ -96,7 +99,7 @@ def torch_mb(model) -> float:
     return buf.tell() / 1e6
 
 
-def build(name, spec, fp32, work: Path, threads: int):
+def build(name, spec, fp32, work: Path, threads: int, spin: bool = False):
     kwargs, runtime, _ = spec
     if kwargs is None:
         if name == "torch fp32":
@@ -111,14 +114,40 @@ def build(name, spec, fp32, work: Path, threads: int):
         meta = json.loads((folder / "slimformer_onnx.json").read_text())
         meta["session"] = {}
         (folder / "slimformer_onnx.json").write_text(json.dumps(meta))
-    return load_onnx(folder, threads=threads, spin="nospin" not in runtime), file_mb(folder)
+    return load_onnx(folder, threads=threads, spin=spin), file_mb(folder)
 
 
 def timed(m, enc) -> float:
+    # ORT worker threads busy-wait a while after a run; let them park so they do not steal the
+    # cores from the next variant (not counted in the time)
+    time.sleep(0.05)
     t = time.perf_counter()
     with torch.inference_mode():
         m.model(**enc)
     return time.perf_counter() - t
+
+
+def spin_check(fp32, work: Path, threads: int, enc, rounds: int) -> dict:
+    """ORT's default lets idle worker threads busy-wait. Interleaved with other models that
+    steals their cores (torch right after an ORT run measured 3-25x slower here), so the main
+    table runs every ORT session with spinning off. Here: the same model with spinning on vs
+    off, each timed in blocks of consecutive calls of one session, 1 s apart."""
+    out = {}
+    for n in SPIN:
+        kwargs = dict(VARIANTS[n][0])
+        for on in (True, False):
+            m, _ = build(f"{n} spin" if on else n, (kwargs, VARIANTS[n][1], ""), fp32, work, threads, spin=on)
+            ts = []
+            for _ in range(rounds):
+                time.sleep(1.0)
+                m.model(**enc)
+                t = time.perf_counter()
+                for _ in range(3):
+                    m.model(**enc)
+                ts.append((time.perf_counter() - t) / 3)
+            out[f"{n}, spin {'on' if on else 'off'}"] = round(statistics.median(ts) * 1e3, 1)
+            del m
+    return out
 
 
 def sensitivity(fp32, sents, ref, work: Path) -> dict:
@@ -201,6 +230,7 @@ def main() -> None:
             t, l = statistics.median(tp[n]), statistics.median(lat[n])
             results[n].update({"throughput_ms": t * 1e3, "latency_ms": l * 1e3, "throughput_x": base_tp / t,
                                "latency_x": base_lat / l})
+        spin = {} if a.only else spin_check(fp32, work, a.threads, big, rounds)
         sens = {} if a.quick or a.only else sensitivity(fp32, sents[:400], ref[:400], work)
 
     rows = [[n, f"{r['throughput_x']:.2f}", f"{r['latency_x']:.2f}", f"{r['cos_mean']:.5f}", f"{r['cos_min']:.4f}",
@@ -211,13 +241,16 @@ def main() -> None:
     print("\n" + line(head) + "\n" + "\n".join(line(r) for r in rows))
     print(f"\nspeed-ups over torch fp32 eager (median {rounds} rounds at 32x128 = "
           f"{base_tp * 1e3:.0f} ms, {lat_rounds} at 1x128 = {base_lat * 1e3:.1f} ms), {a.threads} threads")
+    if spin:
+        print("ORT worker-thread spinning (allow_spinning), ms per 32x128 batch, same-session blocks:", spin)
     if sens:
         print("sensitivity (1 - cos when only this role is int8):", sens)
     payload = {"benchmark": "onnx_int8_explore", "date": time.strftime("%Y-%m-%d %H:%M"),
                "machine": platform.machine(), "threads": a.threads, "rounds": rounds, "latency_rounds": lat_rounds,
                "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                "data": "STS-B dev, 1500 pairs (3000 sentences)", "throughput_shape": [32, 128],
-               "latency_shape": [1, 128], "variants": results, "sensitivity_1_minus_cos": sens}
+               "latency_shape": [1, 128], "ort_sessions": "allow_spinning=0 in the main table (see spin_ms)",
+               "variants": results, "spin_ms": spin, "sensitivity_1_minus_cos": sens}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(payload, indent=2, default=str))
     print(f"wrote {a.out}")

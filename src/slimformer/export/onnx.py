@@ -3,29 +3,33 @@
     folder = export_onnx(sm, "out/m-onnx")                      # float32, CPU-tuned graph
     folder = export_onnx(sm, "out/m-int8", quantize="int8")     # dynamic int8, see below
 
-What `quantize="int8"` does by default (chosen by benchmarks/quantize/onnx_int8_explore.py on
-all-MiniLM-L6-v2, 2-core AVX2 x86 without VNNI, ONNX Runtime 1.31):
+What `quantize="int8"` does by default (chosen with benchmarks/quantize/onnx_int8_explore.py on
+all-MiniLM-L6-v2, 2-core AVX2 x86 without VNNI, ONNX Runtime 1.31; numbers in
+benchmarks/results/onnx_int8_explore.json):
 
 1. SmoothQuant (alpha 0.8), exact in float. ORT quantizes activations per tensor at run time,
-   so a few outlier channels (LayerNorm / GELU outputs up to 15x the median channel) waste the
-   8 bits of every other channel. BERT is post-LN: the LayerNorm output is also the residual
-   stream, so folding 1/s into the LayerNorm is *not* output-preserving there. Instead:
-   - attention output projection: 1/s is folded into the rows of v, s into the columns of o
-     (the attention mix is linear per channel) - free at run time;
-   - q/k/v, FFN up and FFN down inputs: one `Mul(x, 1/s)` node in the graph, s into the weight
-     rows. Activation statistics come from a calibration pass (packaged sample sentences unless
-     `calibration_texts` is given).
+   so a few outlier channels (LayerNorm outputs up to 15x, GELU outputs up to 16x the median
+   channel) waste the 8 bits of all the others; activation rounding, not weight rounding, is
+   ~90% of the int8 error. BERT is post-LN: the LayerNorm output is also the residual stream,
+   so folding 1/s into the LayerNorm would change the model. Instead the q/k/v, FFN-up and
+   FFN-down inputs get one `Mul(x, 1/s)` node each and s goes into the weight rows. The
+   per-channel statistics come from a calibration pass (packaged sample sentences unless
+   `calibration_texts` is given) and are floored at their median over channels: without the
+   floor, FFN neurons that stayed quiet on 128 calibration sentences got a small s, were
+   amplified on other text and became new outliers (STS-B cosine 0.992 instead of 0.998).
+   (`fold_vo=True` also smooths the attention output projection inside the v/o weights.)
 2. Dynamic int8 with ORT `quantize_dynamic`: per-output-channel int8 weights (u8s8 kernels),
-   per-tensor uint8 activations, int8 word-embedding Gather (bytes on disk ~25% of float32).
-   The q/k/v weights use 7-bit range (reduce_range): on AVX2 without VNNI the u8s8 kernel
-   (vpmaddubsw) saturates int16 pair sums, and the q/k/v inputs (LayerNorm outputs, zero point
-   near 128) are where it hurts.
-3. No fused Attention / SkipLayerNormalization ops: on CPU they ran slower than the unfused
-   graph, and the runtime (`load_onnx`) disables ORT's own SkipLayerNorm fusion (recorded in
-   slimformer_onnx.json under "session").
+   per-tensor uint8 activations, int8 (uint8) embedding tables (bytes ~25% of float32).
+   q/k/v and the attention output projection use 7-bit weights (reduce_range): on AVX2 without
+   VNNI the u8s8 kernel (vpmaddubsw) saturates its int16 pair sums, and those inputs are where
+   it showed (uint8 weights avoid it too, but the u8u8 kernels were ~20% slower).
+3. No fused Attention / SkipLayerNormalization / BiasGelu: on CPU they ran slower than what
+   ORT's session builds from the plain graph (SkipLayerNormalization ~10x slower than Add +
+   LayerNormalization), and the runtime (`load_onnx`) disables ORT's own SkipLayerNorm fusion
+   (recorded in slimformer_onnx.json under "session").
 
 Every choice is an option (`EXPORT_OPTIONS`), e.g. `export_onnx(sm, out, quantize="int8",
-smooth_alpha=None, reduce_range=False)` gives the plain ORT per-channel recipe.
+optimize=False, smooth_alpha=None, reduce_range=False)` is the plain ORT per-channel recipe.
 """
 from __future__ import annotations
 
@@ -60,16 +64,18 @@ _MAX_BYTES = 1_900_000_000  # single-file ONNX protobuf limit is 2 GB
 EXPORT_OPTIONS: dict = {
     "per_channel": True,            # int8: one weight scale per output channel
     "weight_type": "int8",          # "int8" (u8s8 kernels, fastest on x86) | "uint8" (u8u8, no saturation, slower)
-    "reduce_range": ("qkv",),       # 7-bit weights for these roles; True: all MatMuls, False/(): none
+    "reduce_range": ("qkv", "o"),   # 7-bit weights for these roles; True: all MatMuls, False/(): none
     "smooth_alpha": 0.8,            # SmoothQuant migration strength in [0, 1]; None: off
     "smooth_roles": ("qkv", "up", "down"),  # MatMul inputs that get an exact Mul(x, 1/s) node
     "smooth_floor": 0.5,            # per-channel max|x| is floored at this quantile over channels: only
                                     # outlier channels are damped, rarely-seen ones never amplified
-    "fold_vo": True,                # SmoothQuant of the attention output projection folded into v/o weights
+    "fold_vo": False,               # SmoothQuant of the attention output projection folded into v/o weights
+                                    # (exact, free; no gain once o has reduce_range)
     "quantize_embeddings": True,    # int8 Gather for embedding tables (most of the bytes of a small model)
     "calibration_samples": 128,     # texts used for the activation statistics
     "calibration_max_length": 128,  # tokens per calibration text
     "fusion": "cpu",                # ORT transformer optimizer profile when optimize=True
+    "gelu_approximation": False,    # optimize=True: exact GELU -> FastGelu (tanh form, ~1e-3 abs error)
     "exporter": "torchscript",      # "torchscript" (keeps module names: roles, fusions) | "dynamo"
 }
 
@@ -88,6 +94,7 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
     temporary folder beside `out_dir` and renamed into place; an existing `out_dir` is replaced
     only if it is empty or was written by this function.
     """
+    require_onnx()
     o = _options(quantize, opset, opts)
     _check_model(sm)
     out = _check_out_dir(out_dir)
@@ -107,6 +114,15 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
 
 # ---------------------------------------------------------------------------------------------
 # validation
+
+
+def require_onnx() -> None:
+    """A clear error when the optional ONNX packages are missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SlimformerError(f"ONNX export needs {' and '.join(missing)}: pip install 'slimformer[onnx]'")
 
 
 def _options(quantize, opset, opts: dict) -> dict:
@@ -134,9 +150,9 @@ def _options(quantize, opset, opts: dict) -> dict:
     if a is not None and (not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
         raise ConfigError(f"smooth_alpha: expected a number in [0, 1] or None, got {a!r}")
     rr = o["reduce_range"]
-    o["reduce_range"] = tuple(ROLES) + ("other",) if rr is True else () if rr in (False, None) else tuple(rr)
+    o["reduce_range"] = tuple(ROLES) + ("other",) if rr is True else () if rr in (False, None) else rr
     for key in ("reduce_range", "smooth_roles"):
-        o[key] = tuple(o[key])
+        o[key] = (o[key],) if isinstance(o[key], str) else tuple(o[key])
         bad = [r for r in o[key] if r not in ROLES + ("other",)]
         if bad:
             raise ConfigError(f"{key}: unknown role(s) {bad}; accepted: {', '.join(ROLES)}, other")
@@ -196,7 +212,7 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
     steps.append({"step": "export", "exporter": o["exporter"], "opset": o["opset"]})
     roles = module_roles(model)
     if optimize:
-        path, info = _optimize(path, model.config, o["fusion"], work)
+        path, info = _optimize(path, model.config, o["fusion"], work, o["gelu_approximation"])
         steps.append({"step": "optimize", **info})
     if int8:
         import onnx
@@ -313,7 +329,7 @@ _ORT_MODEL_TYPE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "el
                    "distilbert": "bert", "mpnet": "bert", "gpt2": "gpt2"}
 
 
-def _optimize(path: Path, cfg, profile: str, work: Path) -> tuple[Path, dict]:
+def _optimize(path: Path, cfg, profile: str, work: Path, gelu_approximation: bool = False) -> tuple[Path, dict]:
     mt = _ORT_MODEL_TYPE.get(getattr(cfg, "model_type", ""))
     if profile == "none" or mt is None:
         why = "fusion='none'" if profile == "none" else f"no ORT fusion profile for model_type {cfg.model_type!r}"
@@ -323,10 +339,14 @@ def _optimize(path: Path, cfg, profile: str, work: Path) -> tuple[Path, dict]:
 
     fo = FusionOptions(mt)
     if profile == "cpu":
-        # measured slower than the unfused graph on CPU (ORT 1.31, AVX2): keep them out
+        # Measured slower on CPU (ORT 1.31, AVX2) than what ORT's session builds from the unfused
+        # graph: Attention/MultiHeadAttention, SkipLayerNormalization (~10x slower than Add +
+        # LayerNormalization), EmbedLayerNormalization (and it quantizes to a per-tensor table),
+        # BiasGelu (it keeps the bias from fusing into the int8 MatMulIntegerToFloat).
         for k in ("enable_attention", "enable_skip_layer_norm", "enable_bias_skip_layer_norm",
-                  "enable_embed_layer_norm"):
+                  "enable_embed_layer_norm", "enable_bias_gelu", "enable_qordered_matmul"):
             setattr(fo, k, False)
+    fo.enable_gelu_approximation = bool(gelu_approximation)
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or getattr(cfg, "n_head", 0)
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None) or getattr(cfg, "n_embd", 0)
     with _quiet():

@@ -64,11 +64,17 @@ class OnnxSlimModel:
     kind, tokenizer, pooling, source, meta, config, tokenize(), embed(), model(**enc), num_params().
 
     threads: ORT intra-op threads (None: ORT's default). spin: let idle ORT worker threads
-    busy-wait (faster on an idle machine, slower when the cores are shared). The session is
-    created once, with the graph-optimizer settings recorded at export time.
+    busy-wait after each run (ORT's default). Off here: spinning threads steal the cores from
+    whatever runs next in the process - a torch model timed right after an ORT run was 3-25x
+    slower on 2 cores - which would bias side-by-side measurements; on a shared machine it also
+    made ORT itself slower. The session is created once, with the graph-optimizer settings
+    recorded at export time.
     """
 
-    def __init__(self, folder, threads: int | None = None, spin: bool = True):
+    def __init__(self, folder, threads: int | None = None, spin: bool = False):
+        from .onnx import require_onnx
+
+        require_onnx()
         import onnxruntime as ort
         import transformers as tf
 
@@ -139,6 +145,6 @@ class OnnxSlimModel:
         return f"OnnxSlimModel({self.source!r}, kind={self.kind!r}, quantize={self.meta.get('quantize')!r})"
 
 
-def load_onnx(folder, threads: int | None = None, spin: bool = True) -> OnnxSlimModel:
+def load_onnx(folder, threads: int | None = None, spin: bool = False) -> OnnxSlimModel:
     """Load a folder written by `export_onnx` (see OnnxSlimModel)."""
     return OnnxSlimModel(folder, threads=threads, spin=spin)

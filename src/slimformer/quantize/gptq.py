@@ -93,7 +93,7 @@ def gptq_quantize(
     symmetric: bool = False,
 ) -> GPTQResult:
     """GPTQ-quantize weight (out, in) given the input Hessian H (in, in). group_size None/-1
-    means one group per row; otherwise it must divide in."""
+    means one group per row; a size that does not divide in leaves a shorter last group."""
     if weight.dim() != 2 or H.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"GPTQ needs weight (out, in) and H (in, in); got {tuple(weight.shape)} and {tuple(H.shape)}")
     if not torch.isfinite(H).all():
@@ -111,7 +111,7 @@ def gptq_quantize(
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    n_groups = n_cols // gs
+    n_groups = -(-n_cols // gs)
     scales = torch.zeros(out_f, n_groups, dtype=torch.float32, device=device)
     zeros = torch.zeros(out_f, n_groups, dtype=torch.float32, device=device)
     static = act_order or gs == n_cols  # group params fixed before quantization

@@ -157,11 +157,7 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
             _replace_linear(sm, name, mod, act=None)
             continue
         w = linear_weight(mod).float()
-        try:
-            gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
-        except ValueError:
-            gs = w.shape[1]
-            warnings.append(f"{name}: in_features {w.shape[1]} not divisible by {cfg.group_size}; one group per row")
+        gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
         if cfg.algorithm == "gptq":
             r = gptq_quantize(w, hs.pop(name).H, bits=cfg.bits, group_size=gs, damp=cfg.damp,
                               act_order=cfg.act_order, symmetric=cfg.symmetric)

@@ -137,7 +137,7 @@ class GroupQuantLinear(nn.Module):
         if bits not in (4, 8):
             raise ValueError(f"bits={bits}; accepted: 4, 8")
         self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
-        n_groups = in_features // group_size
+        n_groups = -(-in_features // group_size)  # the last group may be shorter
         width = (in_features + 1) // 2 if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, n_groups))
@@ -159,10 +159,13 @@ class GroupQuantLinear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         q = unpack_int4(self.qweight, self.in_features) if self.bits == 4 else self.qweight
-        out_f, in_f = self.out_features, self.in_features
-        g = self.scales.shape[1]
-        w = (q.view(out_f, g, in_f // g).float() - self.zeros.float().unsqueeze(-1)) * self.scales.unsqueeze(-1)
-        return w.view(out_f, in_f)
+        out_f, in_f, gs = self.out_features, self.in_features, self.group_size
+        if in_f % gs == 0:  # (out, groups, gs): broadcast, no gather
+            g = in_f // gs
+            w = (q.view(out_f, g, gs).float() - self.zeros.float().unsqueeze(-1)) * self.scales.unsqueeze(-1)
+            return w.view(out_f, in_f)
+        g_idx = torch.arange(in_f, device=q.device) // gs
+        return (q.float() - self.zeros.float()[:, g_idx]) * self.scales[:, g_idx]
 
     @property
     def weight(self) -> torch.Tensor:  # model code sometimes reads .weight (dtype checks, T5)

@@ -121,18 +121,18 @@ def quantize_per_token(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
 
 
 def resolve_group_size(in_features: int, group_size: int | None) -> int:
-    """None or -1 means one group per row. Otherwise it must divide in_features (no padding:
-    a ValueError names the sizes; pick a divisor or None)."""
+    """None or -1 means one group per row. A group size that does not divide in_features leaves
+    a shorter last group (e.g. 576 inputs, group 128: four groups of 128 and one of 64), with
+    its own scale and zero computed on its own columns."""
     if group_size is None or group_size == -1:
         return in_features
     if not isinstance(group_size, int) or group_size <= 0:
         raise ValueError(f"group_size must be a positive integer, -1 or None, got {group_size!r}")
-    if in_features % group_size:
-        raise ValueError(
-            f"in_features={in_features} is not divisible by group_size={group_size}; "
-            "use a group size that divides it, or group_size=None for one group per row"
-        )
-    return group_size
+    return min(group_size, in_features)
+
+
+def n_groups_for(in_features: int, group_size: int) -> int:
+    return -(-in_features // group_size)
 
 
 def group_qparams(w: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
@@ -158,31 +158,34 @@ def quantize_groupwise(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Round-to-nearest group-wise weight quantization along the input dim.
     w (out, in) -> q uint8 (out, in) codes in [0, 2^bits - 1],
-    scales float32 (out, in // group_size), zeros uint8 (out, in // group_size)."""
+    scales float32 (out, n_groups), zeros uint8 (out, n_groups); n_groups = ceil(in / group_size)."""
     if w.dim() != 2:
         raise ValueError(f"quantize_groupwise expects a 2-D weight (out, in), got shape {tuple(w.shape)}")
     out_f, in_f = w.shape
     gs = resolve_group_size(in_f, group_size)
-    wg = w.detach().float().reshape(out_f * (in_f // gs), gs)  # (out * n_groups, gs)
-    scale, zero = group_qparams(wg, bits, symmetric)  # (out * n_groups,)
-    q = quantize_codes(wg, scale[:, None], zero[:, None], 2**bits - 1)
-    n_groups = in_f // gs
-    return (
-        q.reshape(out_f, in_f).to(torch.uint8),
-        scale.reshape(out_f, n_groups),
-        zero.reshape(out_f, n_groups).to(torch.uint8),
-    )
+    wf = w.detach().float()
+    qs, ss, zs = [], [], []
+    for g0 in range(0, in_f, gs):
+        seg = wf[:, g0 : g0 + gs]  # (out, <= gs)
+        scale, zero = group_qparams(seg, bits, symmetric)  # (out,)
+        qs.append(quantize_codes(seg, scale[:, None], zero[:, None], 2**bits - 1))
+        ss.append(scale)
+        zs.append(zero)
+    return torch.cat(qs, 1).to(torch.uint8), torch.stack(ss, 1), torch.stack(zs, 1).to(torch.uint8)
 
 
-def dequantize_groupwise(q: Tensor, scales: Tensor, zeros: Tensor, g_idx: Tensor | None = None) -> Tensor:
+def dequantize_groupwise(q: Tensor, scales: Tensor, zeros: Tensor, g_idx: Tensor | None = None,
+                         group_size: int | None = None) -> Tensor:
     """(q - zeros) * scales -> float32 (out, in). Column j uses group g_idx[j]; by default
-    g_idx = j // (in // n_groups) (contiguous groups)."""
+    g_idx = j // group_size (group_size defaults to in / n_groups when that divides)."""
     out_f, in_f = q.shape
     n_groups = scales.shape[1]
     if g_idx is None:
-        if in_f % n_groups:
-            raise ValueError(f"in_features={in_f} is not a multiple of n_groups={n_groups}")
-        g_idx = torch.arange(in_f, device=q.device) // (in_f // n_groups)
+        if group_size is None:
+            if in_f % n_groups:
+                raise ValueError(f"in_features={in_f} is not a multiple of n_groups={n_groups}; pass group_size")
+            group_size = in_f // n_groups
+        g_idx = torch.arange(in_f, device=q.device) // group_size
     s = scales.float()[:, g_idx]  # (out, in)
     z = zeros.float()[:, g_idx]  # (out, in)
     return (q.float() - z) * s

@@ -1,0 +1,230 @@
+"""ONNX export: parity with torch (float32 and int8), reload, clear errors, atomic writes."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from slimformer.core.errors import ConfigError, SlimformerError  # noqa: E402
+from slimformer.export import ONNX_META_FILE, export_onnx, load_onnx  # noqa: E402
+from slimformer.testing import tiny_slim  # noqa: E402
+
+TEXTS = ["the cat sits on the red car", "a dog runs in the city at night", "she reads a very good book",
+         "what is this ?", "the old man walks to the house with his small dog"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    """hidden 32, 2 layers, 4 heads, FFN 37, vocab 99 (slimformer.testing), mean pooling + normalize.
+    Biases and LayerNorm parameters get noise: freshly initialised ones are all 0/1, and the
+    exporter stores identical constants once, which would hide miscounted parameters."""
+    sm = tiny_slim("bert", "embedding")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sm.model.parameters():
+            if p.dim() == 1:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return sm
+
+
+@pytest.fixture(scope="module")
+def fp32_folder(tiny_bert, tmp_path_factory):
+    return export_onnx(tiny_bert, tmp_path_factory.mktemp("onnx") / "fp32")
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tiny_bert, tmp_path_factory):
+    return export_onnx(tiny_bert, tmp_path_factory.mktemp("onnx") / "int8", quantize="int8")
+
+
+def _hidden(model, enc):
+    with torch.no_grad():
+        return model(**enc).last_hidden_state
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_fp32_export_matches_torch(tiny_bert, tmp_path, optimize):
+    folder = export_onnx(tiny_bert, tmp_path / "m", optimize=optimize)
+    om = load_onnx(folder, threads=1)
+    enc = tiny_bert.tokenize(TEXTS)  # padded batch: masking must be exported as data
+    diff = (_hidden(tiny_bert.model, enc) - _hidden(om.model, enc)).abs().max().item()
+    assert diff < 1e-4
+    assert torch.allclose(tiny_bert.embed(TEXTS), om.embed(TEXTS), atol=1e-5)
+
+
+def test_fp32_dynamic_axes(tiny_bert, fp32_folder):
+    om = load_onnx(fp32_folder)
+    for batch, words in ((1, 3), (7, 20)):
+        enc = tiny_bert.tokenize([" ".join(["dog"] * words)] * batch)
+        out = _hidden(om.model, enc)
+        assert out.shape == (batch, words + 2, 32)
+        assert (out - _hidden(tiny_bert.model, enc)).abs().max().item() < 1e-4
+
+
+def test_int8_export_close_to_torch(tiny_bert, int8_folder):
+    """Tolerance: every embedding has cosine > 0.99 to float32 torch."""
+    om = load_onnx(int8_folder)
+    cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
+    assert cos.min().item() > 0.99
+    meta = json.loads((int8_folder / ONNX_META_FILE).read_text())
+    steps = {s["step"]: s for s in meta["steps"]}
+    assert meta["quantize"] == "int8"
+    assert steps["smooth_graph"]["groups"] == 6  # q/k/v, up, down inputs of 2 layers
+    assert steps["quantize_dynamic"]["ops"]["MatMulInteger"] == 12  # 6 weight MatMuls x 2 layers
+
+def test_int8_export_leaves_caller_model_alone(tmp_path):
+    sm = tiny_slim("bert", "embedding")
+    before = {k: v.clone() for k, v in sm.model.state_dict().items()}
+    folder = export_onnx(sm, tmp_path / "m", quantize="int8", fold_vo=True)  # folds into a copy
+    assert all(torch.equal(before[k], v) for k, v in sm.model.state_dict().items())
+    steps = {s["step"]: s for s in json.loads((folder / ONNX_META_FILE).read_text())["steps"]}
+    assert steps["fold_vo_smoothing"]["attention_blocks"] == 2
+
+
+def test_smoothing_is_exact_in_float(tiny_bert, fp32_folder):
+    """Both SmoothQuant forms only move scale between activations and weights."""
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+
+    from slimformer.export.onnx import fold_vo_smoothing, smooth_graph
+
+    enc = tiny_bert.tokenize(TEXTS)
+    model = copy.deepcopy(tiny_bert.model)
+    assert fold_vo_smoothing(model, [enc], alpha=0.8) == 2
+    assert not torch.equal(model.encoder.layer[0].attention.output.dense.weight,
+                           tiny_bert.model.encoder.layer[0].attention.output.dense.weight)
+    assert torch.allclose(_hidden(model, enc), _hidden(tiny_bert.model, enc), atol=1e-5)
+
+    proto = onnx.load(str(fp32_folder / "model.onnx"))
+    feeds = [{k: v.numpy() for k, v in enc.items()}]
+    info = smooth_graph(proto, feeds, alpha=0.8)
+    assert info["groups"] == 8  # q/k/v, o, up, down inputs: 4 per layer
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(None, feeds[0])[0])
+    assert torch.allclose(got, _hidden(tiny_bert.model, enc), atol=1e-5)
+
+
+def test_int8_stores_every_matrix_in_one_byte(int8_folder):
+    """Every weight matrix and embedding table is int8/uint8 (file size of a tiny model is mostly
+    graph overhead, so this checks the tensors, and the slow MiniLM test checks bytes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(int8_folder / "model.onnx"))
+    mats = [numpy_helper.to_array(t) for t in m.graph.initializer if len(t.dims) == 2]
+    assert len(mats) == 12 + 3  # 6 weight matrices x 2 layers + word/position/type embeddings
+    assert all(a.dtype.itemsize == 1 for a in mats)
+
+
+def test_plain_ort_recipe_is_available(tiny_bert, tmp_path):
+    folder = export_onnx(tiny_bert, tmp_path / "m", quantize="int8", optimize=False, smooth_alpha=None,
+                         reduce_range=False, fold_vo=False)
+    meta = json.loads((folder / ONNX_META_FILE).read_text())
+    assert [s["step"] for s in meta["steps"]] == ["export", "quantize_dynamic"]
+    cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), load_onnx(folder).embed(TEXTS))
+    assert cos.min().item() > 0.99
+
+
+def test_reload_quacks_like_slim_model(tiny_bert, fp32_folder):
+    om = load_onnx(fp32_folder, threads=1)
+    assert om.kind == "embedding"
+    assert om.pooling == tiny_bert.pooling
+    assert om.config.hidden_size == 32 and om.config.model_type == "bert"
+    assert om.tokenizer("the cat")["input_ids"] == tiny_bert.tokenizer("the cat")["input_ids"]
+    # no pooler in the graph (embedding output is last_hidden_state); buffers add a few constants
+    exported = sum(p.numel() for n, p in tiny_bert.model.named_parameters() if not n.startswith("pooler"))
+    assert om.num_params() == exported
+    # what evaluate's timing passes: no token_type_ids, extra kwargs ignored
+    ids = tiny_bert.tokenize(TEXTS[:2])["input_ids"]
+    out = om.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert out.last_hidden_state.shape == (*ids.shape, 32)
+    for name in ("model.onnx", "config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"):
+        assert (fp32_folder / name).exists(), name
+
+
+@pytest.mark.parametrize("family,kind", [("bert", "classification"), ("gpt2", "causal-lm"), ("llama", "causal-lm")])
+def test_logits_kinds_export(tmp_path, family, kind):
+    sm = tiny_slim(family, kind)
+    folder = export_onnx(sm, tmp_path / "m")
+    om = load_onnx(folder)
+    enc = sm.tokenize(TEXTS[:2]) if kind == "classification" else {"input_ids": sm.tokenize(TEXTS[:1])["input_ids"]}
+    with torch.no_grad():
+        ref = sm.model(**enc).logits
+    got = om.model(**enc, use_cache=False).logits
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max().item() < 1e-4
+
+
+def test_unsupported_kind_is_a_clear_error(tmp_path):
+    sm = tiny_slim("t5", "seq2seq-lm")
+    with pytest.raises(SlimformerError, match="seq2seq-lm.*accepted: embedding, classification, causal-lm"):
+        export_onnx(sm, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_refuses_foreign_folder_and_leaves_it_alone(tiny_bert, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(SlimformerError, match="did not export"):
+        export_onnx(tiny_bert, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_bad_options_are_clear_errors(tiny_bert, tmp_path):
+    with pytest.raises(ConfigError, match="unknown option.*smooth_alfa"):
+        export_onnx(tiny_bert, tmp_path / "m", quantize="int8", smooth_alfa=0.5)
+    with pytest.raises(SlimformerError, match="quantize='int4'"):
+        export_onnx(tiny_bert, tmp_path / "m", quantize="int4")
+    with pytest.raises(SlimformerError, match="smooth_alpha"):
+        export_onnx(tiny_bert, tmp_path / "m", quantize="int8", smooth_alpha=1.5)
+    with pytest.raises(SlimformerError, match="reduce_range.*unknown role"):
+        export_onnx(tiny_bert, tmp_path / "m", quantize="int8", reduce_range=("attn",))
+    assert not (tmp_path / "m").exists()
+
+
+def test_load_onnx_on_other_folder_is_clear_error(tmp_path):
+    with pytest.raises(SlimformerError, match=ONNX_META_FILE):
+        load_onnx(tmp_path)
+
+
+def test_reexport_replaces_previous_export(tiny_bert, tmp_path):
+    out = tmp_path / "m"
+    export_onnx(tiny_bert, out)
+    (out / "stale.txt").write_text("from the first export")
+    export_onnx(tiny_bert, out, quantize="int8")
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / ONNX_META_FILE).read_text())["quantize"] == "int8"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folders left
+
+
+def test_failed_export_leaves_nothing(tiny_bert, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tiny_bert.tokenizer, "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_onnx(tiny_bert, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_minilm_int8_close_to_fp32(tmp_path, shared_data):
+    import csv
+    import io
+
+    from slimformer.models import load
+
+    rows = list(csv.reader(io.StringIO((shared_data / "stsb" / "stsb-en-dev.csv").read_text(encoding="utf-8"))))
+    texts = [r[0] for r in rows[:32]] + [r[1] for r in rows[:32]]
+    sm = load()
+    folder = export_onnx(sm, tmp_path / "minilm-int8", quantize="int8")
+    om = load_onnx(folder, threads=2)
+    cos = torch.nn.functional.cosine_similarity(sm.embed(texts), om.embed(texts))
+    assert cos.mean().item() >= 0.99
+    fp32_bytes = sum(p.numel() * 4 for p in sm.model.parameters())
+    assert (folder / "model.onnx").stat().st_size <= 0.26 * fp32_bytes
