@@ -79,3 +79,18 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     assert q.model(ids).logits.shape == (1, 5, 99)
     assert main(["quantize", str(folder), "--scheme", "int3", "--out", str(tmp_path / "x")]) == 2
     assert "accepted: int8" in capsys.readouterr().err
+
+
+def test_export_command(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import slimformer as sf
+    from slimformer.export import load_onnx
+
+    folder = save(tiny_slim("bert", "embedding"), tmp_path / "m")
+    assert main(["export", str(folder), "--onnx", "--out", str(tmp_path / "o")]) == 0
+    o = load_onnx(tmp_path / "o")
+    ref = sf.load(folder)
+    texts = ["the cat sits on the red car", "a dog runs"]
+    assert (o.embed(texts) - ref.embed(texts)).abs().max().item() < 1e-4
+    assert main(["export", str(folder), "--onnx", "--out", str(folder)]) == 2  # would overwrite the model
+    assert "slimformer: error:" in capsys.readouterr().err

@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the only format so far)")
+    p.add_argument("--quantize", choices=["int8"], help="int8: SmoothQuant-equalized dynamic int8 (weights per "
+                   "channel, int8 embedding) tuned for ONNX Runtime on CPU")
+    p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's graph optimizer")
+    p.add_argument("--data", help="calibration text for int8 (one text per line; default: packaged sample)")
+    p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config)")
+
     sub.add_parser("recipes", help="list the built-in recipes")
     return ap
 
@@ -168,6 +177,16 @@ def cmd_quantize(a) -> None:
     print(f"wrote {save(model, a.out)} ({', '.join(c.method for c in steps)})")
 
 
+def cmd_export(a) -> None:
+    from . import calibration_texts, load, sample_sentences
+    from .export import export_onnx
+
+    calib = calibration_texts(a.data or sample_sentences(), n=128) if a.quantize else None
+    out = export_onnx(load(a.model), a.out, optimize=not a.no_optimize, quantize=a.quantize, calibration_texts=calib)
+    print(f"wrote {out}/model.onnx ({'int8' if a.quantize else 'float32'}; run it with slimformer.export.load_onnx "
+          "or onnxruntime)")
+
+
 def cmd_recipes(a) -> None:
     from .recipes import builtin_recipes, load_recipe
 
@@ -177,7 +196,7 @@ def cmd_recipes(a) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "evaluate": cmd_evaluate, "compress": cmd_compress, "recipes": cmd_recipes,
-            "quantize": cmd_quantize}
+            "quantize": cmd_quantize, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
