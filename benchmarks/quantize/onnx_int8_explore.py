@@ -73,6 +73,9 @@ VARIANTS: dict[str, tuple] = {
                                 "inputs), reduce_range q/k/v + o, no SkipLN fusion"),
 }
 SPIN = ["ort int8 peer (plain, per-channel)", "int8 slimformer default"]
+# a longer interleaved run for the comparison that matters (the main table's 7 rounds move by ~5%)
+H2H = ["torch fp32", "torch qdynamic int8", "ort fp32 plain", "ort int8 peer (plain, per-channel)",
+       "int8 fusion=cpu (no smoothing)", "int8 slimformer default"]
 QUICK = ["torch fp32", "torch qdynamic int8", "ort fp32 plain", "ort int8 peer (plain, per-channel)",
          "int8 fusion=cpu (no smoothing)", "int8 slimformer default"]
 
@@ -184,6 +187,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7, help="interleaved throughput rounds (batch 32 x 128)")
     ap.add_argument("--latency-rounds", type=int, default=20, help="interleaved batch-1 rounds")
+    ap.add_argument("--h2h-rounds", type=int, default=25, help="rounds of the head-to-head run (H2H variants)")
     ap.add_argument("--quick", action="store_true", help="fewer variants, fewer rounds, no sensitivity check")
     ap.add_argument("--only", nargs="*", help="variant names to run (torch fp32 is always run)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx_int8_explore.json")
@@ -230,6 +234,21 @@ def main() -> None:
             t, l = statistics.median(tp[n]), statistics.median(lat[n])
             results[n].update({"throughput_ms": t * 1e3, "latency_ms": l * 1e3, "throughput_x": base_tp / t,
                                "latency_x": base_lat / l})
+        h2h = [n for n in H2H if n in models]
+        h2h_rounds = 5 if a.quick else a.h2h_rounds
+        tp2 = {n: [] for n in h2h}
+        lat2 = {n: [] for n in h2h}
+        for _ in range(h2h_rounds):
+            for n in h2h:
+                tp2[n].append(timed(models[n], big))
+            for _ in range(3):
+                for n in h2h:
+                    lat2[n].append(timed(models[n], one))
+        for n in h2h:
+            results[n]["h2h_throughput_x"] = statistics.median(tp2["torch fp32"]) / statistics.median(tp2[n])
+            results[n]["h2h_latency_x"] = statistics.median(lat2["torch fp32"]) / statistics.median(lat2[n])
+            results[n]["h2h_throughput_ms"] = statistics.median(tp2[n]) * 1e3
+            results[n]["h2h_latency_ms"] = statistics.median(lat2[n]) * 1e3
         spin = {} if a.only else spin_check(fp32, work, a.threads, big, rounds)
         sens = {} if a.quick or a.only else sensitivity(fp32, sents[:400], ref[:400], work)
 
@@ -241,6 +260,12 @@ def main() -> None:
     print("\n" + line(head) + "\n" + "\n".join(line(r) for r in rows))
     print(f"\nspeed-ups over torch fp32 eager (median {rounds} rounds at 32x128 = "
           f"{base_tp * 1e3:.0f} ms, {lat_rounds} at 1x128 = {base_lat * 1e3:.1f} ms), {a.threads} threads")
+    if h2h:
+        print(f"\nhead-to-head, {h2h_rounds} interleaved rounds (latency {3 * h2h_rounds}):")
+        for n in h2h:
+            r = results[n]
+            print(f"  {n:40s} throughput x{r['h2h_throughput_x']:.2f} ({r['h2h_throughput_ms']:.0f} ms)  "
+                  f"latency x{r['h2h_latency_x']:.2f} ({r['h2h_latency_ms']:.1f} ms)")
     if spin:
         print("ORT worker-thread spinning (allow_spinning), ms per 32x128 batch, same-session blocks:", spin)
     if sens:
@@ -250,7 +275,7 @@ def main() -> None:
                "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                "data": "STS-B dev, 1500 pairs (3000 sentences)", "throughput_shape": [32, 128],
                "latency_shape": [1, 128], "ort_sessions": "allow_spinning=0 in the main table (see spin_ms)",
-               "variants": results, "spin_ms": spin, "sensitivity_1_minus_cos": sens}
+               "h2h_rounds": h2h_rounds, "variants": results, "spin_ms": spin, "sensitivity_1_minus_cos": sens}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(payload, indent=2, default=str))
     print(f"wrote {a.out}")
