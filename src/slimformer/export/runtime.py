@@ -123,10 +123,9 @@ class OnnxSlimModel:
         return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in m.graph.initializer))
 
     def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
-        max_length = max_length or (self.pooling.max_seq_length if self.pooling else None) or 512
-        kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        enc = self.tokenizer(texts, pairs, **kw) if pairs is not None else self.tokenizer(texts, **kw)
-        return dict(enc)
+        from ..models.wrapper import tokenize
+
+        return tokenize(self.tokenizer, self.pooling, texts, max_length, pairs)
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:

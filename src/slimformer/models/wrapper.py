@@ -70,10 +70,7 @@ class SlimModel:
         return n
 
     def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
-        max_length = max_length or (self.pooling.max_seq_length if self.pooling else None) or 512
-        kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        enc = self.tokenizer(texts, pairs, **kw) if pairs is not None else self.tokenizer(texts, **kw)
-        return dict(enc)
+        return tokenize(self.tokenizer, self.pooling, texts, max_length, pairs)
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
@@ -86,6 +83,14 @@ class SlimModel:
             hidden = self.model(**enc).last_hidden_state if _is_bare(self.model) else _last_hidden(self.model, enc)
             out.append(pool(hidden.float(), enc["attention_mask"]))
         return torch.cat(out)
+
+
+def tokenize(tokenizer, pooling: Pooling | None, texts, max_length: int | None = None, pairs=None) -> dict:
+    """Padded, truncated tensors; max_length defaults to the pooling's max_seq_length, else 512."""
+    max_length = max_length or (pooling.max_seq_length if pooling else None) or 512
+    kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    enc = tokenizer(texts, pairs, **kw) if pairs is not None else tokenizer(texts, **kw)
+    return dict(enc)
 
 
 def _forward_args(model: nn.Module) -> set[str]:
