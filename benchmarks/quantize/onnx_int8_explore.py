@@ -1,17 +1,19 @@
 """Which int8 for all-MiniLM-L6-v2 on CPU? ONNX Runtime variants against the peers a user has.
 
-    python benchmarks/quantize/onnx_int8_explore.py            # ~15 min on 2 busy cores
-    python benchmarks/quantize/onnx_int8_explore.py --quick    # fewer variants and repeats
+    python benchmarks/quantize/onnx_int8_explore.py            # ~35 min on 2 cores
+    python benchmarks/quantize/onnx_int8_explore.py --quick    # fewer variants and rounds
 
-For every variant: throughput at batch 32 x 128 tokens and latency at batch 1 x 128 tokens, both
+For every variant: throughput at batch 32 x 128 tokens and cold batch-1 latency (1 x 128), both
 as speed-up over float32 PyTorch eager measured in the same process (interleaved rounds, median,
-torch and ORT on the same thread count, ORT worker threads not spinning - see spin_check); embedding cosine to float32 torch (mean and min) and
-STS-B dev Spearman x100 over all 1500 pairs (3000 sentences); bytes of the weight file.
+torch and ORT on the same thread count, ORT worker threads not spinning - see spin_check);
+embedding cosine to float32 torch (mean and min) and STS-B dev Spearman x100 over all 1500
+pairs (3000 sentences); MB of the weight file. Then a longer head-to-head run of the variants
+that matter (throughput and warm batch-1 latency), spinning on vs off, and a sensitivity check
+(only one role of MatMul int8) that guided the choices.
 
 Peers: torch.ao quantize_dynamic (qint8 Linear), ORT float32 on the plain export, and ORT
 quantize_dynamic(per_channel=True) on the plain export with a default ORT session - what a user
-gets without slimformer. Then a sensitivity check (quantize one role of MatMul only) that
-guided the choices. Writes benchmarks/results/onnx_int8_explore.json and prints a table.
+gets without slimformer. Writes benchmarks/results/onnx_int8_explore.json and prints a table.
 """
 from __future__ import annotations
 
@@ -130,25 +132,26 @@ def timed(m, enc) -> float:
     return time.perf_counter() - t
 
 
-def spin_check(fp32, work: Path, threads: int, enc, rounds: int) -> dict:
+def spin_check(fp32, work: Path, threads: int, big, one, rounds: int) -> dict:
     """ORT's default lets idle worker threads busy-wait. Interleaved with other models that
-    steals their cores (torch right after an ORT run measured 3-25x slower here), so the main
+    steals their cores (torch right after an ORT call measured 5-30x slower here), so the main
     table runs every ORT session with spinning off. Here: the same model with spinning on vs
-    off, each timed in blocks of consecutive calls of one session, 1 s apart."""
+    off, each timed in blocks of back-to-back calls of one session, 1 s apart; ms per call."""
     out = {}
     for n in SPIN:
         kwargs = dict(VARIANTS[n][0])
         for on in (True, False):
             m, _ = build(f"{n} spin" if on else n, (kwargs, VARIANTS[n][1], ""), fp32, work, threads, spin=on)
-            ts = []
-            for _ in range(rounds):
-                time.sleep(1.0)
-                m.model(**enc)
-                t = time.perf_counter()
-                for _ in range(3):
+            for label, enc, k in (("32x128", big, 3), ("1x128", one, 20)):
+                ts = []
+                for _ in range(rounds):
+                    time.sleep(1.0)
                     m.model(**enc)
-                ts.append((time.perf_counter() - t) / 3)
-            out[f"{n}, spin {'on' if on else 'off'}"] = round(statistics.median(ts) * 1e3, 1)
+                    t = time.perf_counter()
+                    for _ in range(k):
+                        m.model(**enc)
+                    ts.append((time.perf_counter() - t) / k)
+                out[f"{n}, spin {'on' if on else 'off'}, {label}"] = round(statistics.median(ts) * 1e3, 2)
             del m
     return out
 
@@ -241,40 +244,47 @@ def main() -> None:
         for _ in range(h2h_rounds):
             for n in h2h:
                 tp2[n].append(timed(models[n], big))
-            for _ in range(3):
-                for n in h2h:
-                    lat2[n].append(timed(models[n], one))
+            for n in h2h:  # warm latency, as evaluate() times it: back-to-back calls of one model
+                timed(models[n], one)
+                with torch.inference_mode():
+                    t0 = time.perf_counter()
+                    for _ in range(5):
+                        models[n].model(**one)
+                lat2[n].append((time.perf_counter() - t0) / 5)
         for n in h2h:
             results[n]["h2h_throughput_x"] = statistics.median(tp2["torch fp32"]) / statistics.median(tp2[n])
             results[n]["h2h_latency_x"] = statistics.median(lat2["torch fp32"]) / statistics.median(lat2[n])
             results[n]["h2h_throughput_ms"] = statistics.median(tp2[n]) * 1e3
             results[n]["h2h_latency_ms"] = statistics.median(lat2[n]) * 1e3
-        spin = {} if a.only else spin_check(fp32, work, a.threads, big, rounds)
+        spin = {} if a.only else spin_check(fp32, work, a.threads, big, one, rounds)
         sens = {} if a.quick or a.only else sensitivity(fp32, sents[:400], ref[:400], work)
 
     rows = [[n, f"{r['throughput_x']:.2f}", f"{r['latency_x']:.2f}", f"{r['cos_mean']:.5f}", f"{r['cos_min']:.4f}",
              f"{r['spearman']:.2f}", f"{r['mb']:.1f}"] for n, r in results.items()]
-    head = ["variant", "throughput x (32x128)", "latency x (1x128)", "cos mean", "cos min", "STS-B spearman", "MB"]
+    head = ["variant", "throughput x (32x128)", "latency x (1x128, cold)", "cos mean", "cos min", "STS-B spearman", "MB"]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
     print("\n" + line(head) + "\n" + "\n".join(line(r) for r in rows))
     print(f"\nspeed-ups over torch fp32 eager (median {rounds} rounds at 32x128 = "
           f"{base_tp * 1e3:.0f} ms, {lat_rounds} at 1x128 = {base_lat * 1e3:.1f} ms), {a.threads} threads")
     if h2h:
-        print(f"\nhead-to-head, {h2h_rounds} interleaved rounds (latency {3 * h2h_rounds}):")
+        print(f"\nhead-to-head, {h2h_rounds} interleaved rounds (batch-1 latency warm: 5 back-to-back calls "
+              "per model per round):")
         for n in h2h:
             r = results[n]
             print(f"  {n:40s} throughput x{r['h2h_throughput_x']:.2f} ({r['h2h_throughput_ms']:.0f} ms)  "
                   f"latency x{r['h2h_latency_x']:.2f} ({r['h2h_latency_ms']:.1f} ms)")
     if spin:
-        print("ORT worker-thread spinning (allow_spinning), ms per 32x128 batch, same-session blocks:", spin)
+        print("ORT worker-thread spinning (allow_spinning), ms per call, same-session blocks:", spin)
     if sens:
         print("sensitivity (1 - cos when only this role is int8):", sens)
     payload = {"benchmark": "onnx_int8_explore", "date": time.strftime("%Y-%m-%d %H:%M"),
                "machine": platform.machine(), "threads": a.threads, "rounds": rounds, "latency_rounds": lat_rounds,
                "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                "data": "STS-B dev, 1500 pairs (3000 sentences)", "throughput_shape": [32, 128],
-               "latency_shape": [1, 128], "ort_sessions": "allow_spinning=0 in the main table (see spin_ms)",
+               "latency_shape": [1, 128],
+               "latency_note": "main table: cold single calls (50 ms apart, interleaved); h2h: warm, back-to-back",
+               "ort_sessions": "allow_spinning=0 in the main table (see spin_ms)",
                "h2h_rounds": h2h_rounds, "variants": results, "spin_ms": spin, "sensitivity_1_minus_cos": sens}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(payload, indent=2, default=str))

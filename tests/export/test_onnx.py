@@ -159,6 +159,22 @@ def test_logits_kinds_export(tmp_path, family, kind):
     assert (got - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_causal_lm_int8_export(tmp_path, family):
+    """Roles are found (GPT-2's Conv1D after ORT's renaming fusions too), smoothing applies, and
+    the logits stay close (tolerance: cosine > 0.98 per position on a random tiny model)."""
+    sm = tiny_slim(family, "causal-lm")
+    folder = export_onnx(sm, tmp_path / "m", quantize="int8")
+    steps = {s["step"]: s for s in json.loads((folder / ONNX_META_FILE).read_text())["steps"]}
+    assert steps["smooth_graph"]["groups"] == 6  # 3 smoothed inputs x 2 layers
+    assert steps["quantize_dynamic"]["reduce_range_matmuls"] > 0
+    ids = sm.tokenize(TEXTS[:1])["input_ids"]
+    with torch.no_grad():
+        ref = sm.model(input_ids=ids).logits
+    got = load_onnx(folder).model(input_ids=ids).logits
+    assert torch.nn.functional.cosine_similarity(ref[0], got[0], dim=-1).min().item() > 0.98
+
+
 def test_unsupported_kind_is_a_clear_error(tmp_path):
     sm = tiny_slim("t5", "seq2seq-lm")
     with pytest.raises(SlimformerError, match="seq2seq-lm.*accepted: embedding, classification, causal-lm"):

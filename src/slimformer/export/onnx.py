@@ -391,13 +391,18 @@ def module_roles(model: nn.Module) -> dict[str, str]:
 
 def onnx_node_roles(proto, roles: dict[str, str]) -> dict[str, str]:
     """{ONNX MatMul node name: role}. The TorchScript exporter names nodes by module scope
-    (`/m/encoder/layer.0/attention/self/query/MatMul`, `m` being the export wrapper)."""
+    (`/m/encoder/layer.0/attention/self/query/MatMul`, `m` being the export wrapper); where a
+    fusion renamed the node, an untransposed weight still carries the module name
+    (`m.transformer.h.0.attn.c_attn.weight`, GPT-2's Conv1D)."""
     out = {}
     for n in proto.graph.node:
         if n.op_type != "MatMul":
             continue
         scope = n.name.rsplit("/", 1)[0]  # ModuleList children appear as "layer.0": compare dotted
         module = scope[len("/m/"):].replace("/", ".") if scope.startswith("/m/") else ""
+        w = n.input[1] if len(n.input) > 1 else ""
+        if module not in roles and w.startswith("m.") and w.endswith(".weight"):
+            module = w[len("m."):-len(".weight")]
         out[n.name] = roles.get(module, "other")
     return out
 

@@ -64,14 +64,14 @@ class OnnxSlimModel:
     kind, tokenizer, pooling, source, meta, config, tokenize(), embed(), model(**enc), num_params().
 
     threads: ORT intra-op threads (None: ORT's default). spin: let idle ORT worker threads
-    busy-wait after each run (ORT's default). Off here: spinning threads steal the cores from
-    whatever runs next in the process - a torch model timed right after an ORT run was 3-25x
-    slower on 2 cores - which would bias side-by-side measurements; on a shared machine it also
-    made ORT itself slower. The session is created once, with the graph-optimizer settings
-    recorded at export time.
+    busy-wait after each run (ORT's default; batch-1 latency of back-to-back calls ~12% lower
+    on an idle 2-core machine). Turn it off when other work shares the cores: spinning threads
+    steal them from whatever runs next - a torch model timed right after an ORT call ran 3-25x
+    slower here - and on a busy machine ORT itself was faster without it.
+    The session is created once, with the graph-optimizer settings recorded at export time.
     """
 
-    def __init__(self, folder, threads: int | None = None, spin: bool = False):
+    def __init__(self, folder, threads: int | None = None, spin: bool = True):
         from .onnx import require_onnx
 
         require_onnx()
@@ -144,6 +144,6 @@ class OnnxSlimModel:
         return f"OnnxSlimModel({self.source!r}, kind={self.kind!r}, quantize={self.meta.get('quantize')!r})"
 
 
-def load_onnx(folder, threads: int | None = None, spin: bool = False) -> OnnxSlimModel:
+def load_onnx(folder, threads: int | None = None, spin: bool = True) -> OnnxSlimModel:
     """Load a folder written by `export_onnx` (see OnnxSlimModel)."""
     return OnnxSlimModel(folder, threads=threads, spin=spin)
