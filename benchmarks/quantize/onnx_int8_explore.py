@@ -38,7 +38,7 @@ from slimformer.evaluate.efficiency import make_inputs  # noqa: E402
 from slimformer.export import export_onnx, load_onnx  # noqa: E402
 from slimformer.models import load  # noqa: E402
 
-PEER = dict(smooth_alpha=None, reduce_range=False, fold_vo=False)  # ORT's per-channel recipe as-is
+PEER = dict(smooth_alpha=None, reduce_range=False, fold_vo=False, embedding_bits=8)  # ORT's per-channel recipe as-is
 
 # name -> (export_onnx kwargs or None for a torch variant, runtime: "ours" | "default" ORT session, note)
 VARIANTS: dict[str, tuple] = {

@@ -116,11 +116,19 @@ class OnnxSlimModel:
         return self.model(*args, **kwargs)
 
     def num_params(self) -> int:
-        """Elements of the ONNX initializers (int8 weights count one per element, like the float ones)."""
+        """Elements of the ONNX initializers (int8 weights count one per element, like the float ones;
+        a 4-bit block-quantized table counts its values, not its packed bytes, scales and zero points)."""
         import onnx
 
         m = onnx.load(str(self.folder / self.meta.get("model_file", MODEL_FILE)), load_external_data=False)
-        return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in m.graph.initializer))
+        per_byte, skip = {}, set()
+        for n in m.graph.node:
+            if n.op_type == "GatherBlockQuantized":
+                bits = next((a.i for a in n.attribute if a.name == "bits"), 4)
+                per_byte[n.input[0]] = 8 // bits
+                skip.update(n.input[2:])
+        return int(sum((int(np.prod(t.dims)) if len(t.dims) else 1) * per_byte.get(t.name, 1)
+                       for t in m.graph.initializer if t.name not in skip))
 
     def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
         from ..models.wrapper import tokenize
