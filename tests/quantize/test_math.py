@@ -370,3 +370,17 @@ def test_smoothing_scales_validation_and_clamp():
     assert torch.isfinite(s).all() and (s > 0).all()
     with pytest.raises(ValueError, match="alpha"):
         smoothing_scales(torch.ones(2), torch.ones(2), alpha=1.5)
+
+
+def test_clip_search_lowers_group_rounding_error():
+    # heavy-tailed rows (Student-t, 3 dof), like trained weights: shrinking the range wins on
+    # most rows; p = 1 is a candidate, so no row may get worse
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(3.0).sample((64, 128))
+    for symmetric in (False, True):
+        err = {}
+        for clip in (False, True):
+            q, s, z = quantize_groupwise(w, 4, 32, symmetric, clip)
+            err[clip] = ((dequantize_groupwise(q, s, z, group_size=32) - w).abs() ** 2.4).view(64, 4, 32).sum(-1)
+        assert (err[True] <= err[False] * (1 + 1e-5)).all()
+        assert err[True].sum() < 0.97 * err[False].sum()  # measured 0.95 (asymmetric)

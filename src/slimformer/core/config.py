@@ -55,6 +55,12 @@ class MethodConfig:
             rb = ")" if hi_open else "]"
             raise ConfigError(f"{type(self).__name__}.{name}={v!r} is out of range; accepted: {lb}{lo}, {hi}{rb}")
 
+    def _check_bool(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ConfigError(f"{type(self).__name__}.{name}={v!r} must be true/false")
+
     def _check_choice(self, name: str, choices) -> None:
         v = getattr(self, name)
         if v not in choices:

@@ -91,6 +91,7 @@ def gptq_quantize(
     act_order: bool = False,
     block_size: int = 128,
     symmetric: bool = False,
+    clip: bool = False,
 ) -> GPTQResult:
     """GPTQ-quantize weight (out, in) given the input Hessian H (in, in). group_size None/-1
     means one group per row; a size that does not divide in leaves a shorter last group."""
@@ -117,7 +118,7 @@ def gptq_quantize(
     static = act_order or gs == n_cols  # group params fixed before quantization
     if static:
         for g in range(n_groups):
-            scales[:, g], zeros[:, g] = group_qparams(W[:, g * gs : (g + 1) * gs], bits, symmetric)
+            scales[:, g], zeros[:, g] = group_qparams(W[:, g * gs : (g + 1) * gs], bits, symmetric, clip)
 
     perm = None
     if act_order:
@@ -144,7 +145,7 @@ def gptq_quantize(
                 if end > i2:  # group spills past the block: add its pending in-block updates
                     rest = W[:, i2:end] - Err1 @ Hinv[i1:i2, i2:end]
                     seg = torch.cat([seg, rest], 1)
-                scales[:, g], zeros[:, g] = group_qparams(seg, bits, symmetric)
+                scales[:, g], zeros[:, g] = group_qparams(seg, bits, symmetric, clip)
             w, d = W1[:, i], Hinv1[i, i]  # (out,), scalar
             c = quantize_codes(w, scales[:, g], zeros[:, g], maxq)  # (out,)
             q = (c - zeros[:, g]) * scales[:, g]  # same arithmetic as dequantize_groupwise

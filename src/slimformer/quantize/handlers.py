@@ -13,6 +13,7 @@ from .gptq import HessianAccumulator, gptq_quantize
 from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, SmoothedLinear, linear_weight
 from .observers import RunningObserver
 from .qmath import quantize_groupwise, resolve_group_size
+from .sequential import run_sequential, sequential_supported
 from .smoothquant import smoothing_scales
 
 META_KEY = "quantization"
@@ -147,41 +148,63 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     warnings = []
     targets = linear_targets(sm, cfg, include_head=cfg.lm_head)
     head = head_name(sm)
-    hs = {}
+    body = [(n, m) for n, m in targets if n != head]
     if cfg.algorithm == "gptq":
         if not data:
             raise ValueError("GPTQ needs calibration data (texts); none was given")
-        hs = _hessians(sm, [(n, m) for n, m in targets if n != head], list(data), cfg)
-    for name, mod in tqdm(targets, desc=f"int{cfg.bits} {cfg.algorithm}", leave=False):
-        if name == head:  # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
-            _replace_linear(sm, name, mod, act=None)
-            continue
-        w = linear_weight(mod).float()
-        gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
-        if cfg.algorithm == "gptq":
-            r = gptq_quantize(w, hs.pop(name).H, bits=cfg.bits, group_size=gs, damp=cfg.damp,
-                              act_order=cfg.act_order, symmetric=cfg.symmetric)
-            q, scales, zeros = r.q, r.scales, r.zeros
+        batches = calibration_inputs(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
+        if cfg.sequential and sequential_supported(sm):
+            hs, observe = _hessian_collector()
+
+            def quantize_layer(items):
+                for name, mod in items:
+                    _group_quantize(sm, name, mod, cfg, hs.pop(name).H)
+                observe.seen.clear()
+
+            run_sequential(sm, body, batches, observe, quantize_layer, desc="gptq (layer by layer)")
         else:
-            q, scales, zeros = quantize_groupwise(w, cfg.bits, gs, cfg.symmetric)
-        new = GroupQuantLinear.from_codes(mod, q, scales, zeros, cfg.bits, gs)
-        _set_module(sm.model, name, new)
-        _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,
-                           "bias": new.bias is not None, "bits": cfg.bits, "group_size": gs})
+            if cfg.sequential:
+                warnings.append("GPTQ: layer-by-layer calibration does not apply to this architecture; "
+                                "Hessians come from one pass of the float model")
+            hs = _hessians(sm, body, batches)
+            for name, mod in tqdm(body, desc="gptq", leave=False):
+                _group_quantize(sm, name, mod, cfg, hs.pop(name).H)
+    else:
+        for name, mod in tqdm(body, desc=f"int{cfg.bits} rtn", leave=False):
+            _group_quantize(sm, name, mod, cfg, None)
+    if head is not None and any(n == head for n, _ in targets):
+        # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
+        _replace_linear(sm, head, sm.model.get_submodule(head), act=None)
     if cfg.embeddings:
         warnings += quantize_embedding(sm)
     return warnings
 
 
-def _hessians(sm, body, texts, cfg: WeightOnlyConfig) -> dict[str, HessianAccumulator]:
-    """X^T X of each layer's input over the calibration data, in one pass of the float model.
-    Layers fed the very same tensor (q/k/v, gate/up) share one accumulator: computed once."""
+def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H) -> None:
+    """Swap `name` for a GroupQuantLinear: GPTQ when a Hessian H is given, else round-to-nearest."""
+    w = linear_weight(mod).float()
+    gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
+    if H is not None:
+        r = gptq_quantize(w, H, bits=cfg.bits, group_size=gs, damp=cfg.damp,
+                          act_order=cfg.act_order, symmetric=cfg.symmetric, clip=cfg.clip)
+        q, scales, zeros = r.q, r.scales, r.zeros
+    else:
+        q, scales, zeros = quantize_groupwise(w, cfg.bits, gs, cfg.symmetric, cfg.clip)
+    new = GroupQuantLinear.from_codes(mod, q, scales, zeros, cfg.bits, gs)
+    _set_module(sm.model, name, new)
+    _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,
+                       "bias": new.bias is not None, "bits": cfg.bits, "group_size": gs})
+
+
+def _hessian_collector():
+    """({name: HessianAccumulator}, observe(name, x, raw)). Layers fed the very same tensor
+    (q/k/v, gate/up) share one accumulator, so X^T X is computed once for them. `observe.seen`
+    maps id(input tensor) -> (accumulator, tensor); holding the tensor keeps its memory from
+    being reused by a later input while the entry exists - clear it between passes."""
     hs: dict[str, HessianAccumulator] = {}
-    # this batch: id of an input tensor -> (its accumulator, the tensor). Holding the tensor keeps
-    # its memory from being reused by a later layer's input within the batch.
     seen: dict[int, tuple[HessianAccumulator, torch.Tensor]] = {}
 
-    def consume(name, x, raw):
+    def observe(name, x, raw):
         hit = seen.get(id(raw))
         if name not in hs:
             hs[name] = hit[0] if hit is not None and hit[1] is raw else HessianAccumulator(x.shape[-1])
@@ -190,10 +213,17 @@ def _hessians(sm, body, texts, cfg: WeightOnlyConfig) -> dict[str, HessianAccumu
             seen[id(raw)] = (acc, raw)
             acc.add(x)
 
-    batches = calibration_inputs(sm, texts, cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
+    observe.seen = seen
+    return hs, observe
+
+
+def _hessians(sm, body, batches) -> dict[str, HessianAccumulator]:
+    """X^T X of each layer's input over the calibration batches, in one pass of the float model."""
+    hs, observe = _hessian_collector()
     for enc in tqdm(batches, desc="gptq calibration", leave=False):
-        seen.clear()
-        observe_inputs(sm, body, [enc], lambda n, x, raw=None: None, "", consume_raw=consume)
+        observe.seen.clear()
+        observe_inputs(sm, body, [enc], lambda n, x: None, "", consume_raw=observe)
+    observe.seen.clear()
     return hs
 
 

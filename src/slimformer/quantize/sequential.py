@@ -1,0 +1,133 @@
+"""Layer-by-layer calibration (the way GPTQ is meant to run): the calibration batches are run
+up to the first Transformer layer once; then, for each layer in turn, its Linear inputs are
+observed, the layer is quantized, and the batches are run through the *quantized* layer to
+give the next layer its inputs. Each layer's Hessians therefore see the error of the layers
+before it, and only one layer runs per step (no full forward per layer).
+
+Works for single-stack models (encoders, decoder LMs) whose layers are called as
+`layer(hidden_states, **kwargs)`; `sequential_supported` says whether it applies.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapters import get_adapter
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_stack(sm) -> tuple[str, nn.ModuleList] | None:
+    """(module name, ModuleList) of the one layer stack, or None (seq2seq: two stacks)."""
+    if sm.kind == "seq2seq-lm":
+        return None
+    stacks = get_adapter(sm.model).layer_containers(sm.model)
+    if len(stacks) != 1:
+        return None
+    layers = next(iter(stacks.values()))
+    names = {id(m): n for n, m in sm.model.named_modules()}
+    name = names.get(id(layers))
+    return (name, layers) if name is not None and len(layers) > 0 else None
+
+
+def sequential_supported(sm) -> bool:
+    return layer_stack(sm) is not None
+
+
+def _first_layer_inputs(sm, layer: nn.Module, batches: list[dict]) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) of the first layer's call for every batch (the rest of the model not run)."""
+    seen: list[tuple[tuple, dict]] = []
+
+    def pre(mod, args, kwargs):
+        seen.append((args, dict(kwargs)))
+        raise _Stop
+
+    h = layer.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        for enc in batches:
+            try:
+                sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    if len(seen) != len(batches):
+        raise RuntimeError("sequential calibration: the first layer was not called for every batch")
+    return seen
+
+
+def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (h, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": h}
+
+
+@torch.inference_mode()
+def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
+                   observe: Callable[[str, torch.Tensor, torch.Tensor], None],
+                   quantize_layer: Callable[[list[tuple[str, nn.Module]]], None],
+                   desc: str = "sequential calibration") -> None:
+    """For each layer of the stack: run every batch through it with hooks calling
+    observe(name, input as float, the input tensor itself) for its targets, call
+    quantize_layer(its targets) (which swaps modules in place), then run the batches through the
+    quantized layer to make the next layer's inputs. Targets outside the layers (e.g. a
+    pooler) are observed in one final pass of the whole model and quantized last."""
+    stack = layer_stack(sm)
+    if stack is None:
+        raise ValueError("sequential calibration needs a model with one layer stack")
+    prefix, layers = stack
+    per_layer: list[list[str]] = [[] for _ in layers]
+    outside = []
+    for name, _ in targets:
+        head, _, rest = name.partition(prefix + ".")
+        idx = rest.split(".", 1)[0] if head == "" and rest else ""
+        if idx.isdigit() and int(idx) < len(layers):
+            per_layer[int(idx)].append(name)
+        else:
+            outside.append(name)
+    cache = _first_layer_inputs(sm, layers[0], batches)
+
+    def hooked(names: list[str]):
+        hooks = []
+        for n in names:
+            mod = sm.model.get_submodule(n)
+            hooks.append(mod.register_forward_hook(
+                lambda m, args, out, n=n: observe(n, args[0].detach().float(), args[0])))
+        return hooks
+
+    for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
+        names = per_layer[i]
+        if names:
+            hooks = hooked(names)
+            try:
+                for args, kwargs in cache:
+                    layer(*args, **kwargs)
+            finally:
+                for h in hooks:
+                    h.remove()
+            quantize_layer([(n, sm.model.get_submodule(n)) for n in names])
+        if i + 1 < len(layers):
+            new = []
+            for args, kwargs in cache:
+                out = layer(*args, **kwargs)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                new.append(_with_hidden(args, kwargs, out))
+            cache = new
+    if outside:
+        hooks = hooked(outside)
+        try:
+            for enc in batches:
+                sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
+        finally:
+            for h in hooks:
+                h.remove()
+        quantize_layer([(n, sm.model.get_submodule(n)) for n in outside])
