@@ -94,3 +94,18 @@ def test_export_command(tmp_path, capsys):
     assert (o.embed(texts) - ref.embed(texts)).abs().max().item() < 1e-4
     assert main(["export", str(folder), "--onnx", "--out", str(folder)]) == 2  # would overwrite the model
     assert "slimformer: error:" in capsys.readouterr().err
+
+
+def test_export_int8_static_command(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    folder = save(tiny_slim("bert", "embedding"), tmp_path / "m")
+    data = tmp_path / "calib.txt"
+    data.write_text("\n".join(["the cat sits on the red car", "a dog runs in the city", "what is this ?"] * 4))
+    assert main(["export", str(folder), "--onnx", "--quantize", "int8-static", "--data", str(data),
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "int8-static" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "o" / "slimformer_onnx.json").read_text())
+    step = next(s for s in meta["steps"] if s["step"] == "quantize_static")
+    assert step["calibration_texts"] == 128  # the 12 lines, cycled to calibration_samples

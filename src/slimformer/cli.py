@@ -63,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the only format so far)")
-    p.add_argument("--quantize", choices=["int8"], help="int8: SmoothQuant-equalized dynamic int8 (weights per "
-                   "channel, int8 embedding) tuned for ONNX Runtime on CPU")
+    p.add_argument("--quantize", choices=["int8", "int8-static"], help="int8: SmoothQuant-equalized dynamic int8 "
+                   "(weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: activation "
+                   "ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops")
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's graph optimizer")
-    p.add_argument("--data", help="calibration text for int8 (one text per line; default: packaged sample)")
+    p.add_argument("--data", help="calibration text for int8 / int8-static (one text per line; default: packaged "
+                   "sample)")
     p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config)")
 
     sub.add_parser("recipes", help="list the built-in recipes")
@@ -183,7 +185,7 @@ def cmd_export(a) -> None:
 
     calib = calibration_texts(a.data or sample_sentences(), n=128) if a.quantize else None
     out = export_onnx(load(a.model), a.out, optimize=not a.no_optimize, quantize=a.quantize, calibration_texts=calib)
-    print(f"wrote {out}/model.onnx ({'int8' if a.quantize else 'float32'}; run it with slimformer.export.load_onnx "
+    print(f"wrote {out}/model.onnx ({a.quantize or 'float32'}; run it with slimformer.export.load_onnx "
           "or onnxruntime)")
 
 

@@ -330,3 +330,71 @@ def test_minilm_int8_close_to_fp32(tmp_path, shared_data):
     assert cos.mean().item() >= 0.995
     fp32_bytes = sum(p.numel() * 4 for p in sm.model.parameters())
     assert (folder / "model.onnx").stat().st_size <= 0.25 * fp32_bytes  # 4-bit token table: ~20.7%
+
+
+@pytest.fixture(scope="module")
+def static_folder(tiny_bert, tmp_path_factory):
+    return export_onnx(tiny_bert, tmp_path_factory.mktemp("onnx") / "int8s", quantize="int8-static",
+                       calibration_texts=TEXTS * 8)
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_int8_static_export_close_to_torch(tiny_bert, tmp_path, observer):
+    """Tolerance as for dynamic int8 (cosine > 0.99 per embedding): static ranges come from the
+    same texts, so on them the error is of the same order (measured ~0.999 on the tiny model)."""
+    folder = export_onnx(tiny_bert, tmp_path / "m", quantize="int8-static", static_observer=observer,
+                         calibration_texts=TEXTS * 8)
+    om = load_onnx(folder)
+    cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
+    assert cos.min().item() > 0.99
+    meta = json.loads((folder / ONNX_META_FILE).read_text())
+    steps = {s["step"]: s for s in meta["steps"]}
+    assert meta["quantize"] == "int8-static"
+    q = steps["quantize_static"]
+    assert q["observer"] == observer
+    assert q["ort_calibration_method"] == {"minmax": "MinMax", "percentile": "Percentile", "mse": "Entropy"}[observer]
+    assert q["ops"]["QuantizeLinear"] > 0 and "MatMul" in q["ops"]
+    assert steps["embedding_4bit"]["applied"] is True
+    assert steps["smooth_graph"]["groups"] == 6
+
+
+def test_int8_static_keeps_activations_int8_between_ops(static_folder, tmp_path):
+    """The session's optimized graph: QDQ pairs fused into QLinear* ops that hand int8 tensors to
+    each other; the attention mask never gets a QDQ pair."""
+    import onnx
+    import onnxruntime as ort
+
+    from slimformer.export.onnx import int8_flow
+
+    q = onnx.load(str(static_folder / "model.onnx"))
+    qdq_before = sum(n.op_type == "DequantizeLinear" for n in q.graph.node)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "session.onnx")
+    ort.InferenceSession(str(static_folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    flow = int8_flow(onnx.load(so.optimized_model_filepath))
+    assert flow["ops"].get("QLinearMatMul", 0) >= 12  # 6 weight MatMuls x 2 layers (+ attention MatMuls)
+    assert flow["int8_edges"] >= 12
+    assert flow["ops"].get("DequantizeLinear", 0) < qdq_before / 2  # most pairs were fused away
+    steps = {s["step"]: s for s in json.loads((static_folder / ONNX_META_FILE).read_text())["steps"]}
+    assert steps["quantize_static"]["per_channel"] is True
+
+
+def test_mask_readers_find_masked_scores(fp32_folder):
+    import onnx
+
+    from slimformer.export.onnx import mask_readers
+
+    readers, mask = mask_readers(onnx.load(str(fp32_folder / "model.onnx")))
+    assert len(readers) == 2 and all("attention" in r for r in readers)  # one Add(scores, mask) per layer
+    assert mask
+
+
+def test_int8_static_bad_options_are_clear_errors(tiny_bert, tmp_path):
+    with pytest.raises(ConfigError, match="static_observer: expected one of minmax, percentile, mse, got 'kl'"):
+        export_onnx(tiny_bert, tmp_path / "m", quantize="int8-static", static_observer="kl")
+    with pytest.raises(ConfigError, match=r"static_percentile: expected a number in \(0, 100\], got 120"):
+        export_onnx(tiny_bert, tmp_path / "m", quantize="int8-static", static_percentile=120)
+    with pytest.raises(ConfigError, match="quantize='int4'.*'int8-static'"):
+        export_onnx(tiny_bert, tmp_path / "m", quantize="int4")
+    assert not (tmp_path / "m").exists()

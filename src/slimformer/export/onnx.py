@@ -40,6 +40,15 @@ benchmarks/results/onnx_int8_explore.json):
    fusion="full" or an odd width). `embedding_bits=8` keeps the uint8 table (the file then
    runs on any ONNX runtime when optimize=False; GatherBlockQuantized is ONNX Runtime only).
 
+`quantize="int8-static"`: SmoothQuant as above, then ONNX Runtime `quantize_static` in QDQ format:
+uint8 activations per tensor with ranges calibrated on the same texts (`static_observer`:
+"minmax", "percentile" at `static_percentile` (99.999), or "mse", mapped to ORT's Entropy
+calibration since ORT has no MSE observer - see STATIC_OBSERVERS), int8 weights per channel
+(`per_channel`), 7-bit where `reduce_range` says. ORT's session fuses the QDQ pairs into QLinearMatMul
+/ QLinearAdd / QLinearMul, so activations stay int8 between them (MiniLM: see
+benchmarks/results/onnx_static.md). The attention mask and masked scores stay float (mask_readers);
+the 4-bit token table works as in int8. Recorded as "quantize_static" in slimformer_onnx.json.
+
 Every choice is an option (`EXPORT_OPTIONS`), e.g. `export_onnx(sm, out, quantize="int8",
 optimize=False, smooth_alpha=None, reduce_range=False, embedding_bits=8)` is the plain ORT
 per-channel recipe.
@@ -48,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import shutil
@@ -65,7 +75,12 @@ from ..core.errors import ConfigError, SlimformerError
 ONNX_META_FILE = "slimformer_onnx.json"
 MODEL_FILE = "model.onnx"
 SUPPORTED_KINDS = ("embedding", "classification", "causal-lm")
-QUANTIZE_MODES = ("int8",)
+QUANTIZE_MODES = ("int8", "int8-static")
+# our observer names (slimformer.quantize) -> ONNX Runtime CalibrationMethod for int8-static. ORT has
+# no MSE calibrator; Entropy (TensorRT's KL-divergence threshold search over a histogram) is the
+# closest: like an MSE search it picks the clipping range that best trades clipping error against
+# rounding error on the observed distribution. Distribution only records mean/std (for float8 scales).
+STATIC_OBSERVERS = {"minmax": "MinMax", "percentile": "Percentile", "mse": "Entropy"}
 ROLES = ("qkv", "o", "up", "down")
 DEFAULT_OPSET = 17
 FUSION_PROFILES = ("cpu", "full", "none")
@@ -92,6 +107,8 @@ EXPORT_OPTIONS: dict = {
     "fusion": "cpu",                # ORT transformer optimizer profile when optimize=True
     "gelu_approximation": False,    # optimize=True: exact GELU -> FastGelu (tanh form, ~1e-3 abs error)
     "exporter": "torchscript",      # "torchscript" (keeps module names: roles, fusions) | "dynamo"
+    "static_observer": "minmax",    # int8-static activation ranges: "minmax" | "percentile" | "mse" (ORT Entropy)
+    "static_percentile": 99.999,    # int8-static with static_observer="percentile": the percentile kept, in (0, 100]
 }
 
 _log = logging.getLogger(__name__)
@@ -103,7 +120,8 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
 
     optimize: run ONNX Runtime's transformer optimizer with the `fusion` profile ("cpu": GELU and
     LayerNorm fusions only; "full": also Attention, SkipLayerNorm, EmbedLayerNorm - faster on GPU,
-    slower on CPU in our measurements; "none"). quantize: None (float32) or "int8".
+    slower on CPU in our measurements; "none"). quantize: None (float32), "int8" (dynamic) or
+    "int8-static" (calibrated activation ranges, QDQ).
     calibration_texts: texts for the int8 activation statistics (default: packaged sample
     sentences). opts: see EXPORT_OPTIONS. Returns the folder path. The folder is written to a
     temporary folder beside `out_dir` and renamed into place; an existing `out_dir` is replaced
@@ -177,6 +195,12 @@ def _options(quantize, opset, opts: dict) -> dict:
         v = o[key]
         if isinstance(v, bool) or not isinstance(v, int) or v not in accepted:
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, accepted))}, got {v!r}")
+    if o["static_observer"] not in STATIC_OBSERVERS:
+        raise ConfigError(f"static_observer: expected one of {', '.join(STATIC_OBSERVERS)}, got "
+                          f"{o['static_observer']!r}")
+    pct = o["static_percentile"]
+    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0.0 < pct <= 100.0:
+        raise ConfigError(f"static_percentile: expected a number in (0, 100], got {pct!r}")
     n = o["calibration_samples"]
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"calibration_samples: expected an integer >= 1, got {n!r}")
@@ -219,9 +243,11 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
     work.mkdir()
     steps: list[dict] = []
     model = sm.model
-    int8 = quantize == "int8"
+    int8 = quantize in QUANTIZE_MODES
+    static = quantize == "int8-static"
     smooth = int8 and o["smooth_alpha"] is not None
-    texts = _calibration_texts(calibration_texts, o["calibration_samples"]) if smooth else None
+    texts = _calibration_texts(calibration_texts, o["calibration_samples"]) if smooth or static else None
+    feeds = None
     if smooth and o["fold_vo"]:
         model = copy.deepcopy(model)  # never change the caller's weights
         n = fold_vo_smoothing(model, _torch_batches(sm, texts, o), o["smooth_alpha"], o["smooth_floor"])
@@ -240,14 +266,20 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
 
         proto = onnx.load(str(path))
         node_roles = onnx_node_roles(proto, roles)
-        if smooth:
+        if smooth or static:
             feeds = [{k: v.numpy() for k, v in b.items()} for b in _torch_batches(sm, texts, o)]
+        if smooth:
             info = smooth_graph(proto, feeds, o["smooth_alpha"], o["smooth_floor"],
                                 select=lambda nodes: all(node_roles.get(n.name) in o["smooth_roles"] for n in nodes))
             steps.append({"step": "smooth_graph", "alpha": o["smooth_alpha"], **info})
         gather, why = _token_gather_4bit(model, proto, o)
-        info = quantize_int8(proto, folder / MODEL_FILE, node_roles, o, work, keep_float=[gather] if gather else [])
-        steps.append({"step": "quantize_dynamic", **info})
+        keep = [gather] if gather else []
+        if static:
+            info = quantize_int8_static(proto, folder / MODEL_FILE, node_roles, feeds, o, work, keep_float=keep)
+            steps.append({"step": "quantize_static", "calibration_texts": len(texts), **info})
+        else:
+            info = quantize_int8(proto, folder / MODEL_FILE, node_roles, o, work, keep_float=keep)
+            steps.append({"step": "quantize_dynamic", **info})
         if gather:
             from .embedding import replace_token_gather
 
@@ -672,6 +704,176 @@ def quantize_int8(proto, out_path: Path, node_roles: dict[str, str], o: dict, wo
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return {"per_channel": o["per_channel"], "weight_type": o["weight_type"], "reduce_range_matmuls": len(rr),
             "quantize_embeddings": o["quantize_embeddings"], "ops": counts}
+
+
+# op types int8-static quantizes (QDQ pairs around them). The ones ONNX Runtime's CPU session
+# turns into int8 kernels or passes int8 through: MatMul (QLinearMatMul, or MatMulIntegerToFloat
+# where the output stays float), Add/Mul (QLinearAdd/QLinearMul: biases, the smoothing Mul),
+# Reshape/Transpose/Squeeze/Unsqueeze (Q/DQ dropped: int8 moves through), Gather (int8 tables).
+# LayerNormalization, Softmax, Gelu, Div and the residual stream stay float.
+STATIC_OP_TYPES = ("MatMul", "Gather", "Add", "Mul", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+
+
+class _FeedReader:
+    """onnxruntime.quantization.CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict], input_names: list[str]):
+        self.feeds = [{k: np.ascontiguousarray(f[k]) for k in input_names if k in f} for f in feeds]
+        self.i, self.end = 0, len(self.feeds)
+
+    def get_next(self):
+        if self.i >= self.end:
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def __len__(self):
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int):
+        self.i, self.end = start_index, min(end_index, len(self.feeds))
+
+
+def quantize_int8_static(proto, out_path: Path, node_roles: dict[str, str], feeds: list[dict], o: dict, work: Path,
+                         keep_float: list[str] = ()) -> dict:
+    """Static int8 with onnxruntime.quantization.quantize_static, QDQ format: activation ranges
+    from the calibration feeds (observer `o["static_observer"]`, see STATIC_OBSERVERS), uint8
+    activations per tensor (asymmetric), int8/uint8 weights per output channel when
+    o["per_channel"], 7-bit weights for MatMuls whose role is in o["reduce_range"]. ONNX Runtime's
+    session fuses DQ -> op -> Q into int8 kernels, so int8 flows between consecutive quantized ops
+    (count them with `int8_flow(optimized_model)`)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    wt = QuantType.QInt8 if o["weight_type"] == "int8" else QuantType.QUInt8
+    if _has_contrib_ops(proto):
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        proto = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+    inits = {i.name for i in proto.graph.initializer}
+    rr_weights = sorted({n.input[1] for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits
+                         and node_roles.get(n.name, "other") in o["reduce_range"]})
+    readers, mask = mask_readers(proto)
+    exclude = list(keep_float) + readers
+    if not o["quantize_embeddings"]:
+        exclude += [n.name for n in proto.graph.node if n.op_type in ("Gather", "EmbedLayerNormalization")]
+    src = work / "to_quantize.onnx"
+    onnx.save(proto, str(src))
+    method = getattr(CalibrationMethod, STATIC_OBSERVERS[o["static_observer"]])
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True,
+             "TensorQuantOverrides": {w: [{"reduce_range": True}] for w in rr_weights}}
+    names = [i.name for i in proto.graph.input]
+    cache = work / "calibration.json"
+    with _quiet(), contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print progress
+        _calibrate(src, work, method, feeds, names, skip=_outputs(proto, readers) | mask, percentile=o["static_percentile"],
+                   cache=cache)
+        quantize_static(str(src), str(out_path), None, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(STATIC_OP_TYPES), per_channel=o["per_channel"],
+                        activation_type=QuantType.QUInt8, weight_type=wt, nodes_to_exclude=exclude,
+                        calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
+    q = onnx.load(str(out_path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in q.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "MatMul", "Gather"):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return {"format": "QDQ", "observer": o["static_observer"], "ort_calibration_method": method.name,
+            "percentile": o["static_percentile"] if o["static_observer"] == "percentile" else None,
+            "per_channel": o["per_channel"], "weight_type": o["weight_type"], "activation_type": "uint8",
+            "reduce_range_weights": len(rr_weights), "quantize_embeddings": o["quantize_embeddings"],
+            "op_types": list(STATIC_OP_TYPES), "ops": counts}
+
+
+def _outputs(proto, node_names: list[str]) -> set[str]:
+    wanted = set(node_names)
+    return {o for n in proto.graph.node if n.name in wanted for o in n.output}
+
+
+def _calibrate(src: Path, work: Path, method, feeds: list[dict], names: list[str], skip: set[str],
+               percentile: float, cache: Path) -> None:
+    """Activation ranges with ORT's calibrator, one batch per pass (ranges and histograms merge
+    across batches of different sequence lengths, memory stays flat), tensors in `skip` left out
+    (the mask and masked attention scores: ORT would calibrate them though their node is excluded, and its
+    histograms fail on a +-3.4e38 range). Written to `cache` for quantize_static."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    cal = create_calibrator(src, list(STATIC_OP_TYPES), augmented_model_path=str(work / "augmented.onnx"),
+                            calibrate_method=method, extra_options={"symmetric": False, "percentile": percentile})
+    if getattr(cal, "tensors_to_calibrate", None) is not None:
+        cal.tensors_to_calibrate = set(cal.tensors_to_calibrate) - skip
+    for f in feeds:
+        cal.collect_data(_FeedReader([f], names))
+    save_tensors_data(cal.compute_data(), cache)
+
+
+def mask_readers(proto, mask_input: str = "attention_mask") -> tuple[list[str], set[str]]:
+    """(names of the nodes where the additive attention mask meets data, e.g. `Add(scores, mask)`.
+    The mask tensors are those computed from the mask input, constants and integer (shape)
+    tensors only. The additive mask holds float32 min (-3.4e38) at padded keys: a QDQ pair on
+    the masked scores gets a range of +-3.4e38 and rounds every score to 0 (and ORT's histogram
+    observers fail on such a range), so these nodes stay float."""
+    import onnx
+    from onnx import TensorProto
+
+    try:
+        typed = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - contrib ops: fall back to no type information
+        typed = proto
+    elem = {v.name: v.type.tensor_type.elem_type for v in
+            list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output)}
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE, TensorProto.UNDEFINED)
+    consts = {i.name for i in proto.graph.initializer}
+    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    derived = {i.name for i in proto.graph.input if i.name == mask_input}
+    readers = []
+    for n in proto.graph.node:  # topological order
+        ins = [i for i in n.input if i]
+        if not any(i in derived for i in ins):
+            continue
+        if all(i in derived or i in consts or elem.get(i, TensorProto.UNDEFINED) not in floats for i in ins):
+            derived.update(n.output)
+        else:
+            readers.append(n.name)
+    return readers, derived
+
+
+def int8_flow(proto) -> dict:
+    """What an ONNX Runtime session made of a QDQ graph (load the file written to
+    SessionOptions.optimized_model_filepath): {op_type: count} of the int8 ops, the
+    DequantizeLinear nodes left, and `int8_edges`: tensors an int8 op writes and another int8 op
+    reads (activations that stay int8 between ops, never dequantized on the way)."""
+    from onnx import TensorProto
+
+    int8_ops = {"QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSoftmax", "QLinearConcat", "QAttention",
+                "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool"}
+    moves = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather"}  # int8 in, int8 out where fed int8
+    vi = {v.name: v.type.tensor_type.elem_type for v in list(proto.graph.value_info) + list(proto.graph.output)}
+    int8 = {TensorProto.UINT8, TensorProto.INT8}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    counts: dict[str, int] = {}
+    for n in proto.graph.node:
+        if n.op_type in int8_ops or n.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear",
+                                                  "MatMulIntegerToFloat", "MatMul", "MatMulInteger"):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+
+    def int8_source(t: str, depth: int = 0):
+        """The int8 op (or QuantizeLinear) whose output reaches tensor t through data movement only."""
+        p = producer.get(t)
+        if p is None or depth > 8:
+            return None
+        if p.op_type in int8_ops or p.op_type == "QuantizeLinear":
+            return p
+        if p.op_type in moves and (vi.get(t) in int8 or vi.get(p.input[0]) in int8):
+            return int8_source(p.input[0], depth + 1)
+        return None
+
+    edges = 0
+    for n in proto.graph.node:
+        if n.op_type in int8_ops:
+            for i in n.input:
+                src = int8_source(i)
+                if src is not None and src.op_type in int8_ops:
+                    edges += 1
+    return {"ops": counts, "int8_ops": sum(v for k, v in counts.items() if k in int8_ops), "int8_edges": edges}
 
 
 def _has_contrib_ops(proto) -> bool:
