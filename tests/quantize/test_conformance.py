@@ -170,24 +170,31 @@ def test_sequential_gptq_calibrates_layer_by_layer(family, kind):
     """Layer-by-layer GPTQ: layer 0 sees the same inputs as the one-pass float calibration, so its
     codes are identical (this checks that the captured layer arguments - masks, rotary position
     embeddings - reproduce the real forward); layer 1 is calibrated on the quantized layer 0's
-    outputs, so its codes differ; and the result is closer to float than RTN."""
+    outputs, so its codes differ. true_sequential (the default) also re-observes inside a layer:
+    the first projections (q/k/v or GPT-2's fused c_attn) keep the one-pass codes, later ones
+    change. And the result is closer to float than RTN."""
     base = tiny_slim(family, kind)
     ref = _out(base)
+    common = dict(bits=4, group_size=16, calibration_tokens=32, embeddings=False, lm_head=False)
     got = {}
-    for name, cfg in [("rtn", sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False)),
-                      ("one-pass", sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", sequential=False,
-                                                       calibration_tokens=32, embeddings=False, lm_head=False)),
-                      ("sequential", sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq",
-                                                         calibration_tokens=32, embeddings=False, lm_head=False))]:
+    for name, cfg in [("rtn", sf.WeightOnlyConfig(**common)),
+                      ("one-pass", sf.WeightOnlyConfig(algorithm="gptq", sequential=False, **common)),
+                      ("layers", sf.WeightOnlyConfig(algorithm="gptq", true_sequential=False, **common)),
+                      ("true", sf.WeightOnlyConfig(algorithm="gptq", **common))]:
         sm = tiny_slim(family, kind)
         assert sf.quantize_(sm, cfg, TEXTS) == []
-        layers = [info for info in get_adapter(sm.model).layers(sm.model)]
-        codes = [torch.cat([m.qweight.flatten() for m in info.module.modules() if isinstance(m, GroupQuantLinear)])
+        layers = get_adapter(sm.model).layers(sm.model)
+        codes = [{n: m.qweight for n, m in info.module.named_modules() if isinstance(m, GroupQuantLinear)}
                  for info in layers]
-        got[name] = (codes, sqnr(ref, _out(sm)))
-    assert torch.equal(got["sequential"][0][0], got["one-pass"][0][0])
-    assert not torch.equal(got["sequential"][0][1], got["one-pass"][0][1])
-    assert got["sequential"][1] > got["rtn"][1]
+        got[name] = (codes, sqnr(ref, _out(sm)), layers[0])
+    one, lay, tru = got["one-pass"][0], got["layers"][0], got["true"][0]
+    assert all(torch.equal(lay[0][n], one[0][n]) for n in one[0])
+    assert not all(torch.equal(lay[1][n], one[1][n]) for n in one[1])
+    attn = got["true"][2].attention
+    first = [n for n, m in got["true"][2].module.named_modules() if m is (attn.qkv or attn.q)]
+    assert first and all(torch.equal(tru[0][n], one[0][n]) for n in first)
+    assert not all(torch.equal(tru[0][n], one[0][n]) for n in one[0])
+    assert got["true"][1] > got["rtn"][1] and got["layers"][1] > got["rtn"][1]
 
 
 def test_sequential_gptq_falls_back_on_two_stacks():

@@ -26,7 +26,9 @@ class WeightOnlyConfig(MethodConfig):
     (round-to-nearest) or "gptq" (needs calibration data; damp = fraction of the mean Hessian
     diagonal added; act_order quantizes columns by decreasing activation energy; sequential
     calibrates layer by layer on the outputs of the already-quantized layers before it, as in
-    the GPTQ paper, instead of one pass of the float model). clip: per-row search of a range
+    the GPTQ paper, instead of one pass of the float model); true_sequential also goes in call
+    order inside each layer (q/k/v, then o, then gate/up, then down), each group calibrated on
+    the outputs of the groups already quantized. clip: per-row search of a range
     shrink factor (1.00 down to 0.80) that minimises the group's rounding error, for RTN and GPTQ.
     lm_head: also quantize the output projection (int8 per channel when tied to embeddings);
     embeddings: store the token embedding table int8 per row.
@@ -41,6 +43,7 @@ class WeightOnlyConfig(MethodConfig):
     damp: float = 0.01
     act_order: bool = False
     sequential: bool = True
+    true_sequential: bool = True
     lm_head: bool = True
     embeddings: bool = True
     calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ)
@@ -52,7 +55,7 @@ class WeightOnlyConfig(MethodConfig):
         if self.group_size != -1 and self.group_size not in (16, 32, 64, 128, 256):
             self._check_choice("group_size", (-1, 16, 32, 64, 128, 256))
         self._check_range("damp", 0.0, 1.0, lo_open=True)
-        self._check_bool("symmetric", "clip", "act_order", "sequential", "lm_head", "embeddings")
+        self._check_bool("symmetric", "clip", "act_order", "sequential", "true_sequential", "lm_head", "embeddings")
         self._check_range("calibration_tokens", 16, 8192)
         self._check_range("calibration_samples", 1, 4096)
 

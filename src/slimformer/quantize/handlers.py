@@ -161,7 +161,8 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
                     _group_quantize(sm, name, mod, cfg, hs.pop(name).H)
                 observe.seen.clear()
 
-            run_sequential(sm, body, batches, observe, quantize_layer, desc="gptq (layer by layer)")
+            run_sequential(sm, body, batches, observe, quantize_layer, desc="gptq (layer by layer)",
+                           true_sequential=cfg.true_sequential)
         else:
             if cfg.sequential:
                 warnings.append("GPTQ: layer-by-layer calibration does not apply to this architecture; "

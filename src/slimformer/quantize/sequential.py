@@ -71,15 +71,43 @@ def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dic
     return args, {**kwargs, "hidden_states": h}
 
 
+def _call_groups(sm, layer: nn.Module, names: list[str], first: tuple[tuple, dict]) -> list[list[str]]:
+    """Targets of `layer` in the order one batch calls them; consecutive calls on the very same
+    input tensor form one group. Targets the batch never calls come last, as one group."""
+    order: list[tuple[str, torch.Tensor]] = []
+    hooks = [sm.model.get_submodule(n).register_forward_hook(
+        lambda m, args, out, n=n: order.append((n, args[0]))) for n in names]
+    try:
+        layer(*first[0], **first[1])
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: list[list[str]] = []
+    last = None
+    for n, x in order:
+        if any(n in g for g in groups):
+            continue
+        if last is not None and x is last and groups:
+            groups[-1].append(n)
+        else:
+            groups.append([n])
+        last = x
+    missed = [n for n in names if not any(n in g for g in groups)]
+    return groups + ([missed] if missed else [])
+
+
 @torch.inference_mode()
 def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
                    observe: Callable[[str, torch.Tensor, torch.Tensor], None],
                    quantize_layer: Callable[[list[tuple[str, nn.Module]]], None],
-                   desc: str = "sequential calibration") -> None:
+                   desc: str = "sequential calibration", true_sequential: bool = True) -> None:
     """For each layer of the stack: run every batch through it with hooks calling
     observe(name, input as float, the input tensor itself) for its targets, call
     quantize_layer(its targets) (which swaps modules in place), then run the batches through the
-    quantized layer to make the next layer's inputs. Targets outside the layers (e.g. a
+    quantized layer to make the next layer's inputs. true_sequential: inside a layer, quantize
+    the targets in the order the layer calls them, in groups that share one input (q/k/v, then
+    o, then gate/up, then down), each group observed after the groups before it were quantized
+    (one more pass of the layer per group). Targets outside the layers (e.g. a
     pooler) are observed in one final pass of the whole model and quantized last."""
     stack = layer_stack(sm)
     if stack is None:
@@ -106,15 +134,18 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
 
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
         names = per_layer[i]
-        if names:
-            hooks = hooked(names)
+        groups = _call_groups(sm, layer, names, cache[0]) if true_sequential and names else [names]
+        for group in groups:
+            if not group:
+                continue
+            hooks = hooked(group)
             try:
                 for args, kwargs in cache:
                     layer(*args, **kwargs)
             finally:
                 for h in hooks:
                     h.remove()
-            quantize_layer([(n, sm.model.get_submodule(n)) for n in names])
+            quantize_layer([(n, sm.model.get_submodule(n)) for n in group])
         if i + 1 < len(layers):
             new = []
             for args, kwargs in cache:
