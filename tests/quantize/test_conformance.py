@@ -170,7 +170,7 @@ def test_sequential_gptq_calibrates_layer_by_layer(family, kind):
     """Layer-by-layer GPTQ: layer 0 sees the same inputs as the one-pass float calibration, so its
     codes are identical (this checks that the captured layer arguments - masks, rotary position
     embeddings - reproduce the real forward); layer 1 is calibrated on the quantized layer 0's
-    outputs, so its codes differ. true_sequential (the default) also re-observes inside a layer:
+    outputs, so its codes differ. true_sequential also re-observes inside a layer:
     the first projections (q/k/v or GPT-2's fused c_attn) keep the one-pass codes, later ones
     change. And the result is closer to float than RTN."""
     base = tiny_slim(family, kind)
@@ -179,8 +179,8 @@ def test_sequential_gptq_calibrates_layer_by_layer(family, kind):
     got = {}
     for name, cfg in [("rtn", sf.WeightOnlyConfig(**common)),
                       ("one-pass", sf.WeightOnlyConfig(algorithm="gptq", sequential=False, **common)),
-                      ("layers", sf.WeightOnlyConfig(algorithm="gptq", true_sequential=False, **common)),
-                      ("true", sf.WeightOnlyConfig(algorithm="gptq", **common))]:
+                      ("layers", sf.WeightOnlyConfig(algorithm="gptq", **common)),
+                      ("true", sf.WeightOnlyConfig(algorithm="gptq", true_sequential=True, **common))]:
         sm = tiny_slim(family, kind)
         assert sf.quantize_(sm, cfg, TEXTS) == []
         layers = get_adapter(sm.model).layers(sm.model)
