@@ -1,9 +1,9 @@
 """MiniLM (default model) int8: slimformer schemes against what a user would try elsewhere.
 
-    python benchmarks/quantize/minilm.py            # ~15 min on 2 cores
+    python benchmarks/quantize/minilm.py            # ~15 min on 2 cores; run it alone on the machine
 
 Every variant in one process, same inputs: STS-B dev Spearman, embedding cosine vs fp32,
-throughput at batch 32 x 128 tokens, latency at batch 1 x 128 tokens (median after warm-up),
+throughput at batch 32 x 128 tokens, latency at batch 1 x 128 tokens (medians of interleaved rounds),
 bytes on disk. Speed is reported as a ratio to fp32 PyTorch eager measured in this run.
 """
 from __future__ import annotations
@@ -26,22 +26,32 @@ from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
 
 
-def timings(sm, texts, repeats: int) -> dict:
-    out = {}
-    for name, batch in (("latency_ms_p50", 1), ("throughput", 32)):
-        enc = make_inputs(sm, texts, batch, 128)
-        enc.pop("token_type_ids", None)
-        with torch.inference_mode():
-            for _ in range(3):
-                sm.model(**enc)
-            ts = []
-            for _ in range(repeats if batch == 1 else max(3, repeats // 4)):
-                t0 = time.perf_counter()
-                sm.model(**enc)
-                ts.append(time.perf_counter() - t0)
-        med = statistics.median(ts)
-        out[name] = med * 1e3 if batch == 1 else batch / med
-    return out
+def timings(models: dict, texts, rounds: int) -> dict:
+    """Interleaved timing: in each round every variant runs its batch-32 and batch-1 inputs
+    (one warm-up call, then `per_round` timed calls each), with a pause between variants so ONNX
+    Runtime's spinning worker threads are idle before the next one starts. Median over all timed
+    calls. Returns {name: {"throughput": sentences/s, "latency_ms_p50": ms}}."""
+    inputs = {}
+    for name, sm in models.items():
+        inputs[name] = {}
+        for b in (1, 32):
+            enc = make_inputs(sm, texts, b, 128)
+            enc.pop("token_type_ids", None)
+            inputs[name][b] = enc
+    ts = {name: {1: [], 32: []} for name in models}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, sm in models.items():
+                for b, per_round in ((32, 2), (1, 8)):
+                    enc = inputs[name][b]
+                    sm.model(**enc)
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        sm.model(**enc)
+                        ts[name][b].append(time.perf_counter() - t0)
+                time.sleep(0.3)
+    return {name: {"throughput": 32 / statistics.median(t[32]), "latency_ms_p50": statistics.median(t[1]) * 1e3}
+            for name, t in ts.items()}
 
 
 def torch_ao_dynamic(base):
@@ -87,7 +97,7 @@ def variants(base, calib, tmp: Path):
 
 def main() -> None:
     ap = base_parser(__doc__)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     base = sf.load()
@@ -96,25 +106,32 @@ def main() -> None:
     calib = sf.calibration_texts(sf.load_task("classification", a.data / "sst2" / "dev.tsv"), n=128)
     ref = base.embed(texts[:512])
     rows, payload = [], {"threads": a.threads, "seq_len": 128, "throughput_batch": 32, "latency_batch": 1,
-                         "calibration": "128 SST-2 dev sentences", "variants": {}}
+                         "calibration": "128 SST-2 dev sentences",
+                         "timing": f"{a.rounds} interleaved rounds x (2 calls at 32x128, 8 at 1x128), median", "variants": {}}
     with tempfile.TemporaryDirectory() as d:
-        fp = None
+        built, quality = {}, {}
         for name, m, nbytes in variants(base, calib, Path(d)):
             sp = run_stsb(m, task, TaskOptions(progress=False))[0]["spearman"]
             cos = torch.nn.functional.cosine_similarity(m.embed(texts[:512]), ref).mean().item()
-            t = timings(m, texts, a.repeats)
-            fp = fp or {**t, "bytes": nbytes, "spearman": sp}
-            v = {"spearman": sp, "cosine": cos, "bytes": nbytes, **t,
-                 "throughput_x": t["throughput"] / fp["throughput"], "latency_x": fp["latency_ms_p50"] / t["latency_ms_p50"]}
-            payload["variants"][name] = v
-            rows.append([name, sp, sp - fp["spearman"], cos, nbytes / 1e6, nbytes / fp["bytes"],
-                         v["throughput_x"], v["latency_x"], t["throughput"], t["latency_ms_p50"]])
-            print(rows[-1], flush=True)
+            built[name], quality[name] = m, {"spearman": sp, "cosine": cos, "bytes": nbytes}
+            print(name, quality[name], flush=True)
+        speed = timings(built, texts, a.rounds)
+    fp = {**quality["fp32 PyTorch eager"], **speed["fp32 PyTorch eager"]}
+    for name, q in quality.items():
+        t = speed[name]
+        v = {**q, **t, "throughput_x": t["throughput"] / fp["throughput"],
+             "latency_x": fp["latency_ms_p50"] / t["latency_ms_p50"]}
+        payload["variants"][name] = v
+        rows.append([name, q["spearman"], q["spearman"] - fp["spearman"], q["cosine"], q["bytes"] / 1e6,
+                     q["bytes"] / fp["bytes"], v["throughput_x"], v["latency_x"], t["throughput"], t["latency_ms_p50"]])
+        print(rows[-1], flush=True)
     md = "\n".join([
         "# MiniLM int8: slimformer vs peers", "",
         f"`python benchmarks/quantize/minilm.py` ({a.threads} threads). STS-B dev (1500 pairs) Spearman x100; "
         "cosine of sentence embeddings vs fp32 on 512 STS-B sentences; throughput = sentences/s at batch 32 x 128 "
-        "tokens; latency at batch 1 x 128; speed-ups are ratios to fp32 PyTorch eager in this same run.", "",
+        "tokens; latency at batch 1 x 128; speed-ups are ratios to fp32 PyTorch eager in this same run, timed in "
+        f"{a.rounds} interleaved rounds (every variant once per round, medians). ONNX Runtime sessions use its default "
+        "thread spinning.", "",
         table(["variant", "spearman", "drop", "cosine", "MB", "bytes / fp32", "throughput x", "latency x",
                "sent/s", "ms"], rows),
     ])

@@ -71,7 +71,7 @@ def test_int8_export_close_to_torch(tiny_bert, int8_folder):
     meta = json.loads((int8_folder / ONNX_META_FILE).read_text())
     steps = {s["step"]: s for s in meta["steps"]}
     assert meta["quantize"] == "int8"
-    assert steps["smooth_graph"]["groups"] == 6  # q/k/v, up, down inputs of 2 layers
+    assert steps["smooth_graph"]["groups"] == 4  # q/k/v and up inputs of 2 layers (default smooth_roles)
     assert steps["quantize_dynamic"]["ops"]["MatMulInteger"] == 12  # 6 weight MatMuls x 2 layers
 
 def test_int8_export_leaves_caller_model_alone(tmp_path):
@@ -244,7 +244,7 @@ def test_causal_lm_int8_export(tmp_path, family):
     """Roles are found (GPT-2's Conv1D after ORT's renaming fusions too), smoothing applies, and
     the logits stay close (tolerance: cosine > 0.98 per position on a random tiny model)."""
     sm = tiny_slim(family, "causal-lm")
-    folder = export_onnx(sm, tmp_path / "m", quantize="int8")
+    folder = export_onnx(sm, tmp_path / "m", quantize="int8", smooth_roles=("qkv", "up", "down"))
     steps = {s["step"]: s for s in json.loads((folder / ONNX_META_FILE).read_text())["steps"]}
     assert steps["smooth_graph"]["groups"] == 6  # 3 smoothed inputs x 2 layers
     assert steps["quantize_dynamic"]["reduce_range_matmuls"] > 0
@@ -355,7 +355,7 @@ def test_int8_static_export_close_to_torch(tiny_bert, tmp_path, observer):
     assert q["ort_calibration_method"] == {"minmax": "MinMax", "percentile": "Percentile", "mse": "Entropy"}[observer]
     assert q["ops"]["QuantizeLinear"] > 0 and "MatMul" in q["ops"]
     assert steps["embedding_4bit"]["applied"] is True
-    assert steps["smooth_graph"]["groups"] == 6
+    assert steps["smooth_graph"]["groups"] == 4  # q/k/v and up inputs of 2 layers
 
 
 def test_int8_static_keeps_activations_int8_between_ops(static_folder, tmp_path):
