@@ -15,6 +15,15 @@ TEXTS = ["the cat sits on the red car", "a dog runs in the city at night", "she 
          "what is this ?", "the old man walks to the house with his small dog"]
 
 
+def _meta(folder) -> dict:
+    return json.loads((folder / ONNX_META_FILE).read_text())
+
+
+def _steps(folder) -> dict:
+    """{step name: record} of an export's slimformer_onnx.json."""
+    return {s["step"]: s for s in _meta(folder)["steps"]}
+
+
 @pytest.fixture(scope="module")
 def tiny_bert():
     """hidden 32, 2 layers, 4 heads, FFN 37, vocab 99 (slimformer.testing), mean pooling + normalize.
@@ -68,8 +77,8 @@ def test_int8_export_close_to_torch(tiny_bert, int8_folder):
     om = load_onnx(int8_folder)
     cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
     assert cos.min().item() > 0.99
-    meta = json.loads((int8_folder / ONNX_META_FILE).read_text())
-    steps = {s["step"]: s for s in meta["steps"]}
+    meta = _meta(int8_folder)
+    steps = _steps(int8_folder)
     assert meta["quantize"] == "int8"
     assert steps["smooth_graph"]["groups"] == 4  # q/k/v and up inputs of 2 layers (default smooth_roles)
     assert steps["quantize_dynamic"]["ops"]["MatMulInteger"] == 12  # 6 weight MatMuls x 2 layers
@@ -79,7 +88,7 @@ def test_int8_export_leaves_caller_model_alone(tmp_path):
     before = {k: v.clone() for k, v in sm.model.state_dict().items()}
     folder = export_onnx(sm, tmp_path / "m", quantize="int8", fold_vo=True)  # folds into a copy
     assert all(torch.equal(before[k], v) for k, v in sm.model.state_dict().items())
-    steps = {s["step"]: s for s in json.loads((folder / ONNX_META_FILE).read_text())["steps"]}
+    steps = _steps(folder)
     assert steps["fold_vo_smoothing"]["attention_blocks"] == 2
 
 
@@ -180,12 +189,12 @@ def test_int8_4bit_embeddings_close_and_smaller(tiny_bert, int8_folder, tmp_path
     (cosine > 0.99; the 4-bit table's own SQNR is ~22 dB, and LayerNorm follows the lookup)."""
     eight = export_onnx(tiny_bert, tmp_path / "m8", quantize="int8", embedding_bits=8)
     assert (int8_folder / "model.onnx").stat().st_size < (eight / "model.onnx").stat().st_size
-    meta = json.loads((int8_folder / ONNX_META_FILE).read_text())
+    meta = _meta(int8_folder)
     step = {s["step"]: s for s in meta["steps"]}["embedding_4bit"]
     assert step["applied"] and step["op"] == "com.microsoft.GatherBlockQuantized"
     assert step["bits"] == 4 and step["block_size"] == meta["options"]["embedding_block_size"] == 32
     assert step["sqnr_db"] > 18
-    assert "embedding_4bit" not in {s["step"] for s in json.loads((eight / ONNX_META_FILE).read_text())["steps"]}
+    assert "embedding_4bit" not in _steps(eight)
     om = load_onnx(int8_folder)
     cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
     assert cos.min().item() > 0.99
@@ -196,14 +205,14 @@ def test_int8_4bit_embeddings_close_and_smaller(tiny_bert, int8_folder, tmp_path
 
 def test_4bit_embeddings_skipped_when_tables_stay_float(tiny_bert, tmp_path):
     folder = export_onnx(tiny_bert, tmp_path / "m", quantize="int8", quantize_embeddings=False)
-    step = {s["step"]: s for s in json.loads((folder / ONNX_META_FILE).read_text())["steps"]}["embedding_4bit"]
+    step = _steps(folder)["embedding_4bit"]
     assert not step["applied"] and "quantize_embeddings=False" in step["why"]
 
 
 def test_plain_ort_recipe_is_available(tiny_bert, tmp_path):
     folder = export_onnx(tiny_bert, tmp_path / "m", quantize="int8", optimize=False, smooth_alpha=None,
                          reduce_range=False, fold_vo=False, embedding_bits=8)
-    meta = json.loads((folder / ONNX_META_FILE).read_text())
+    meta = _meta(folder)
     assert [s["step"] for s in meta["steps"]] == ["export", "quantize_dynamic"]
     cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), load_onnx(folder).embed(TEXTS))
     assert cos.min().item() > 0.99
@@ -245,7 +254,7 @@ def test_causal_lm_int8_export(tmp_path, family):
     the logits stay close (tolerance: cosine > 0.98 per position on a random tiny model)."""
     sm = tiny_slim(family, "causal-lm")
     folder = export_onnx(sm, tmp_path / "m", quantize="int8", smooth_roles=("qkv", "up", "down"))
-    steps = {s["step"]: s for s in json.loads((folder / ONNX_META_FILE).read_text())["steps"]}
+    steps = _steps(folder)
     assert steps["smooth_graph"]["groups"] == 6  # 3 smoothed inputs x 2 layers
     assert steps["quantize_dynamic"]["reduce_range_matmuls"] > 0
     ids = sm.tokenize(TEXTS[:1])["input_ids"]
@@ -300,7 +309,7 @@ def test_reexport_replaces_previous_export(tiny_bert, tmp_path):
     (out / "stale.txt").write_text("from the first export")
     export_onnx(tiny_bert, out, quantize="int8")
     assert not (out / "stale.txt").exists()
-    assert json.loads((out / ONNX_META_FILE).read_text())["quantize"] == "int8"
+    assert _meta(out)["quantize"] == "int8"
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folders left
 
 
@@ -347,8 +356,8 @@ def test_int8_static_export_close_to_torch(tiny_bert, tmp_path, observer):
     om = load_onnx(folder)
     cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
     assert cos.min().item() > 0.99
-    meta = json.loads((folder / ONNX_META_FILE).read_text())
-    steps = {s["step"]: s for s in meta["steps"]}
+    meta = _meta(folder)
+    steps = _steps(folder)
     assert meta["quantize"] == "int8-static"
     q = steps["quantize_static"]
     assert q["observer"] == observer
@@ -376,7 +385,7 @@ def test_int8_static_keeps_activations_int8_between_ops(static_folder, tmp_path)
     assert flow["ops"].get("QLinearMatMul", 0) >= 12  # 6 weight MatMuls x 2 layers (+ attention MatMuls)
     assert flow["int8_edges"] >= 12
     assert flow["ops"].get("DequantizeLinear", 0) < qdq_before / 2  # most pairs were fused away
-    steps = {s["step"]: s for s in json.loads((static_folder / ONNX_META_FILE).read_text())["steps"]}
+    steps = _steps(static_folder)
     assert steps["quantize_static"]["per_channel"] is True
 
 

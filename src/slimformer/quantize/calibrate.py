@@ -31,6 +31,11 @@ def calibration_inputs(sm, texts: list[str], seq_len: int, max_seqs: int = 128) 
     return out
 
 
+def calibration_forward(sm, enc: dict):
+    """One forward pass of a calibration batch (no KV cache for models that have one)."""
+    return sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
+
+
 @torch.inference_mode()
 def observe_inputs(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
                    consume: Callable[[str, torch.Tensor], None], desc: str = "calibration",
@@ -48,7 +53,7 @@ def observe_inputs(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     hooks = [mod.register_forward_hook(lambda m, args, out, n=name: hook(m, args, out, n)) for name, mod in targets]
     try:
         for enc in tqdm(batches, desc=desc, leave=False, disable=not desc):
-            sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
+            calibration_forward(sm, enc)
     finally:
         for h in hooks:
             h.remove()

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .calibrate import calibration_forward
 from .configs import MixedPrecisionConfig
 from .handlers import linear_targets
 
@@ -16,7 +17,7 @@ from .handlers import linear_targets
 def _outputs(sm, batches) -> list[torch.Tensor]:
     outs = []
     for enc in batches:
-        o = sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
+        o = calibration_forward(sm, enc)
         if sm.kind == "embedding":
             outs.append(sm.pooling(o.last_hidden_state.float(), enc["attention_mask"]) if sm.pooling else
                         o.last_hidden_state.float().mean(1))

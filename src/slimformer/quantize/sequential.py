@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
+from .calibrate import calibration_forward, observe_inputs
 
 
 class _Stop(Exception):
@@ -51,7 +52,7 @@ def _first_layer_inputs(sm, layer: nn.Module, batches: list[dict]) -> list[tuple
     try:
         for enc in batches:
             try:
-                sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
+                calibration_forward(sm, enc)
             except _Stop:
                 pass
     finally:
@@ -154,11 +155,6 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
                 new.append(_with_hidden(args, kwargs, out))
             cache = new
     if outside:
-        hooks = hooked(outside)
-        try:
-            for enc in batches:
-                sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
-        finally:
-            for h in hooks:
-                h.remove()
+        observe_inputs(sm, [(n, sm.model.get_submodule(n)) for n in outside], batches, None, "",
+                       consume_raw=observe)
         quantize_layer([(n, sm.model.get_submodule(n)) for n in outside])
