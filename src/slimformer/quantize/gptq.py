@@ -169,3 +169,72 @@ def gptq_quantize(
         weight=Q,
         error=float(losses.sum()),
     )
+
+
+def quadratic_error(weight: Tensor, approx: Tensor, H: Tensor) -> Tensor:
+    """Per-row (w - w_hat)^T H (w - w_hat): the layer-output error GPTQ minimises (out,)."""
+    D = (weight.double() - approx.double())
+    return ((D @ H.double()) * D).sum(1)
+
+
+def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, damp: float = 0.01
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Given fixed codes q (out, in), re-solve each row's group scales and (float) zero points to
+    minimise the layer-output error (w - w_hat)^T H (w - w_hat), w_hat_j = (q_j - z_g) s_g.
+
+    w_hat is linear in (s_g, b_g = -z_g s_g), so each row is a weighted least-squares problem with
+    2 x n_groups unknowns, solved exactly (normal equations, H damped as in GPTQ). Rows where the
+    solution is degenerate (a non-positive or non-finite scale) or does not lower the undamped
+    error keep the parameters they had (returned as given by `fallback`): the caller passes the
+    GPTQ scales/zeros. Returns (scales float32, zeros float32, improved: bool (out,)).
+    Cost ~ out * in^2 flops, like one W @ H."""
+    out_f, n_cols = q.shape
+    gs = resolve_group_size(n_cols, group_size)
+    n_groups = -(-n_cols // gs)
+    Hd = H.detach().double().clone()
+    dead = torch.diag(Hd) == 0
+    Hd[dead, dead] = 1.0
+    W = weight.detach().double().clone()
+    W[:, dead] = 0.0
+    H0 = Hd.clone()
+    Hd += damp * torch.diag(Hd).mean() * torch.eye(n_cols, dtype=Hd.dtype, device=Hd.device)
+    U = q.double()  # (out, in)
+    g_of = torch.arange(n_cols, device=q.device) // gs
+    E = torch.nn.functional.one_hot(g_of, n_groups).double()  # (in, G)
+    HW = W @ Hd  # (out, in)
+    HE = Hd @ E  # (in, G)
+    # Z[r, g', j] = sum_{k in g'} H_jk u_rk
+    Z = torch.stack([U[:, g_of == g] @ Hd[g_of == g, :] for g in range(n_groups)], 1)  # (out, G, in)
+    M_aa = torch.einsum("rhj,rj,jg->rgh", Z, U, E)  # sum_{j in g} u_j Z[h, j]
+    M_ab = torch.einsum("rj,jg,jh->rgh", U, E, HE)  # sum_{j in g, k in h} u_j H_jk
+    M_bb = (E.T @ HE).expand(out_f, n_groups, n_groups)
+    M = torch.cat([torch.cat([M_aa, M_ab], 2), torch.cat([M_ab.transpose(1, 2), M_bb], 2)], 1)
+    rhs = torch.cat([(U * HW) @ E, HW @ E], 1)  # (out, 2G)
+    ridge = 1e-10 * M.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+    M = M + ridge[:, None, None] * torch.eye(2 * n_groups, dtype=M.dtype, device=M.device)
+    theta = torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)  # (out, 2G)
+    a, b = theta[:, :n_groups], theta[:, n_groups:]
+    scales = a.float()
+    zeros = (-b / a).float()
+    ok = torch.isfinite(scales).all(1) & torch.isfinite(zeros).all(1) & (a > 0).all(1)
+    return scales, zeros, ok, H0, W
+
+
+def refit_gptq(weight: Tensor, H: Tensor, q: Tensor, scales: Tensor, zeros: Tensor, group_size: int,
+               damp: float = 0.01) -> tuple[Tensor, Tensor, dict]:
+    """refit_group_params, keeping `scales`/`zeros` (the GPTQ ones) on rows where the refit is
+    degenerate or does not lower the undamped output error. Returns float32 scales, float32
+    zeros and {"rows_refit", "rows", "error_before", "error_after"}."""
+    s_new, z_new, ok, H0, W = refit_group_params(weight, H, q, group_size, damp)
+    gs = resolve_group_size(q.shape[1], group_size)
+    g_idx = torch.arange(q.shape[1], device=q.device) // gs
+    before = quadratic_error(W, dequantize_groupwise(q, scales, zeros, g_idx), H0)
+    s_try = torch.where(ok[:, None], s_new, scales.float())
+    z_try = torch.where(ok[:, None], z_new, zeros.float())
+    after = quadratic_error(W, dequantize_groupwise(q, s_try, z_try, g_idx), H0)
+    keep_new = ok & (after <= before)
+    s_out = torch.where(keep_new[:, None], s_new, scales.float())
+    z_out = torch.where(keep_new[:, None], z_new, zeros.float())
+    final = torch.where(keep_new, after, before)
+    return s_out, z_out, {"rows_refit": int(keep_new.sum()), "rows": int(q.shape[0]),
+                          "error_before": float(before.sum()), "error_after": float(final.sum())}

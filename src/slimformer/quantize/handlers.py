@@ -9,8 +9,8 @@ from ..adapters import get_adapter
 from ..core.targets import select_modules
 from .calibrate import calibration_inputs, observe_inputs
 from .configs import Int8DynamicConfig, Int8StaticConfig, SmoothQuantConfig, WeightOnlyConfig
-from .gptq import HessianAccumulator, gptq_quantize
-from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, SmoothedLinear, linear_weight
+from .gptq import HessianAccumulator, gptq_quantize, refit_gptq
+from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead, SmoothedLinear, linear_weight
 from .observers import RunningObserver
 from .qmath import quantize_groupwise, resolve_group_size
 from .sequential import run_sequential, sequential_supported
@@ -77,14 +77,28 @@ def quantize_embedding(sm) -> list[str]:
     if odd:
         return [f"embedding table kept float: {', '.join(odd)} has its own forward (e.g. scaling)"]
     head = adapter.lm_head(model)
-    if head is not None and getattr(head, "weight", None) is emb.weight:  # a float head tied to it
-        _replace_linear(sm, _names(model)[id(head)], head, act=None)
+    tied = head is not None and getattr(head, "weight", None) is emb.weight  # a float head tied to it
     new = Int8Embedding.from_float(emb)
     for n, _ in sharing:
         _set_module(model, n, new)
     _record(sm, sharing[0][0], {"type": "int8_embedding", "num": emb.num_embeddings, "dim": emb.embedding_dim,
                                 "padding_idx": emb.padding_idx, "aliases": [n for n, _ in sharing[1:]]})
+    if tied:
+        hname = _names(model)[id(head)]
+        if isinstance(head, nn.Linear) and head.bias is None:
+            # the head reads the same int8 table: stored once, like the tied float weight
+            _set_module(model, hname, Int8TiedHead(new))
+            _record(sm, hname, {"type": "int8_tied_head", "embedding": sharing[0][0]})
+        else:
+            _replace_linear(sm, hname, head, act=None)
     return []
+
+
+def tied_head(sm) -> bool:
+    """Whether the LM head shares the token embedding's weight (tie_word_embeddings)."""
+    adapter = get_adapter(sm.model)
+    head, emb = adapter.lm_head(sm.model), adapter.embeddings(sm.model)
+    return head is not None and emb is not None and getattr(head, "weight", None) is emb.weight
 
 
 # ------------------------------------------------------------------ int8 (dynamic, static)
@@ -148,6 +162,7 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     warnings = []
     targets = linear_targets(sm, cfg, include_head=cfg.lm_head)
     head = head_name(sm)
+    tied = tied_head(sm)
     body = [(n, m) for n, m in targets if n != head]
     if cfg.algorithm == "gptq":
         if not data:
@@ -173,11 +188,14 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     else:
         for name, mod in tqdm(body, desc=f"int{cfg.bits} rtn", leave=False):
             _group_quantize(sm, name, mod, cfg, None)
-    if head is not None and any(n == head for n, _ in targets):
+    if head is not None and any(n == head for n, _ in targets) and not (cfg.embeddings and tied):
         # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
         _replace_linear(sm, head, sm.model.get_submodule(head), act=None)
     if cfg.embeddings:
+        # int8 per row; a head tied to the table reads the same int8 table (stored once)
         warnings += quantize_embedding(sm)
+        if tied and any(n == head for n, _ in targets) and _is_linear(sm.model.get_submodule(head)):
+            _replace_linear(sm, head, sm.model.get_submodule(head), act=None)  # the table stayed float
     return warnings
 
 
@@ -189,12 +207,15 @@ def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H) -> 
         r = gptq_quantize(w, H, bits=cfg.bits, group_size=gs, damp=cfg.damp,
                           act_order=cfg.act_order, symmetric=cfg.symmetric, clip=cfg.clip)
         q, scales, zeros = r.q, r.scales, r.zeros
+        if cfg.refit:
+            scales, zeros, _ = refit_gptq(w, H, q, scales, zeros, gs, cfg.damp)
     else:
         q, scales, zeros = quantize_groupwise(w, cfg.bits, gs, cfg.symmetric, cfg.clip)
     new = GroupQuantLinear.from_codes(mod, q, scales, zeros, cfg.bits, gs)
     _set_module(sm.model, name, new)
     _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,
-                       "bias": new.bias is not None, "bits": cfg.bits, "group_size": gs})
+                       "bias": new.bias is not None, "bits": cfg.bits, "group_size": gs,
+                       "float_zeros": new.float_zeros})
 
 
 def _hessian_collector():
@@ -232,15 +253,20 @@ def _hessians(sm, body, batches) -> dict[str, HessianAccumulator]:
 
 
 def restore(model: nn.Module, info: dict) -> None:
-    """Rebuild quantized module shells (right shapes, empty) so saved tensors load into them."""
-    for name, d in info.items():
+    """Rebuild quantized module shells (right shapes, empty) so saved tensors load into them.
+    Tied heads come last: they point at the restored embedding module."""
+    items = sorted(info.items(), key=lambda kv: kv[1]["type"] == "int8_tied_head")
+    for name, d in items:
         t = d["type"]
         if t == "int8_linear":
             new = Int8Linear(d["in"], d["out"], d["bias"], act=d["act"], smooth=d.get("smooth", False))
         elif t == "smoothed_linear":
             new = SmoothedLinear(d["in"], d["out"], d["bias"])
         elif t == "group_linear":
-            new = GroupQuantLinear(d["in"], d["out"], d["bias"], d["bits"], d["group_size"])
+            new = GroupQuantLinear(d["in"], d["out"], d["bias"], d["bits"], d["group_size"],
+                                   float_zeros=d.get("float_zeros", False))
+        elif t == "int8_tied_head":
+            new = Int8TiedHead(model.get_submodule(d["embedding"]))
         elif t == "int8_embedding":
             new = Int8Embedding(d["num"], d["dim"], d.get("padding_idx"))
             for alias in d.get("aliases", []):

@@ -128,11 +128,37 @@ class Int8Embedding(nn.Module):
         return F.embedding(ids, self.weight_int8).float() * self.weight_scale[ids].unsqueeze(-1)
 
 
+class Int8TiedHead(nn.Module):
+    """An LM head tied to the token embedding, reading the Int8Embedding's own int8 table (per-row
+    scales = per-output-channel scales for the head): the tied weight is stored once, as in the
+    float model. Same arithmetic as Int8Linear(act=None) on the same codes."""
+
+    def __init__(self, embedding: Int8Embedding):
+        super().__init__()
+        # the very module the model embeds with, held as a plain reference (not a child) so the
+        # state dict and save hold its tensors once, under the embedding's name
+        object.__setattr__(self, "embedding", embedding)
+        self.in_features, self.out_features = embedding.embedding_dim, embedding.num_embeddings
+        self.bias = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.embedding.weight_int8.float()) * self.embedding.weight_scale
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, w=int8 (the embedding table), act=None"
+
+
 class GroupQuantLinear(nn.Module):
     """Weight-only group-wise int4/int8 (RTN or GPTQ). int4 codes are packed two per byte; the
-    weight is dequantized inside forward ((q - zero) * scale per group), then a float matmul."""
+    weight is dequantized inside forward ((q - zero) * scale per group), then a float matmul.
+    Zero points are uint8 codes, or float32 (float_zeros=True) after GPTQ's scale refit."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, bits: int, group_size: int):
+    def __init__(self, in_features: int, out_features: int, bias: bool, bits: int, group_size: int,
+                 float_zeros: bool = False):
         super().__init__()
         if bits not in (4, 8):
             raise ValueError(f"bits={bits}; accepted: 4, 8")
@@ -141,7 +167,9 @@ class GroupQuantLinear(nn.Module):
         width = (in_features + 1) // 2 if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, n_groups))
-        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
+        self.float_zeros = float_zeros
+        self.register_buffer("zeros", torch.zeros(out_features, n_groups,
+                                                  dtype=torch.float32 if float_zeros else torch.uint8))
         # the bias stays a float parameter (counted as one)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.slimformer_weight_numel = in_features * out_features
@@ -149,7 +177,7 @@ class GroupQuantLinear(nn.Module):
     @classmethod
     def from_codes(cls, mod: nn.Module, q, scales, zeros, bits: int, group_size: int) -> "GroupQuantLinear":
         out_f, in_f = q.shape
-        m = cls(in_f, out_f, mod.bias is not None, bits, group_size)
+        m = cls(in_f, out_f, mod.bias is not None, bits, group_size, float_zeros=zeros.dtype.is_floating_point)
         m.qweight.copy_(pack_int4(q) if bits == 4 else q)
         m.scales.copy_(scales)
         m.zeros.copy_(zeros)
@@ -175,4 +203,5 @@ class GroupQuantLinear(nn.Module):
         return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group_size}"
+        z = ", float zeros" if self.float_zeros else ""
+        return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group_size}{z}"
