@@ -8,6 +8,7 @@ from slimformer.adapters import get_adapter
 from slimformer.core.config import config_from_dict
 from slimformer.core.errors import ConfigError
 from slimformer.quantize.modules import GroupQuantLinear, Int8Embedding, Int8Linear
+from slimformer.quantize import SCHEMES
 from slimformer.quantize.qmath import sqnr
 from slimformer.recipes import run_steps, load_recipe
 from slimformer.testing import tiny_slim
@@ -109,6 +110,39 @@ def test_mixed_precision_keeps_sensitive_layers_float(tmp_path):
     assert torch.equal(_out(again), _out(sm))
 
 
+def test_mixed_int8_fallback_on_a_gptq_model(tmp_path):
+    sm = tiny_slim("llama", "causal-lm")
+    with torch.no_grad():  # amplify intermediate channel 3 of layer 1: errors in gate/up now matter most
+        sm.model.model.layers[1].mlp.down_proj.weight[:, 3] = 50.0
+    ref = _out(sm)
+    cfg = sf.MixedPrecisionConfig(scheme="w4-gptq", fallback="int8", max_drop=0.0, max_float=2, calibration_texts=16)
+    w = sf.quantize_(sm, cfg, TEXTS)
+    mp = sm.meta["mixed_precision"]
+    assert len(mp["kept_int8"]) == 2 and mp["kept_int8"][0] == max(mp["sensitivity"], key=mp["sensitivity"].get)
+    assert mp["kept_int8"][0] in ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj")
+    mods = {n: m for n, m in sm.model.named_modules() if isinstance(m, GroupQuantLinear)}
+    assert {n for n, m in mods.items() if m.bits == 8} == set(mp["kept_int8"])
+    assert sum(m.bits == 4 for m in mods.values()) == len(mods) - 2
+    assert any("kept int8 (2)" in x for x in w) and any("2 of 14 layers at 8 bits" in x for x in w)
+    assert mp["fidelity_drop"] <= mp["searched_drop"] * 1.5  # GPTQ is not far worse than its RTN probe
+    # int8 for the sensitive layers beats all-int4 GPTQ
+    plain = tiny_slim("llama", "causal-lm")
+    with torch.no_grad():
+        plain.model.model.layers[1].mlp.down_proj.weight[:, 3] = 50.0
+    sf.quantize_(plain, SCHEMES["w4-gptq"], TEXTS)
+    assert sqnr(ref, _out(sm)) > sqnr(ref, _out(plain))
+    again = sf.load(sf.save(sm, tmp_path / "m"))
+    assert torch.equal(_out(again), _out(sm))
+
+
+def test_int8_targets_pick_layers_and_warn_on_no_match():
+    sm = tiny_slim("llama", "causal-lm")
+    w = sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16, int8_targets=("re:\\.v_proj$", "nope")))
+    bits = {n: m.bits for n, m in sm.model.named_modules() if isinstance(m, GroupQuantLinear)}
+    assert {n for n, b in bits.items() if b == 8} == {f"model.layers.{i}.self_attn.v_proj" for i in range(2)}
+    assert any("matched no quantized layer: nope" in x for x in w)
+
+
 def test_int4_is_packed_in_memory_and_on_disk(tmp_path):
     sm = tiny_slim("llama", "causal-lm")
     sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False))
@@ -189,6 +223,9 @@ def test_ignore_keeps_layers_float():
     ({"method": "weight_only", "damp": 0}, "damp=0"),
     ({"method": "weight_only", "sequential": "yes"}, "sequential=.yes. must be true/false"),
     ({"method": "weight_only", "refit": True}, "refit=True .* needs algorithm='gptq'"),
+    ({"method": "weight_only", "bits": 8, "int8_targets": ["x"]}, "needs bits=4"),
+    ({"method": "mixed_precision", "scheme": "int8", "fallback": "int8"}, "Accepted: w4, w4-gptq"),
+    ({"method": "mixed_precision", "fallback": "int4"}, "fallback='int4'"),
     ({"method": "int8_dynamic", "bitz": 8}, "unknown key 'bitz'"),
 ])
 def test_bad_configs_are_rejected_clearly(bad, match):

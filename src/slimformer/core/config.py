@@ -27,12 +27,14 @@ class MethodConfig:
     ignore: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for f in ("targets", "ignore"):
-            v = getattr(self, f)
+        for f in dataclasses.fields(self):  # tuple fields (targets, ignore, ...) accept a str or a list
+            if not isinstance(f.default, tuple):
+                continue
+            v = getattr(self, f.name)
             if isinstance(v, str):
-                object.__setattr__(self, f, (v,))
+                object.__setattr__(self, f.name, (v,))
             elif isinstance(v, list):
-                object.__setattr__(self, f, tuple(v))
+                object.__setattr__(self, f.name, tuple(v))
         self.validate()
 
     def validate(self) -> None:  # overridden by subclasses

@@ -36,7 +36,9 @@ class WeightOnlyConfig(MethodConfig):
     would not help keep GPTQ's). clip: per-row search of a range
     shrink factor (1.00 down to 0.80) that minimises the group's rounding error, for RTN and GPTQ.
     lm_head: also quantize the output projection (int8 per channel when tied to embeddings);
-    embeddings: store the token embedding table int8 per row.
+    embeddings: store the token embedding table int8 per row. int8_targets: Linear layers (names,
+    class names or 're:' patterns) quantized with 8 bits instead of 4, same group size and
+    algorithm (mixed int4/int8; mixed_precision with fallback="int8" picks them by sensitivity).
     """
 
     method = "weight_only"
@@ -52,6 +54,7 @@ class WeightOnlyConfig(MethodConfig):
     true_sequential: bool = False
     lm_head: bool = True
     embeddings: bool = True
+    int8_targets: tuple[str, ...] = ()  # patterns (like targets) quantized at 8 bits: mixed int4/int8
     calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ)
     calibration_samples: int = 64  # calibration sequences (GPTQ)
 
@@ -63,6 +66,12 @@ class WeightOnlyConfig(MethodConfig):
         self._check_range("damp", 0.0, 1.0, lo_open=True)
         self._check_bool("symmetric", "clip", "act_order", "refit", "sequential", "true_sequential", "lm_head",
                          "embeddings")
+        if not isinstance(self.int8_targets, (tuple, list)) or not all(isinstance(p, str) for p in self.int8_targets):
+            raise ConfigError(f"WeightOnlyConfig.int8_targets={self.int8_targets!r} must be a list of module "
+                              "names, class names or 're:' patterns")
+        if self.int8_targets and self.bits != 4:
+            raise ConfigError(f"WeightOnlyConfig.int8_targets keeps layers at 8 bits inside a 4-bit model; "
+                              f"it needs bits=4 (got bits={self.bits})")
         if self.refit and self.algorithm != "gptq":
             raise ConfigError("WeightOnlyConfig.refit=True re-solves GPTQ's group scales against the calibration "
                              "Hessian, so it needs algorithm='gptq' (got algorithm='rtn')")
@@ -113,18 +122,32 @@ class MixedPrecisionConfig(MethodConfig):
     the calibration texts against the float model: 1 - cosine of sentence embeddings for
     embedding models, KL(float || quantized) of the output distribution for LMs and
     classifiers. Layers are kept float from the most sensitive down until the whole model's
-    drop is <= max_drop, or max_float layers are float."""
+    drop is <= max_drop, or max_float layers are kept.
+
+    fallback "int8" (4-bit weight-only schemes): kept layers go to 8 bits instead of float
+    (WeightOnlyConfig.int8_targets), a mixed int4/int8 model. For GPTQ schemes, sensitivities
+    and the budget loop use round-to-nearest at the same bits and group size (GPTQ for every
+    candidate set would take minutes each); the final model is GPTQ, and its own drop is reported."""
 
     method = "mixed_precision"
     scheme: str = "int8"
     max_drop: float = 0.002
     max_float: int = 16
+    fallback: str = "float"
     calibration_texts: int = 64
 
     def validate(self) -> None:
         from . import SCHEMES
 
         self._check_choice("scheme", tuple(SCHEMES))
+        self._check_choice("fallback", ("float", "int8"))
+        if self.fallback == "int8":
+            s = SCHEMES[self.scheme]
+            if getattr(s, "method", None) != "weight_only" or s.bits != 4:
+                four = [k for k, v in SCHEMES.items() if v.method == "weight_only" and v.bits == 4]
+                raise ConfigError(f"MixedPrecisionConfig.fallback='int8' keeps sensitive layers at 8 bits inside a "
+                                  f"4-bit weight-only model; scheme={self.scheme!r} is not one. Accepted: "
+                                  f"{', '.join(four)}")
         self._check_range("max_drop", 0.0, 10.0)
         self._check_range("max_float", 0, 100000)
         self._check_range("calibration_texts", 1, 100000)

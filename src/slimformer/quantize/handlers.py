@@ -164,6 +164,15 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     head = head_name(sm)
     tied = tied_head(sm)
     body = [(n, m) for n, m in targets if n != head]
+    names = {n for n, _ in body}
+    wide = {n for n, _ in select_modules(sm.model, cfg.int8_targets)} & names if cfg.int8_targets else set()
+    unmatched = [p for p in cfg.int8_targets if not {n for n, _ in select_modules(sm.model, [p])} & names]
+    if unmatched:
+        warnings.append(f"int8_targets matched no quantized layer: {', '.join(unmatched)}")
+
+    def bits_of(name):
+        return 8 if name in wide else cfg.bits
+
     if cfg.algorithm == "gptq":
         if not data:
             raise ValueError("GPTQ needs calibration data (texts); none was given")
@@ -173,7 +182,7 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
 
             def quantize_layer(items):
                 for name, mod in items:
-                    _group_quantize(sm, name, mod, cfg, hs.pop(name).H)
+                    _group_quantize(sm, name, mod, cfg, hs.pop(name).H, bits_of(name))
                 observe.seen.clear()
 
             run_sequential(sm, body, batches, observe, quantize_layer, desc="gptq (layer by layer)",
@@ -184,10 +193,10 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
                                 "Hessians come from one pass of the float model")
             hs = _hessians(sm, body, batches)
             for name, mod in tqdm(body, desc="gptq", leave=False):
-                _group_quantize(sm, name, mod, cfg, hs.pop(name).H)
+                _group_quantize(sm, name, mod, cfg, hs.pop(name).H, bits_of(name))
     else:
         for name, mod in tqdm(body, desc=f"int{cfg.bits} rtn", leave=False):
-            _group_quantize(sm, name, mod, cfg, None)
+            _group_quantize(sm, name, mod, cfg, None, bits_of(name))
     if head is not None and any(n == head for n, _ in targets) and not (cfg.embeddings and tied):
         # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
         _replace_linear(sm, head, sm.model.get_submodule(head), act=None)
@@ -196,25 +205,30 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
         warnings += quantize_embedding(sm)
         if tied and any(n == head for n, _ in targets) and _is_linear(sm.model.get_submodule(head)):
             _replace_linear(sm, head, sm.model.get_submodule(head), act=None)  # the table stayed float
+    if wide:
+        n8 = sum(1 for n, _ in body if n in wide)
+        warnings.append(f"mixed int4/int8: {n8} of {len(body)} layers at 8 bits")
     return warnings
 
 
-def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H) -> None:
-    """Swap `name` for a GroupQuantLinear: GPTQ when a Hessian H is given, else round-to-nearest."""
+def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H, bits: int | None = None) -> None:
+    """Swap `name` for a GroupQuantLinear: GPTQ when a Hessian H is given, else round-to-nearest.
+    bits overrides cfg.bits (layers in cfg.int8_targets)."""
+    bits = bits or cfg.bits
     w = linear_weight(mod).float()
     gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
     if H is not None:
-        r = gptq_quantize(w, H, bits=cfg.bits, group_size=gs, damp=cfg.damp,
+        r = gptq_quantize(w, H, bits=bits, group_size=gs, damp=cfg.damp,
                           act_order=cfg.act_order, symmetric=cfg.symmetric, clip=cfg.clip)
         q, scales, zeros = r.q, r.scales, r.zeros
         if cfg.refit:
             scales, zeros, _ = refit_gptq(w, H, q, scales, zeros, gs, cfg.damp)
     else:
-        q, scales, zeros = quantize_groupwise(w, cfg.bits, gs, cfg.symmetric, cfg.clip)
-    new = GroupQuantLinear.from_codes(mod, q, scales, zeros, cfg.bits, gs)
+        q, scales, zeros = quantize_groupwise(w, bits, gs, cfg.symmetric, cfg.clip)
+    new = GroupQuantLinear.from_codes(mod, q, scales, zeros, bits, gs)
     _set_module(sm.model, name, new)
     _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,
-                       "bias": new.bias is not None, "bits": cfg.bits, "group_size": gs,
+                       "bias": new.bias is not None, "bits": bits, "group_size": gs,
                        "float_zeros": new.float_zeros})
 
 

@@ -44,10 +44,23 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     from .calibrate import calibration_inputs
 
     scheme = SCHEMES[cfg.scheme]
+    int8 = cfg.fallback == "int8"
+    # what the search quantizes with: GPTQ schemes are searched with RTN at the same bits/groups
+    probe = scheme
+    if int8 and scheme.algorithm == "gptq":
+        probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False)
     texts = list(data or [])[: cfg.calibration_texts]
     batches = calibration_inputs(sm, texts, 128, max_seqs=cfg.calibration_texts)
     ref = _outputs(sm, batches)
     names = [n for n, _ in linear_targets(sm, scheme, include_head=True)]
+    if int8:  # the LM head is int8 already in weight-only schemes
+        from .handlers import head_name
+        names = [n for n in names if n != head_name(sm)]
+
+    def keeping(cfg_, kept):
+        if int8:
+            return dataclasses.replace(cfg_, int8_targets=tuple(kept))
+        return dataclasses.replace(cfg_, ignore=tuple(cfg_.ignore) + tuple(kept))
 
     def drop_with(cfg_):
         m = copy.deepcopy(sm)
@@ -55,20 +68,25 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
         return fidelity_drop(ref, _outputs(m, batches), sm.kind)
 
     # sensitivity of each layer alone (embedding table excluded: it is measured with the whole model)
-    only = {n: drop_with(dataclasses.replace(scheme, targets=(n,), **_no_emb(scheme)))
+    only = {n: drop_with(dataclasses.replace(probe, targets=(n,), **_no_emb(probe)))
             for n in tqdm(names, desc="sensitivity", leave=False)}
     order = sorted(names, key=lambda n: only[n], reverse=True)
     kept: list[str] = []
-    drop = drop_with(scheme)
+    drop = drop_with(probe)
     while drop > cfg.max_drop and len(kept) < min(cfg.max_float, len(order)):
         kept.append(order[len(kept)])
-        drop = drop_with(dataclasses.replace(scheme, ignore=tuple(scheme.ignore) + tuple(kept)))
-    final = dataclasses.replace(scheme, ignore=tuple(scheme.ignore) + tuple(kept))
-    warnings = handler_for(final)(sm, final, texts) or []
-    sm.meta["mixed_precision"] = {"scheme": cfg.scheme, "kept_float": kept, "fidelity_drop": drop,
-                                  "max_drop": cfg.max_drop, "sensitivity": only}
+        drop = drop_with(keeping(probe, kept))
+    final = keeping(scheme, kept)
+    warnings = handler_for(final)(sm, final, list(data or [])) or []  # all the data (GPTQ calibrates on it)
+    searched = drop
+    if probe is not scheme:
+        drop = fidelity_drop(ref, _outputs(sm, batches), sm.kind)
+    how = "int8" if int8 else "float"
+    sm.meta["mixed_precision"] = {"scheme": cfg.scheme, "fallback": cfg.fallback, f"kept_{how}": kept,
+                                  "fidelity_drop": drop, "searched_drop": searched, "max_drop": cfg.max_drop,
+                                  "sensitivity": only}
     met = "met" if drop <= cfg.max_drop else "NOT met"
-    warnings.append(f"kept float ({len(kept)}): {', '.join(kept) or 'none'}; fidelity drop {drop:.5f} "
+    warnings.append(f"kept {how} ({len(kept)}): {', '.join(kept) or 'none'}; fidelity drop {drop:.5f} "
                     f"(budget {cfg.max_drop}: {met})")
     return warnings
 
