@@ -79,6 +79,18 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     assert q.model(ids).logits.shape == (1, 5, 99)
     assert main(["quantize", str(folder), "--scheme", "int3", "--out", str(tmp_path / "x")]) == 2
     assert "accepted: int8" in capsys.readouterr().err
+    # mixed int4/int8 by sensitivity
+    assert main(["quantize", str(folder), "--scheme", "w4", "--max-drop", "0", "--fallback", "int8", "--max-kept", "3",
+                 "--data", str(data), "--out", str(tmp_path / "mix")]) == 0
+    mix = sf.load(tmp_path / "mix")
+    bits = [m.bits for m in mix.model.modules() if hasattr(m, "bits")]
+    assert bits.count(8) == 3 and bits.count(4) == len(bits) - 3
+    assert "kept int8 (3)" in capsys.readouterr().err
+    assert main(["quantize", str(folder), "--scheme", "int8", "--max-drop", "0.1", "--fallback", "int8",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "fallback='int8'" in capsys.readouterr().err
+    assert main(["quantize", str(folder), "--scheme", "w4", "--fallback", "int8", "--out", str(tmp_path / "z")]) == 2
+    assert "only apply with --max-drop" in capsys.readouterr().err
 
 
 def test_export_command(tmp_path, capsys):

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
     p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
                    "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float")
+    p.add_argument("--fallback", choices=["float", "int8"], default="float",
+                   help="with --max-drop: what the sensitive layers keep: float (default), or int8 inside a 4-bit "
+                   "weight-only scheme (w4, w4-gptq*: a mixed int4/int8 model)")
+    p.add_argument("--max-kept", type=int, default=16, help="with --max-drop: at most this many layers kept (default 16)")
     p.add_argument("--data", help="calibration text (one text per line; GPTQ needs it; default: packaged sample)")
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
     p.add_argument("--out", required=True, help="output folder")
@@ -164,11 +168,15 @@ def cmd_quantize(a) -> None:
     from . import calibration_texts, load, quantize_, sample_sentences, save
     from .quantize import scheme_config
 
+    from .core.errors import ConfigError
     from .quantize import MixedPrecisionConfig, SmoothQuantConfig
 
     steps = [SmoothQuantConfig(alpha=a.smoothquant)] if a.smoothquant is not None else []
     scheme_config(a.scheme)  # validates the name
-    steps.append(MixedPrecisionConfig(scheme=a.scheme, max_drop=a.max_drop) if a.max_drop is not None
+    if a.max_drop is None and (a.fallback != "float" or a.max_kept != 16):
+        raise ConfigError("--fallback and --max-kept only apply with --max-drop")
+    steps.append(MixedPrecisionConfig(scheme=a.scheme, max_drop=a.max_drop, fallback=a.fallback,
+                                      max_float=a.max_kept) if a.max_drop is not None
                  else scheme_config(a.scheme))
     model = load(a.model)
     calib = calibration_texts(a.data or sample_sentences(), n=a.calibration_samples)

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .calibrate import calibration_forward
 from .configs import MixedPrecisionConfig
-from .handlers import linear_targets
+from .handlers import _set_module, linear_targets
 
 
 @torch.inference_mode()
@@ -50,7 +50,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     if int8 and scheme.algorithm == "gptq":
         probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False)
     texts = list(data or [])[: cfg.calibration_texts]
-    batches = calibration_inputs(sm, texts, 128, max_seqs=cfg.calibration_texts)
+    batches = _stack(calibration_inputs(sm, texts, 128, max_seqs=cfg.calibration_texts))
     ref = _outputs(sm, batches)
     names = [n for n, _ in linear_targets(sm, scheme, include_head=True)]
     if int8:  # the LM head is int8 already in weight-only schemes
@@ -67,9 +67,17 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
         handler_for(cfg_)(m, cfg_, texts)
         return fidelity_drop(ref, _outputs(m, batches), sm.kind)
 
-    # sensitivity of each layer alone (embedding table excluded: it is measured with the whole model)
-    only = {n: drop_with(dataclasses.replace(probe, targets=(n,), **_no_emb(probe)))
-            for n in tqdm(names, desc="sensitivity", leave=False)}
+    # sensitivity of each layer alone (embedding table excluded: it is measured with the whole
+    # model), on one scratch copy: quantize the layer, measure, put the float layer back
+    scratch = copy.deepcopy(sm)
+    only = {}
+    for n in tqdm(names, desc="sensitivity", leave=False):
+        original = scratch.model.get_submodule(n)
+        one = dataclasses.replace(probe, targets=(n,), **_no_emb(probe))
+        handler_for(one)(scratch, one, texts)
+        only[n] = fidelity_drop(ref, _outputs(scratch, batches), sm.kind)
+        _set_module(scratch.model, n, original)
+    del scratch
     order = sorted(names, key=lambda n: only[n], reverse=True)
     kept: list[str] = []
     drop = drop_with(probe)
@@ -89,6 +97,21 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     warnings.append(f"kept {how} ({len(kept)}): {', '.join(kept) or 'none'}; fidelity drop {drop:.5f} "
                     f"(budget {cfg.max_drop}: {met})")
     return warnings
+
+
+def _stack(batches: list[dict], size: int = 8) -> list[dict]:
+    """LM calibration chunks come one sequence each: stack same-shaped ones, `size` at a time
+    (one forward of 8 x 128 tokens runs faster than eight of 1 x 128)."""
+    if not batches or set(batches[0]) != {"input_ids"}:
+        return batches
+    out, run = [], []
+    for b in batches + [None]:
+        if run and (b is None or len(run) == size or b["input_ids"].shape != run[0]["input_ids"].shape):
+            out.append({"input_ids": torch.cat([r["input_ids"] for r in run])})
+            run = []
+        if b is not None:
+            run.append(b)
+    return out
 
 
 def _no_emb(scheme) -> dict:
