@@ -72,11 +72,14 @@ def test_fp32_dynamic_axes(tiny_bert, fp32_folder):
         assert (out - _hidden(tiny_bert.model, enc)).abs().max().item() < 1e-4
 
 
+def _min_cosine(ref, onnx_model) -> float:
+    return torch.nn.functional.cosine_similarity(ref.embed(TEXTS), onnx_model.embed(TEXTS)).min().item()
+
+
 def test_int8_export_close_to_torch(tiny_bert, int8_folder):
     """Tolerance: every embedding has cosine > 0.99 to float32 torch."""
     om = load_onnx(int8_folder)
-    cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
-    assert cos.min().item() > 0.99
+    assert _min_cosine(tiny_bert, om) > 0.99
     meta = _meta(int8_folder)
     steps = _steps(int8_folder)
     assert meta["quantize"] == "int8"
@@ -196,8 +199,7 @@ def test_int8_4bit_embeddings_close_and_smaller(tiny_bert, int8_folder, tmp_path
     assert step["sqnr_db"] > 18
     assert "embedding_4bit" not in _steps(eight)
     om = load_onnx(int8_folder)
-    cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
-    assert cos.min().item() > 0.99
+    assert _min_cosine(tiny_bert, om) > 0.99
     exported = sum(p.numel() for n, p in tiny_bert.model.named_parameters() if not n.startswith("pooler"))
     assert om.num_params() < exported + 5000  # the 4-bit table counts its 99 x 32 values, not its packed bytes
     assert om.num_params() > exported
@@ -214,8 +216,7 @@ def test_plain_ort_recipe_is_available(tiny_bert, tmp_path):
                          reduce_range=False, fold_vo=False, embedding_bits=8)
     meta = _meta(folder)
     assert [s["step"] for s in meta["steps"]] == ["export", "quantize_dynamic"]
-    cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), load_onnx(folder).embed(TEXTS))
-    assert cos.min().item() > 0.99
+    assert _min_cosine(tiny_bert, load_onnx(folder)) > 0.99
 
 
 def test_reload_quacks_like_slim_model(tiny_bert, fp32_folder):
@@ -354,8 +355,7 @@ def test_int8_static_export_close_to_torch(tiny_bert, tmp_path, observer):
     folder = export_onnx(tiny_bert, tmp_path / "m", quantize="int8-static", static_observer=observer,
                          calibration_texts=TEXTS * 8)
     om = load_onnx(folder)
-    cos = torch.nn.functional.cosine_similarity(tiny_bert.embed(TEXTS), om.embed(TEXTS))
-    assert cos.min().item() > 0.99
+    assert _min_cosine(tiny_bert, om) > 0.99
     meta = _meta(folder)
     steps = _steps(folder)
     assert meta["quantize"] == "int8-static"

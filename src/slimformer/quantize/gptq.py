@@ -66,6 +66,17 @@ class GPTQResult:
         return dequantize_groupwise(self.q, self.scales, self.zeros, self.g_idx)
 
 
+def _without_dead_inputs(weight: Tensor, H: Tensor, w_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Copies of weight (as w_dtype) and H (float64) where dead inputs (diag(H) == 0) get
+    diag 1 and zeroed weight columns, so H is invertible and those columns quantize to 0."""
+    W = weight.detach().clone().to(w_dtype)
+    H = H.detach().clone().to(device=weight.device, dtype=torch.float64)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    return W, H
+
+
 def _inverse_hessian_cholesky(H: Tensor, damp: float) -> Tensor:
     """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1, in float64, retried with
     10x damping (up to 5 times) if H is not positive definite."""
@@ -106,11 +117,7 @@ def gptq_quantize(
     maxq = 2**bits - 1
     device = weight.device
 
-    W = weight.detach().clone().float()  # (out, in)
-    H = H.detach().clone().to(device=device, dtype=torch.float64)  # (in, in)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    W, H = _without_dead_inputs(weight, H, torch.float32)  # (out, in) float32, (in, in) float64
 
     n_groups = -(-n_cols // gs)
     scales = torch.zeros(out_f, n_groups, dtype=torch.float32, device=device)
@@ -178,26 +185,20 @@ def quadratic_error(weight: Tensor, approx: Tensor, H: Tensor) -> Tensor:
 
 
 def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, damp: float = 0.01
-                       ) -> tuple[Tensor, Tensor, Tensor]:
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Given fixed codes q (out, in), re-solve each row's group scales and (float) zero points to
     minimise the layer-output error (w - w_hat)^T H (w - w_hat), w_hat_j = (q_j - z_g) s_g.
 
     w_hat is linear in (s_g, b_g = -z_g s_g), so each row is a weighted least-squares problem with
-    2 x n_groups unknowns, solved exactly (normal equations, H damped as in GPTQ). Rows where the
-    solution is degenerate (a non-positive or non-finite scale) or does not lower the undamped
-    error keep the parameters they had (returned as given by `fallback`): the caller passes the
-    GPTQ scales/zeros. Returns (scales float32, zeros float32, improved: bool (out,)).
-    Cost ~ out * in^2 flops, like one W @ H."""
+    2 x n_groups unknowns, solved exactly (normal equations, H damped as in GPTQ).
+    Returns (scales float32, zeros float32, ok (out,): the row's solution is finite with positive
+    scales, H without damping, W) - H and W with dead inputs handled as in gptq_quantize.
+    Cost ~ out * in^2 flops, like one W @ H. refit_gptq adds the per-row fallback."""
     out_f, n_cols = q.shape
     gs = resolve_group_size(n_cols, group_size)
     n_groups = -(-n_cols // gs)
-    Hd = H.detach().double().clone()
-    dead = torch.diag(Hd) == 0
-    Hd[dead, dead] = 1.0
-    W = weight.detach().double().clone()
-    W[:, dead] = 0.0
-    H0 = Hd.clone()
-    Hd += damp * torch.diag(Hd).mean() * torch.eye(n_cols, dtype=Hd.dtype, device=Hd.device)
+    W, H0 = _without_dead_inputs(weight, H, torch.float64)
+    Hd = H0 + damp * torch.diag(H0).mean() * torch.eye(n_cols, dtype=H0.dtype, device=H0.device)
     U = q.double()  # (out, in)
     g_of = torch.arange(n_cols, device=q.device) // gs
     E = torch.nn.functional.one_hot(g_of, n_groups).double()  # (in, G)

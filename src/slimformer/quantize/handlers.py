@@ -77,7 +77,7 @@ def quantize_embedding(sm) -> list[str]:
     if odd:
         return [f"embedding table kept float: {', '.join(odd)} has its own forward (e.g. scaling)"]
     head = adapter.lm_head(model)
-    tied = head is not None and getattr(head, "weight", None) is emb.weight  # a float head tied to it
+    tied = tied_head(sm)  # a float head tied to it
     new = Int8Embedding.from_float(emb)
     for n, _ in sharing:
         _set_module(model, n, new)

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .calibrate import calibration_forward
 from .configs import MixedPrecisionConfig
-from .handlers import _set_module, linear_targets
+from .handlers import _set_module, head_name, linear_targets
 
 
 @torch.inference_mode()
@@ -54,7 +54,6 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     ref = _outputs(sm, batches)
     names = [n for n, _ in linear_targets(sm, scheme, include_head=True)]
     if int8:  # the LM head is int8 already in weight-only schemes
-        from .handlers import head_name
         names = [n for n in names if n != head_name(sm)]
 
     def keeping(cfg_, kept):
