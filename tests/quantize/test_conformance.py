@@ -28,6 +28,7 @@ CASES = [
     (sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", act_order=True, calibration_tokens=32), 12.0),
     (sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", act_order=True, refit=True,
                          calibration_tokens=32), 12.0),
+    (sf.WeightOnlyConfig(bits=4, group_size=16, float_zeros=True), 12.0),
 ]
 MODELS = [("bert", "embedding"), ("llama", "causal-lm"), ("gpt2", "causal-lm"), ("t5", "seq2seq-lm"),
           ("marian", "seq2seq-lm")]
@@ -224,6 +225,7 @@ def test_ignore_keeps_layers_float():
     ({"method": "weight_only", "sequential": "yes"}, "sequential=.yes. must be true/false"),
     ({"method": "weight_only", "refit": True}, "refit=True .* needs algorithm='gptq'"),
     ({"method": "weight_only", "bits": 8, "int8_targets": ["x"]}, "needs bits=4"),
+    ({"method": "weight_only", "float_zeros": True, "symmetric": True}, "float_zeros=True .* needs symmetric=False"),
     ({"method": "mixed_precision", "scheme": "int8", "fallback": "int8"}, "Accepted: w4, w4-gptq"),
     ({"method": "mixed_precision", "fallback": "int4"}, "fallback='int4'"),
     ({"method": "int8_dynamic", "bitz": 8}, "unknown key 'bitz'"),

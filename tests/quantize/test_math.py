@@ -418,3 +418,45 @@ def test_clip_search_lowers_group_rounding_error():
             err[clip] = ((dequantize_groupwise(q, s, z, group_size=32) - w).abs() ** 2.4).view(64, 4, 32).sum(-1)
         assert (err[True] <= err[False] * (1 + 1e-5)).all()
         assert err[True].sum() < 0.97 * err[False].sum()  # measured 0.95 (asymmetric)
+
+
+def _q4_1_lattice_weight(seed: int, out_f: int = 16, in_f: int = 96) -> torch.Tensor:
+    """A weight dequantized from GGUF Q4_1: blocks of 32 columns, each w = m + d * k, k in 0..15,
+    with both k = 0 and k = 15 present (Q4_1 takes m and d from the block's min and max)."""
+    g = gen(seed)
+    k = torch.randint(0, 16, (out_f, in_f), generator=g)
+    k[:, ::32], k[:, 1::32] = 0, 15
+    d = (torch.rand(out_f, in_f // 32, generator=g) + 0.05) / 100
+    m = -8 * d + torch.randn(out_f, in_f // 32, generator=g) * d  # blocks not centred on 0
+    return m.repeat_interleave(32, 1) + d.repeat_interleave(32, 1) * k
+
+
+def test_float_zero_rtn_reproduces_a_q4_1_lattice_exactly():
+    w = _q4_1_lattice_weight(7)
+    q, s, z = quantize_groupwise(w, 4, 32, float_zero=True)
+    assert z.dtype == torch.float32 and not torch.equal(z, z.round())  # fractional zero points
+    torch.testing.assert_close(dequantize_groupwise(q, s, z, group_size=32), w, atol=1e-7, rtol=1e-5)
+    # integer zero codes cannot follow a grid whose 0 is off the lattice
+    qi, si, zi = quantize_groupwise(w, 4, 32)
+    assert sqnr(w, dequantize_groupwise(qi, si, zi, group_size=32)) < 40 < sqnr(w, dequantize_groupwise(q, s, z, group_size=32))
+
+
+def test_float_zero_gptq_keeps_an_exact_lattice_and_is_consistent():
+    w = _q4_1_lattice_weight(8)
+    x, _ = _layer_and_inputs(in_f=96)
+    res = gptq_quantize(w, _hessian(x).H, bits=4, group_size=32, float_zero=True)
+    assert res.zeros.dtype == torch.float32
+    torch.testing.assert_close(res.weight, w, atol=1e-6, rtol=1e-5)  # no rounding error to propagate
+    assert torch.equal(res.dequantize(), res.weight)  # stored codes + params give what GPTQ committed to
+
+
+def test_float_zero_grid_spans_min_max_and_rejects_symmetric():
+    w = torch.tensor([[0.5, 0.9, 2.0, 1.1]])  # all positive: an integer-zero grid must stretch to 0
+    q, s, z = quantize_groupwise(w, 4, 4, float_zero=True)
+    deq = dequantize_groupwise(q, s, z, group_size=4)
+    assert deq.min() == pytest.approx(0.5) and deq.max() == pytest.approx(2.0)
+    assert (deq - w).abs().max() <= s.max() / 2 + 1e-7
+    qi, si, zi = quantize_groupwise(w, 4, 4)
+    assert s.item() < si.item()  # finer step than the grid that includes 0
+    with pytest.raises(ValueError, match="asymmetric"):
+        quantize_groupwise(w, 4, 4, symmetric=True, float_zero=True)

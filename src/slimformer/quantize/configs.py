@@ -35,6 +35,9 @@ class WeightOnlyConfig(MethodConfig):
     layer-output error on the calibration Hessian (weighted least squares, per row; rows where it
     would not help keep GPTQ's). clip: per-row search of a range
     shrink factor (1.00 down to 0.80) that minimises the group's rounding error, for RTN and GPTQ.
+    float_zeros (asymmetric only): each group's grid spans exactly its [min, max], with a float32
+    zero point instead of a uint8 code (GGUF Q4_1 style); on a model dequantized from a Q4_1/Q8_0
+    GGUF, group 32 with float zeros reproduces the GGUF weights exactly.
     lm_head: also quantize the output projection (int8 per channel when tied to embeddings);
     embeddings: store the token embedding table int8 per row. int8_targets: Linear layers (names,
     class names or 're:' patterns) quantized with 8 bits instead of 4, same group size and
@@ -47,6 +50,7 @@ class WeightOnlyConfig(MethodConfig):
     algorithm: str = "rtn"
     symmetric: bool = False
     clip: bool = False
+    float_zeros: bool = False
     damp: float = 0.01
     act_order: bool = False
     refit: bool = False
@@ -64,7 +68,7 @@ class WeightOnlyConfig(MethodConfig):
         if self.group_size != -1 and self.group_size not in (16, 32, 64, 128, 256):
             self._check_choice("group_size", (-1, 16, 32, 64, 128, 256))
         self._check_range("damp", 0.0, 1.0, lo_open=True)
-        self._check_bool("symmetric", "clip", "act_order", "refit", "sequential", "true_sequential", "lm_head",
+        self._check_bool("symmetric", "clip", "float_zeros", "act_order", "refit", "sequential", "true_sequential", "lm_head",
                          "embeddings")
         if not isinstance(self.int8_targets, (tuple, list)) or not all(isinstance(p, str) for p in self.int8_targets):
             raise ConfigError(f"WeightOnlyConfig.int8_targets={self.int8_targets!r} must be a list of module "
@@ -72,6 +76,9 @@ class WeightOnlyConfig(MethodConfig):
         if self.int8_targets and self.bits != 4:
             raise ConfigError(f"WeightOnlyConfig.int8_targets keeps layers at 8 bits inside a 4-bit model; "
                               f"it needs bits=4 (got bits={self.bits})")
+        if self.float_zeros and self.symmetric:
+            raise ConfigError("WeightOnlyConfig.float_zeros=True gives each group an affine grid over its [min, max]; "
+                              "it needs symmetric=False")
         if self.refit and self.algorithm != "gptq":
             raise ConfigError("WeightOnlyConfig.refit=True re-solves GPTQ's group scales against the calibration "
                              "Hessian, so it needs algorithm='gptq' (got algorithm='rtn')")

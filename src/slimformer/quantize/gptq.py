@@ -56,7 +56,7 @@ class HessianAccumulator:
 class GPTQResult:
     q: Tensor  # (out, in) uint8 codes in [0, 2^bits - 1], original column order
     scales: Tensor  # (out, n_groups) float32
-    zeros: Tensor  # (out, n_groups) uint8
+    zeros: Tensor  # (out, n_groups) uint8, float32 with float_zero
     g_idx: Tensor  # (in,) int64 column -> group (always j // group_size: groups are contiguous)
     perm: Tensor | None  # (in,) int64 act_order processing order (informative), None without
     weight: Tensor  # (out, in) float32: the quantized weight GPTQ committed to
@@ -103,9 +103,12 @@ def gptq_quantize(
     block_size: int = 128,
     symmetric: bool = False,
     clip: bool = False,
+    float_zero: bool = False,
 ) -> GPTQResult:
     """GPTQ-quantize weight (out, in) given the input Hessian H (in, in). group_size None/-1
-    means one group per row; a size that does not divide in leaves a shorter last group."""
+    means one group per row; a size that does not divide in leaves a shorter last group.
+    float_zero: group grids span exactly [min, max] with fractional zero points (float32 zeros
+    in the result; see qmath.group_qparams)."""
     if weight.dim() != 2 or H.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"GPTQ needs weight (out, in) and H (in, in); got {tuple(weight.shape)} and {tuple(H.shape)}")
     if not torch.isfinite(H).all():
@@ -125,7 +128,7 @@ def gptq_quantize(
     static = act_order or gs == n_cols  # group params fixed before quantization
     if static:
         for g in range(n_groups):
-            scales[:, g], zeros[:, g] = group_qparams(W[:, g * gs : (g + 1) * gs], bits, symmetric, clip)
+            scales[:, g], zeros[:, g] = group_qparams(W[:, g * gs : (g + 1) * gs], bits, symmetric, clip, float_zero)
 
     perm = None
     if act_order:
@@ -152,7 +155,7 @@ def gptq_quantize(
                 if end > i2:  # group spills past the block: add its pending in-block updates
                     rest = W[:, i2:end] - Err1 @ Hinv[i1:i2, i2:end]
                     seg = torch.cat([seg, rest], 1)
-                scales[:, g], zeros[:, g] = group_qparams(seg, bits, symmetric, clip)
+                scales[:, g], zeros[:, g] = group_qparams(seg, bits, symmetric, clip, float_zero)
             w, d = W1[:, i], Hinv1[i, i]  # (out,), scalar
             c = quantize_codes(w, scales[:, g], zeros[:, g], maxq)  # (out,)
             q = (c - zeros[:, g]) * scales[:, g]  # same arithmetic as dequantize_groupwise
@@ -170,7 +173,7 @@ def gptq_quantize(
     return GPTQResult(
         q=codes.to(torch.uint8),
         scales=scales,
-        zeros=zeros.to(torch.uint8),
+        zeros=zeros if float_zero else zeros.to(torch.uint8),
         g_idx=g_idx,
         perm=perm,
         weight=Q,

@@ -219,12 +219,13 @@ def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H, bit
     gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
     if H is not None:
         r = gptq_quantize(w, H, bits=bits, group_size=gs, damp=cfg.damp,
-                          act_order=cfg.act_order, symmetric=cfg.symmetric, clip=cfg.clip)
+                          act_order=cfg.act_order, symmetric=cfg.symmetric, clip=cfg.clip,
+                          float_zero=cfg.float_zeros)
         q, scales, zeros = r.q, r.scales, r.zeros
         if cfg.refit:
             scales, zeros, _ = refit_gptq(w, H, q, scales, zeros, gs, cfg.damp)
     else:
-        q, scales, zeros = quantize_groupwise(w, bits, gs, cfg.symmetric, cfg.clip)
+        q, scales, zeros = quantize_groupwise(w, bits, gs, cfg.symmetric, cfg.clip, cfg.float_zeros)
     new = GroupQuantLinear.from_codes(mod, q, scales, zeros, bits, gs)
     _set_module(sm.model, name, new)
     _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,

@@ -135,9 +135,14 @@ def n_groups_for(in_features: int, group_size: int) -> int:
     return -(-in_features // group_size)
 
 
-def group_qparams(w: Tensor, bits: int, symmetric: bool, clip: bool = False) -> tuple[Tensor, Tensor]:
+def group_qparams(w: Tensor, bits: int, symmetric: bool, clip: bool = False,
+                  float_zero: bool = False) -> tuple[Tensor, Tensor]:
     """Params of one group of columns. w (out, g) -> scale (out,) float32, zero (out,) float32
     holding integer codes (unsigned-code convention of the module docstring).
+
+    float_zero (asymmetric only): the grid spans exactly [min, max] of the group, scale =
+    (max - min) / (2^bits - 1) and zero = -min / scale unrounded (like GGUF Q4_1's per-block
+    scale and min), instead of a range widened to contain 0 with an integer zero code.
 
     clip: search, per row, the range shrink factor p in {1.00, 0.99, ..., 0.80} applied to
     (min, max) that minimises sum |w - dequant(quant(w))|^2.4 (the grid search of the GPTQ
@@ -145,14 +150,16 @@ def group_qparams(w: Tensor, bits: int, symmetric: bool, clip: bool = False) -> 
     the other weights. p = 1 is a candidate, so the error is never worse than min-max."""
     _check_bits(bits, 2, 8)
     maxq = 2**bits - 1
-    best = _minmax_params(w, bits, symmetric)
+    if float_zero and symmetric:
+        raise ValueError("float_zero needs an asymmetric grid (symmetric=False)")
+    best = _minmax_params(w, bits, symmetric, float_zero)
     if not clip:
         return best
     wf = w.float()
     best_err = _group_error(wf, *best, maxq)
     for i in range(1, _CLIP_STEPS + 1):
         p = 1.0 - i / 100
-        scale, zero = _minmax_params(w * p, bits, symmetric)
+        scale, zero = _minmax_params(w * p, bits, symmetric, float_zero)
         err = _group_error(wf, scale, zero, maxq)
         better = err < best_err
         if better.any():
@@ -164,8 +171,13 @@ def group_qparams(w: Tensor, bits: int, symmetric: bool, clip: bool = False) -> 
 _CLIP_STEPS = 20  # shrink factors down to 0.80
 
 
-def _minmax_params(w: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
+def _minmax_params(w: Tensor, bits: int, symmetric: bool, float_zero: bool = False) -> tuple[Tensor, Tensor]:
     maxq = 2**bits - 1
+    if float_zero:
+        lo, hi = w.float().amin(1), w.float().amax(1)
+        scale = (hi - lo) / maxq
+        scale = torch.where(scale > _TINY, scale, torch.ones_like(scale))
+        return scale, -lo / scale
     if symmetric:
         half = 2 ** (bits - 1)
         scale, _ = qparams_from_minmax(-w.abs().amax(1), w.abs().amax(1), bits, True)
@@ -180,16 +192,19 @@ def _group_error(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
 
 
 def quantize_codes(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
-    """Unsigned codes clamp(round(w / scale) + zero, 0, maxq) as float32; scale/zero broadcast."""
-    return torch.clamp(torch.round(w.float() / scale) + zero, 0, maxq)
+    """Unsigned codes clamp(round(w / scale + zero), 0, maxq) as float32; scale/zero broadcast
+    (zero may be fractional: float zero points)."""
+    return torch.clamp(torch.round(w.float() / scale + zero), 0, maxq)
 
 
 def quantize_groupwise(
-    w: Tensor, bits: int = 4, group_size: int | None = 128, symmetric: bool = False, clip: bool = False
+    w: Tensor, bits: int = 4, group_size: int | None = 128, symmetric: bool = False, clip: bool = False,
+    float_zero: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Round-to-nearest group-wise weight quantization along the input dim (clip: see group_qparams).
-    w (out, in) -> q uint8 (out, in) codes in [0, 2^bits - 1],
-    scales float32 (out, n_groups), zeros uint8 (out, n_groups); n_groups = ceil(in / group_size)."""
+    """Round-to-nearest group-wise weight quantization along the input dim (clip, float_zero: see
+    group_qparams). w (out, in) -> q uint8 (out, in) codes in [0, 2^bits - 1],
+    scales float32 (out, n_groups), zeros uint8 (out, n_groups), or float32 with float_zero;
+    n_groups = ceil(in / group_size)."""
     if w.dim() != 2:
         raise ValueError(f"quantize_groupwise expects a 2-D weight (out, in), got shape {tuple(w.shape)}")
     out_f, in_f = w.shape
@@ -198,11 +213,12 @@ def quantize_groupwise(
     qs, ss, zs = [], [], []
     for g0 in range(0, in_f, gs):
         seg = wf[:, g0 : g0 + gs]  # (out, <= gs)
-        scale, zero = group_qparams(seg, bits, symmetric, clip)  # (out,)
+        scale, zero = group_qparams(seg, bits, symmetric, clip, float_zero)  # (out,)
         qs.append(quantize_codes(seg, scale[:, None], zero[:, None], 2**bits - 1))
         ss.append(scale)
         zs.append(zero)
-    return torch.cat(qs, 1).to(torch.uint8), torch.stack(ss, 1), torch.stack(zs, 1).to(torch.uint8)
+    zeros = torch.stack(zs, 1)
+    return torch.cat(qs, 1).to(torch.uint8), torch.stack(ss, 1), zeros if float_zero else zeros.to(torch.uint8)
 
 
 def dequantize_groupwise(q: Tensor, scales: Tensor, zeros: Tensor, g_idx: Tensor | None = None,
