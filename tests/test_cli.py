@@ -86,6 +86,11 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     bits = [m.bits for m in mix.model.modules() if hasattr(m, "bits")]
     assert bits.count(8) == 3 and bits.count(4) == len(bits) - 3
     assert "kept int8 (3)" in capsys.readouterr().err
+    assert main(["quantize", str(folder), "--scheme", "w4", "--max-drop", "0", "--fallback", "int4-g32", "--max-kept", "2",
+                 "--data", str(data), "--out", str(tmp_path / "mix32")]) == 0
+    assert "kept int4_g32 (2)" in capsys.readouterr().err
+    mix = sf.load(tmp_path / "mix32")
+    assert sum(bool(getattr(m, "float_zeros", False)) for m in mix.model.modules()) == 2
     assert main(["quantize", str(folder), "--scheme", "int8", "--max-drop", "0.1", "--fallback", "int8",
                  "--out", str(tmp_path / "y")]) == 2
     assert "fallback='int8'" in capsys.readouterr().err

@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
     p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
                    "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float")
-    p.add_argument("--fallback", choices=["float", "int8"], default="float",
-                   help="with --max-drop: what the sensitive layers keep: float (default), or int8 inside a 4-bit "
-                   "weight-only scheme (w4, w4-gptq*: a mixed int4/int8 model)")
+    p.add_argument("--fallback", choices=["float", "int8", "int4-g32"], default="float",
+                   help="with --max-drop: what the sensitive layers keep: float (default); inside a 4-bit "
+                   "weight-only scheme (w4, w4-gptq*) also int8 (a mixed int4/int8 model) or int4-g32 (still 4-bit, "
+                   "group 32 with float zero points: mixed group sizes)")
     p.add_argument("--max-kept", type=int, default=16, help="with --max-drop: at most this many layers kept (default 16)")
     p.add_argument("--data", help="calibration text (one text per line; GPTQ needs it; default: packaged sample)")
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")

@@ -144,6 +144,59 @@ def test_int8_targets_pick_layers_and_warn_on_no_match():
     assert any("matched no quantized layer: nope" in x for x in w)
 
 
+def _wide_llama():  # 128-wide inputs: group 128 is one group per row, group 32 is four
+    return tiny_slim("llama", "causal-lm", hidden_size=128, intermediate_size=128)
+
+
+def test_fine_targets_get_group_32_float_zeros_and_reload(tmp_path):
+    sm = _wide_llama()
+    ref = {n: m.weight.detach().clone() for n, m in sm.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    w = sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=128, fine_targets=("re:\\.v_proj$", "nope")))
+    mods = {n: m for n, m in sm.model.named_modules() if isinstance(m, GroupQuantLinear)}
+    fine = {f"model.layers.{i}.self_attn.v_proj" for i in range(2)}
+    assert {n for n, m in mods.items() if m.group_size == 32} == fine
+    assert all(m.bits == 4 for m in mods.values())
+    assert all(m.float_zeros == (n in fine) for n, m in mods.items())
+    assert any("2 of 14 layers at group 32" in x for x in w) and any("matched no quantized layer: nope" in x for x in w)
+    # the finer grid is the better one on every layer it is given to
+    coarse = _wide_llama()
+    sf.quantize_(coarse, sf.WeightOnlyConfig(bits=4, group_size=128))
+    for n in fine:
+        assert sqnr(ref[n], mods[n].dequantized_weight()) > sqnr(ref[n], coarse.model.get_submodule(n).dequantized_weight()) + 1.5
+    again = sf.load(sf.save(sm, tmp_path / "m"))
+    assert torch.equal(_out(again), _out(sm))
+
+
+def test_fine_and_int8_targets_must_not_overlap():
+    with pytest.raises(ConfigError, match="both int8_targets and fine_targets: model.layers.0.self_attn.v_proj"):
+        sf.quantize_(_wide_llama(), sf.WeightOnlyConfig(int8_targets=("re:v_proj",), fine_targets=("re:layers.0.self_attn",)))
+
+
+def test_mixed_int4_g32_fallback_stays_4_bit_and_beats_plain_gptq(tmp_path):
+    def planted():
+        sm = _wide_llama()
+        with torch.no_grad():  # amplify intermediate channel 3 of layer 1: errors in gate/up now matter most
+            sm.model.model.layers[1].mlp.down_proj.weight[:, 3] = 50.0
+        return sm
+
+    sm = planted()
+    ref = _out(sm)
+    cfg = sf.MixedPrecisionConfig(scheme="w4-gptq", fallback="int4-g32", max_drop=0.0, max_float=2, calibration_texts=16)
+    w = sf.quantize_(sm, cfg, TEXTS)
+    mp = sm.meta["mixed_precision"]
+    kept = mp["kept_int4_g32"]
+    assert len(kept) == 2 and kept[0] == max(mp["sensitivity"], key=mp["sensitivity"].get)
+    mods = {n: m for n, m in sm.model.named_modules() if isinstance(m, GroupQuantLinear)}
+    assert all(m.bits == 4 for m in mods.values())
+    assert {n for n, m in mods.items() if m.group_size == 32} == set(kept)
+    assert any("kept int4_g32 (2)" in x for x in w)
+    plain = planted()
+    sf.quantize_(plain, SCHEMES["w4-gptq"], TEXTS)
+    assert sqnr(ref, _out(sm)) > sqnr(ref, _out(plain))
+    again = sf.load(sf.save(sm, tmp_path / "m"))
+    assert torch.equal(_out(again), _out(sm))
+
+
 def test_int4_is_packed_in_memory_and_on_disk(tmp_path):
     sm = tiny_slim("llama", "causal-lm")
     sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False))
@@ -228,6 +281,9 @@ def test_ignore_keeps_layers_float():
     ({"method": "weight_only", "float_zeros": True, "symmetric": True}, "float_zeros=True .* needs symmetric=False"),
     ({"method": "mixed_precision", "scheme": "int8", "fallback": "int8"}, "Accepted: w4, w4-gptq"),
     ({"method": "mixed_precision", "fallback": "int4"}, "fallback='int4'"),
+    ({"method": "mixed_precision", "scheme": "w8", "fallback": "int4-g32"}, "fallback='int4-g32' .* Accepted: w4"),
+    ({"method": "weight_only", "group_size": 32, "fine_targets": ["x"]}, "fine_group_size=32 must be smaller"),
+    ({"method": "weight_only", "fine_group_size": 48}, "fine_group_size=48"),
     ({"method": "int8_dynamic", "bitz": 8}, "unknown key 'bitz'"),
 ])
 def test_bad_configs_are_rejected_clearly(bad, match):

@@ -42,6 +42,9 @@ class WeightOnlyConfig(MethodConfig):
     embeddings: store the token embedding table int8 per row. int8_targets: Linear layers (names,
     class names or 're:' patterns) quantized with 8 bits instead of 4, same group size and
     algorithm (mixed int4/int8; mixed_precision with fallback="int8" picks them by sensitivity).
+    fine_targets: Linear layers quantized at the same bits on a finer grid, group fine_group_size
+    (default 32) with float zero points - a model that stays all 4-bit with per-layer group sizes
+    (mixed_precision with fallback="int4-g32" picks them by sensitivity).
     """
 
     method = "weight_only"
@@ -59,6 +62,8 @@ class WeightOnlyConfig(MethodConfig):
     lm_head: bool = True
     embeddings: bool = True
     int8_targets: tuple[str, ...] = ()  # patterns (like targets) quantized at 8 bits: mixed int4/int8
+    fine_targets: tuple[str, ...] = ()  # patterns quantized at the same bits on a finer grid
+    fine_group_size: int = 32
     calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ)
     calibration_samples: int = 64  # calibration sequences (GPTQ)
 
@@ -73,6 +78,13 @@ class WeightOnlyConfig(MethodConfig):
         if not isinstance(self.int8_targets, (tuple, list)) or not all(isinstance(p, str) for p in self.int8_targets):
             raise ConfigError(f"WeightOnlyConfig.int8_targets={self.int8_targets!r} must be a list of module "
                               "names, class names or 're:' patterns")
+        if not isinstance(self.fine_targets, (tuple, list)) or not all(isinstance(p, str) for p in self.fine_targets):
+            raise ConfigError(f"WeightOnlyConfig.fine_targets={self.fine_targets!r} must be a list of module "
+                              "names, class names or 're:' patterns")
+        self._check_choice("fine_group_size", (16, 32, 64, 128))
+        if self.fine_targets and self.group_size != -1 and self.fine_group_size >= self.group_size:
+            raise ConfigError(f"WeightOnlyConfig.fine_group_size={self.fine_group_size} must be smaller than "
+                              f"group_size={self.group_size} (fine_targets get a finer grid)")
         if self.int8_targets and self.bits != 4:
             raise ConfigError(f"WeightOnlyConfig.int8_targets keeps layers at 8 bits inside a 4-bit model; "
                               f"it needs bits=4 (got bits={self.bits})")
@@ -132,7 +144,9 @@ class MixedPrecisionConfig(MethodConfig):
     drop is <= max_drop, or max_float layers are kept.
 
     fallback "int8" (4-bit weight-only schemes): kept layers go to 8 bits instead of float
-    (WeightOnlyConfig.int8_targets), a mixed int4/int8 model. For GPTQ schemes, sensitivities
+    (WeightOnlyConfig.int8_targets), a mixed int4/int8 model. fallback "int4-g32": kept layers stay
+    4-bit on a finer grid, group 32 with float zero points (WeightOnlyConfig.fine_targets), a model
+    that is all int4 with per-layer group sizes. For GPTQ schemes, sensitivities
     and the budget loop use round-to-nearest at the same bits and group size (GPTQ for every
     candidate set would take minutes each); the final model is GPTQ, and its own drop is reported."""
 
@@ -147,13 +161,13 @@ class MixedPrecisionConfig(MethodConfig):
         from . import SCHEMES
 
         self._check_choice("scheme", tuple(SCHEMES))
-        self._check_choice("fallback", ("float", "int8"))
-        if self.fallback == "int8":
+        self._check_choice("fallback", ("float", "int8", "int4-g32"))
+        if self.fallback != "float":
             s = SCHEMES[self.scheme]
             if getattr(s, "method", None) != "weight_only" or s.bits != 4:
                 four = [k for k, v in SCHEMES.items() if v.method == "weight_only" and v.bits == 4]
-                raise ConfigError(f"MixedPrecisionConfig.fallback='int8' keeps sensitive layers at 8 bits inside a "
-                                  f"4-bit weight-only model; scheme={self.scheme!r} is not one. Accepted: "
+                raise ConfigError(f"MixedPrecisionConfig.fallback={self.fallback!r} keeps sensitive layers on a finer "
+                                  f"grid inside a 4-bit weight-only model; scheme={self.scheme!r} is not one. Accepted: "
                                   f"{', '.join(four)}")
         self._check_range("max_drop", 0.0, 10.0)
         self._check_range("max_float", 0, 100000)

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from ..adapters import get_adapter
 from ..core.targets import select_modules
 from .calibrate import calibration_inputs, observe_inputs
+from ..core.errors import ConfigError
 from .configs import Int8DynamicConfig, Int8StaticConfig, SmoothQuantConfig, WeightOnlyConfig
 from .gptq import HessianAccumulator, gptq_quantize, refit_gptq
 from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead, SmoothedLinear, linear_weight
@@ -170,8 +171,20 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     if unmatched:
         warnings.append(f"int8_targets matched no quantized layer: {', '.join(unmatched)}")
 
-    def bits_of(name):
-        return 8 if name in wide else cfg.bits
+    fine = {n for n, _ in select_modules(sm.model, cfg.fine_targets)} & names if cfg.fine_targets else set()
+    unmatched = [p for p in cfg.fine_targets if not {n for n, _ in select_modules(sm.model, [p])} & names]
+    if unmatched:
+        warnings.append(f"fine_targets matched no quantized layer: {', '.join(unmatched)}")
+    if wide & fine:
+        raise ConfigError(f"WeightOnlyConfig: layers in both int8_targets and fine_targets: {', '.join(sorted(wide & fine))}; "
+                          "a layer takes one of them")
+
+    def layer_of(name):  # (bits, group size, float zeros) of one layer
+        if name in wide:
+            return 8, cfg.group_size, cfg.float_zeros
+        if name in fine:
+            return cfg.bits, cfg.fine_group_size, True
+        return cfg.bits, cfg.group_size, cfg.float_zeros
 
     if cfg.algorithm == "gptq":
         if not data:
@@ -182,7 +195,7 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
 
             def quantize_layer(items):
                 for name, mod in items:
-                    _group_quantize(sm, name, mod, cfg, hs.pop(name).H, bits_of(name))
+                    _group_quantize(sm, name, mod, cfg, hs.pop(name).H, layer_of(name))
                 observe.seen.clear()
 
             run_sequential(sm, body, batches, observe, quantize_layer, desc="gptq (layer by layer)",
@@ -193,10 +206,10 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
                                 "Hessians come from one pass of the float model")
             hs = _hessians(sm, body, batches)
             for name, mod in tqdm(body, desc="gptq", leave=False):
-                _group_quantize(sm, name, mod, cfg, hs.pop(name).H, bits_of(name))
+                _group_quantize(sm, name, mod, cfg, hs.pop(name).H, layer_of(name))
     else:
         for name, mod in tqdm(body, desc=f"int{cfg.bits} rtn", leave=False):
-            _group_quantize(sm, name, mod, cfg, None, bits_of(name))
+            _group_quantize(sm, name, mod, cfg, None, layer_of(name))
     if head is not None and any(n == head for n, _ in targets) and not (cfg.embeddings and tied):
         # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
         _replace_linear(sm, head, sm.model.get_submodule(head), act=None)
@@ -208,24 +221,28 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     if wide:
         n8 = sum(1 for n, _ in body if n in wide)
         warnings.append(f"mixed int4/int8: {n8} of {len(body)} layers at 8 bits")
+    if fine:
+        nf = sum(1 for n, _ in body if n in fine)
+        warnings.append(f"mixed group sizes: {nf} of {len(body)} layers at group {cfg.fine_group_size} (float zeros)")
     return warnings
 
 
-def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H, bits: int | None = None) -> None:
+def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H,
+                    layer: tuple[int, int, bool] | None = None) -> None:
     """Swap `name` for a GroupQuantLinear: GPTQ when a Hessian H is given, else round-to-nearest.
-    bits overrides cfg.bits (layers in cfg.int8_targets)."""
-    bits = bits or cfg.bits
+    layer = (bits, group size, float zeros) overrides cfg's (int8_targets, fine_targets)."""
+    bits, group_size, float_zeros = layer or (cfg.bits, cfg.group_size, cfg.float_zeros)
     w = linear_weight(mod).float()
-    gs = resolve_group_size(w.shape[1], None if cfg.group_size == -1 else cfg.group_size)
+    gs = resolve_group_size(w.shape[1], None if group_size == -1 else group_size)
     if H is not None:
         r = gptq_quantize(w, H, bits=bits, group_size=gs, damp=cfg.damp,
-                          act_order=cfg.act_order, symmetric=cfg.symmetric, clip=cfg.clip,
-                          float_zero=cfg.float_zeros)
+                          act_order=cfg.act_order, symmetric=cfg.symmetric and not float_zeros, clip=cfg.clip,
+                          float_zero=float_zeros)
         q, scales, zeros = r.q, r.scales, r.zeros
         if cfg.refit:
             scales, zeros, _ = refit_gptq(w, H, q, scales, zeros, gs, cfg.damp)
     else:
-        q, scales, zeros = quantize_groupwise(w, bits, gs, cfg.symmetric, cfg.clip, cfg.float_zeros)
+        q, scales, zeros = quantize_groupwise(w, bits, gs, cfg.symmetric and not float_zeros, cfg.clip, float_zeros)
     new = GroupQuantLinear.from_codes(mod, q, scales, zeros, bits, gs)
     _set_module(sm.model, name, new)
     _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,

@@ -1,4 +1,5 @@
-"""Mixed precision by sensitivity: keep the layers whose quantization hurts most in float."""
+"""Mixed precision by sensitivity: keep the layers whose quantization hurts most in float (or
+int8, or int4 on a group-32 grid, inside a 4-bit weight-only model)."""
 from __future__ import annotations
 
 import copy
@@ -44,21 +45,23 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     from .calibrate import calibration_inputs
 
     scheme = SCHEMES[cfg.scheme]
-    int8 = cfg.fallback == "int8"
+    finer = cfg.fallback != "float"  # kept layers go to int8 or to int4 g32, not float
     # what the search quantizes with: GPTQ schemes are searched with RTN at the same bits/groups
     probe = scheme
-    if int8 and scheme.algorithm == "gptq":
+    if finer and scheme.algorithm == "gptq":
         probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False)
     texts = list(data or [])[: cfg.calibration_texts]
     batches = _stack(calibration_inputs(sm, texts, 128, max_seqs=cfg.calibration_texts))
     ref = _outputs(sm, batches)
     names = [n for n, _ in linear_targets(sm, scheme, include_head=True)]
-    if int8:  # the LM head is int8 already in weight-only schemes
+    if finer:  # the LM head is int8 already in weight-only schemes
         names = [n for n in names if n != head_name(sm)]
 
     def keeping(cfg_, kept):
-        if int8:
+        if cfg.fallback == "int8":
             return dataclasses.replace(cfg_, int8_targets=tuple(kept))
+        if cfg.fallback == "int4-g32":
+            return dataclasses.replace(cfg_, fine_targets=tuple(kept), fine_group_size=32)
         return dataclasses.replace(cfg_, ignore=tuple(cfg_.ignore) + tuple(kept))
 
     def drop_with(cfg_):
@@ -88,7 +91,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     searched = drop
     if probe is not scheme:
         drop = fidelity_drop(ref, _outputs(sm, batches), sm.kind)
-    how = "int8" if int8 else "float"
+    how = {"float": "float", "int8": "int8", "int4-g32": "int4_g32"}[cfg.fallback]
     sm.meta["mixed_precision"] = {"scheme": cfg.scheme, "fallback": cfg.fallback, f"kept_{how}": kept,
                                   "fidelity_drop": drop, "searched_drop": searched, "max_drop": cfg.max_drop,
                                   "sensitivity": only}
