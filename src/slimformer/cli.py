@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model and save it (reloadable with slimformer.load)")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("--scheme", required=True,
-                   help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-gptq | w4-gptq-g64 | w4-gptq-g32 (weight-only)")
+                   help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-gptq | w4-gptq-g64 | w4-gptq-g32 | w4-g32-fz "
+                   "(weight-only; w4-g32-fz: group 32 with float zero points, re-packs a Q4_1 GGUF model exactly)")
     p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
     p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
                    "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float")

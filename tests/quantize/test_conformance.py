@@ -167,6 +167,38 @@ def test_fine_targets_get_group_32_float_zeros_and_reload(tmp_path):
     assert torch.equal(_out(again), _out(sm))
 
 
+def test_w4_g32_fz_repacks_a_q4_1_model_exactly():
+    # every Linear weight on a Q4_1 lattice (blocks of 32 inputs: min + scale * k, k in 0..15), as
+    # in a model dequantized from a Q4_1 GGUF: the w4-g32-fz scheme stores it without loss
+    sm = _wide_llama()
+    g = torch.Generator().manual_seed(5)
+    lattice = {}
+    with torch.no_grad():
+        for n, m in sm.model.named_modules():
+            if isinstance(m, torch.nn.Linear) and n != "lm_head":
+                out_f, in_f = m.weight.shape
+                k = torch.randint(0, 16, (out_f, in_f), generator=g).float()
+                k[:, ::32], k[:, 1::32] = 0, 15
+                d = (torch.rand(out_f, in_f // 32, generator=g) + 0.1) / 50
+                lo = -7 * d + torch.randn(out_f, in_f // 32, generator=g) * d
+                m.weight.copy_(lo.repeat_interleave(32, 1) + d.repeat_interleave(32, 1) * k)
+                lattice[n] = m.weight.detach().clone()
+    sf.quantize_(sm, SCHEMES["w4-g32-fz"])
+    for n, w in lattice.items():
+        mod = sm.model.get_submodule(n)
+        assert isinstance(mod, GroupQuantLinear) and mod.bits == 4 and mod.float_zeros
+        torch.testing.assert_close(mod.dequantized_weight(), w, atol=2e-7, rtol=1e-5)
+    # integer zero points (plain w4 at group 32) cannot follow those grids
+    plain = sf.WeightOnlyConfig(bits=4, group_size=32)
+    other = _wide_llama()
+    with torch.no_grad():
+        for n, w in lattice.items():
+            other.model.get_submodule(n).weight.copy_(w)
+    sf.quantize_(other, plain)
+    n = "model.layers.0.mlp.down_proj"
+    assert sqnr(lattice[n], other.model.get_submodule(n).dequantized_weight()) < 35
+
+
 def test_fine_and_int8_targets_must_not_overlap():
     with pytest.raises(ConfigError, match="both int8_targets and fine_targets: model.layers.0.self_attn.v_proj"):
         sf.quantize_(_wide_llama(), sf.WeightOnlyConfig(int8_targets=("re:v_proj",), fine_targets=("re:layers.0.self_attn",)))

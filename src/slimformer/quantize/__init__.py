@@ -16,6 +16,9 @@ SCHEMES = {
     "w4-gptq": WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True),
     "w4-gptq-g64": WeightOnlyConfig(bits=4, group_size=64, algorithm="gptq", act_order=True, clip=True, refit=True),
     "w4-gptq-g32": WeightOnlyConfig(bits=4, group_size=32, algorithm="gptq", act_order=True, clip=True, refit=True),
+    # group 32, grid over each group's [min, max] with a float zero point: re-packs a model
+    # dequantized from a Q4_1 GGUF exactly (no data needed)
+    "w4-g32-fz": WeightOnlyConfig(bits=4, group_size=32, float_zeros=True),
 }
 
 from .mixed import mixed_precision  # noqa: E402  (needs SCHEMES)
