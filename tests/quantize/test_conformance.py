@@ -366,3 +366,23 @@ def test_sequential_gptq_falls_back_on_two_stacks():
                             TEXTS)
     assert any("layer-by-layer" in w for w in warnings)
     assert any(isinstance(m, GroupQuantLinear) for m in sm.model.modules())
+
+
+@pytest.mark.parametrize("family,kind,scheme,fallback", [
+    ("llama", "causal-lm", "w4", "int8"), ("llama", "causal-lm", "w4-gptq", "int4-g32"),
+    ("bert", "embedding", "int8", "float")])
+def test_incremental_greedy_search_equals_requantizing_everything(monkeypatch, family, kind, scheme, fallback):
+    from slimformer.quantize import mixed
+
+    def run():
+        sm = tiny_slim(family, kind, **({"hidden_size": 128, "intermediate_size": 128} if family == "llama" else {}))
+        cfg = sf.MixedPrecisionConfig(scheme=scheme, fallback=fallback, max_drop=0.0, max_float=4, calibration_texts=8)
+        sf.quantize_(sm, cfg, TEXTS)
+        return sm.meta["mixed_precision"]
+
+    fast = run()
+    monkeypatch.setattr(mixed, "_layerwise", lambda probe: False)
+    slow = run()
+    key = next(k for k in fast if k.startswith("kept_"))
+    assert len(fast[key]) == 4 and fast[key] == slow[key]
+    assert fast["searched_drop"] == pytest.approx(slow["searched_drop"], rel=1e-5, abs=1e-9)

@@ -64,11 +64,6 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
             return dataclasses.replace(cfg_, fine_targets=tuple(kept), fine_group_size=32)
         return dataclasses.replace(cfg_, ignore=tuple(cfg_.ignore) + tuple(kept))
 
-    def drop_with(cfg_):
-        m = copy.deepcopy(sm)
-        handler_for(cfg_)(m, cfg_, texts)
-        return fidelity_drop(ref, _outputs(m, batches), sm.kind)
-
     # sensitivity of each layer alone (embedding table excluded: it is measured with the whole
     # model), on one scratch copy: quantize the layer, measure, put the float layer back
     scratch = copy.deepcopy(sm)
@@ -81,11 +76,8 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
         _set_module(scratch.model, n, original)
     del scratch
     order = sorted(names, key=lambda n: only[n], reverse=True)
-    kept: list[str] = []
-    drop = drop_with(probe)
-    while drop > cfg.max_drop and len(kept) < min(cfg.max_float, len(order)):
-        kept.append(order[len(kept)])
-        drop = drop_with(keeping(probe, kept))
+    kept, drop = _greedy(sm, probe, order, keeping, cfg, lambda m: fidelity_drop(ref, _outputs(m, batches), sm.kind),
+                         texts, incremental=_layerwise(probe))
     final = keeping(scheme, kept)
     warnings = handler_for(final)(sm, final, list(data or [])) or []  # all the data (GPTQ calibrates on it)
     searched = drop
@@ -99,6 +91,45 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     warnings.append(f"kept {how} ({len(kept)}): {', '.join(kept) or 'none'}; fidelity drop {drop:.5f} "
                     f"(budget {cfg.max_drop}: {met})")
     return warnings
+
+
+def _layerwise(probe) -> bool:
+    """True when the probe quantizes each layer on its own weights alone (round-to-nearest
+    weight-only, dynamic int8), so changing one layer's format changes nothing else."""
+    from .configs import Int8DynamicConfig, WeightOnlyConfig
+
+    return (isinstance(probe, WeightOnlyConfig) and probe.algorithm == "rtn") or isinstance(probe, Int8DynamicConfig)
+
+
+def _greedy(sm, probe, order, keeping, cfg, drop_of, texts, incremental: bool) -> tuple[list[str], float]:
+    """Move layers to the fallback format from the most sensitive down until the probe model's
+    drop is within cfg.max_drop (or cfg.max_float layers). incremental: keep one quantized
+    scratch model and re-quantize only the layer that moves (same result as quantizing the
+    whole model again when the probe is layer-wise; ~100x faster on a 200-layer LM)."""
+    from ..core.config import handler_for
+
+    kept: list[str] = []
+    limit = min(cfg.max_float, len(order))
+    work = copy.deepcopy(sm)
+    handler_for(probe)(work, probe, texts)
+    drop = drop_of(work)
+    with tqdm(total=limit, desc=f"keeping layers {cfg.fallback} (budget {cfg.max_drop:g})", leave=False) as bar:
+        while drop > cfg.max_drop and len(kept) < limit:
+            name = order[len(kept)]
+            kept.append(name)
+            if incremental:
+                _set_module(work.model, name, copy.deepcopy(sm.model.get_submodule(name)))  # float again
+                if cfg.fallback != "float":
+                    one = dataclasses.replace(keeping(probe, [name]), targets=(name,), **_no_emb(probe))
+                    handler_for(one)(work, one, texts)
+            else:
+                work = copy.deepcopy(sm)
+                full = keeping(probe, kept)
+                handler_for(full)(work, full, texts)
+            drop = drop_of(work)
+            bar.update(1)
+            bar.set_postfix(drop=f"{drop:.4f}")
+    return kept, drop
 
 
 def _stack(batches: list[dict], size: int = 8) -> list[dict]:
