@@ -62,3 +62,26 @@ def test_smollm2_save_reload_identical_and_plain_transformers(smollm2, tmp_path)
         plain = AutoModelForCausalLM.from_pretrained(folder)
         d = plain(ids).logits
     assert torch.equal(a, b) and torch.equal(a, d)
+
+
+def test_smollm2_w4_g32_fz_repacks_the_gguf_grid_exactly(smollm2, tmp_path):
+    # SmolLM2's Linear weights come from Q4_1 blocks of 32 (scale and min per block): group 32
+    # with float zero points stores every one of them again at 4 bits, without loss
+    import copy
+
+    from slimformer.quantize import SCHEMES
+    from slimformer.quantize.modules import GroupQuantLinear
+
+    sm = copy.deepcopy(smollm2)
+    sf.quantize_(sm, SCHEMES["w4-g32-fz"])
+    layers = {n: m for n, m in sm.model.named_modules() if isinstance(m, GroupQuantLinear)}
+    assert len(layers) == 210 and all(m.bits == 4 and m.group_size == 32 and m.float_zeros for m in layers.values())
+    for n, m in layers.items():
+        w = smollm2.model.get_submodule(n).weight.detach()
+        err = (m.dequantized_weight() - w).abs().max() / w.abs().max()
+        assert err < 1e-5, n
+    ids = smollm2.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    again = sf.load(sf.save(sm, tmp_path / "q"))
+    with torch.no_grad():
+        a, b = sm.model(ids).logits, again.model(ids).logits
+    assert torch.equal(a, b)
