@@ -87,7 +87,7 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     assert bits.count(8) == 3 and bits.count(4) == len(bits) - 3
     assert "kept int8 (3)" in capsys.readouterr().err
     assert main(["quantize", str(folder), "--scheme", "w4", "--max-drop", "0", "--fallback", "int4-g32", "--max-kept", "2",
-                 "--data", str(data), "--out", str(tmp_path / "mix32")]) == 0
+                 "--search-texts", "4", "--data", str(data), "--out", str(tmp_path / "mix32")]) == 0
     assert "kept int4_g32 (2)" in capsys.readouterr().err
     mix = sf.load(tmp_path / "mix32")
     assert sum(bool(getattr(m, "float_zeros", False)) for m in mix.model.modules()) == 2
@@ -96,6 +96,8 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     assert "fallback='int8'" in capsys.readouterr().err
     assert main(["quantize", str(folder), "--scheme", "w4", "--fallback", "int8", "--out", str(tmp_path / "z")]) == 2
     assert "only apply with --max-drop" in capsys.readouterr().err
+    assert main(["quantize", str(folder), "--scheme", "w4", "--search-texts", "4", "--out", str(tmp_path / "z")]) == 2
+    assert "--search-texts only apply with --max-drop" in capsys.readouterr().err
 
 
 def test_export_command(tmp_path, capsys):

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "weight-only scheme (w4, w4-gptq*) also int8 (a mixed int4/int8 model) or int4-g32 (still 4-bit, "
                    "group 32 with float zero points: mixed group sizes)")
     p.add_argument("--max-kept", type=int, default=16, help="with --max-drop: at most this many layers kept (default 16)")
+    p.add_argument("--search-texts", type=int, help="with --max-drop: texts the sensitivity search measures on "
+                   "(default 64; decoder LMs 8, as 128-token chunks: each probe runs the whole model)")
     p.add_argument("--data", help="calibration text (one text per line; GPTQ needs it; default: packaged sample)")
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
     p.add_argument("--out", required=True, help="output folder")
@@ -175,10 +177,10 @@ def cmd_quantize(a) -> None:
 
     steps = [SmoothQuantConfig(alpha=a.smoothquant)] if a.smoothquant is not None else []
     scheme_config(a.scheme)  # validates the name
-    if a.max_drop is None and (a.fallback != "float" or a.max_kept != 16):
-        raise ConfigError("--fallback and --max-kept only apply with --max-drop")
+    if a.max_drop is None and (a.fallback != "float" or a.max_kept != 16 or a.search_texts is not None):
+        raise ConfigError("--fallback, --max-kept and --search-texts only apply with --max-drop")
     steps.append(MixedPrecisionConfig(scheme=a.scheme, max_drop=a.max_drop, fallback=a.fallback,
-                                      max_float=a.max_kept) if a.max_drop is not None
+                                      max_float=a.max_kept, calibration_texts=a.search_texts) if a.max_drop is not None
                  else scheme_config(a.scheme))
     model = load(a.model)
     calib = calibration_texts(a.data or sample_sentences(), n=a.calibration_samples)

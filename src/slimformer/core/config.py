@@ -50,9 +50,10 @@ class MethodConfig:
     # helpers for validate()
     def _check_range(self, name: str, lo: float, hi: float, lo_open=False, hi_open=False) -> None:
         v = getattr(self, name)
-        ok_lo = v > lo if lo_open else v >= lo
-        ok_hi = v < hi if hi_open else v <= hi
-        if not (isinstance(v, (int, float)) and ok_lo and ok_hi):
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        ok_lo = number and (v > lo if lo_open else v >= lo)
+        ok_hi = number and (v < hi if hi_open else v <= hi)
+        if not (ok_lo and ok_hi):
             lb = "(" if lo_open else "["
             rb = ")" if hi_open else "]"
             raise ConfigError(f"{type(self).__name__}.{name}={v!r} is out of range; accepted: {lb}{lo}, {hi}{rb}")

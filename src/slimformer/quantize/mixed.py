@@ -50,8 +50,9 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     probe = scheme
     if finer and scheme.algorithm == "gptq":
         probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False)
-    texts = list(data or [])[: cfg.calibration_texts]
-    batches = _stack(calibration_inputs(sm, texts, 128, max_seqs=cfg.calibration_texts))
+    n_texts = cfg.calibration_texts or (8 if sm.kind == "causal-lm" else 64)
+    texts = list(data or [])[:n_texts]
+    batches = _stack(calibration_inputs(sm, texts, 128, max_seqs=n_texts))
     ref = _outputs(sm, batches)
     names = [n for n, _ in linear_targets(sm, scheme, include_head=True)]
     if finer:  # the LM head is int8 already in weight-only schemes
