@@ -50,3 +50,18 @@ def test_compress_writes_model_result_and_report(tmp_path):
     assert "Fidelity" in (out / "report.md").read_text()
     reloaded = load(out)
     assert reloaded.meta["recipe"]["name"] == "baseline"
+
+
+def test_int4_gptq_mixed_recipe_runs_on_a_tiny_lm():
+    import slimformer as sf
+    from slimformer.quantize.modules import GroupQuantLinear
+    from slimformer.recipes import run_steps
+    from slimformer.testing import tiny_slim
+
+    sm = tiny_slim("llama", "causal-lm", hidden_size=64, intermediate_size=64)
+    run_steps(sm, load_recipe("int4-gptq-mixed"), sf.sample_sentences()[:32])
+    mods = [m for m in sm.model.modules() if isinstance(m, GroupQuantLinear)]
+    assert mods and all(m.bits == 4 for m in mods)
+    mp = sm.meta["mixed_precision"]
+    assert mp["fallback"] == "int4-g32" and {m.group_size for m in mods} <= {32, 64}
+    assert sum(m.group_size == 32 for m in mods) == len(mp["kept_int4_g32"])
