@@ -174,6 +174,11 @@ class MixedPrecisionConfig(MethodConfig):
                 raise ConfigError(f"MixedPrecisionConfig.fallback={self.fallback!r} keeps sensitive layers on a finer "
                                   f"grid inside a 4-bit weight-only model; scheme={self.scheme!r} is not one. Accepted: "
                                   f"{', '.join(four)}")
+            if self.fallback == "int4-g32" and s.group_size != -1 and s.group_size <= 32:
+                coarse = [k for k, v in SCHEMES.items() if v.method == "weight_only" and v.bits == 4
+                          and (v.group_size == -1 or v.group_size > 32)]
+                raise ConfigError(f"MixedPrecisionConfig.fallback='int4-g32' moves layers to group 32; scheme="
+                                  f"{self.scheme!r} already has group {s.group_size}. Accepted: {', '.join(coarse)}")
         self._check_range("max_drop", 0.0, 10.0)
         self._check_range("max_float", 0, 100000)
         if self.calibration_texts is not None:
