@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(weight-only; w4-g32-fz: group 32 with float zero points, re-packs a Q4_1 GGUF model exactly)")
     p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
     p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
-                   "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float")
+                   "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float. With "
+                   "w4-gptq* the search measures round-to-nearest models; the final GPTQ model's own drop, usually "
+                   "lower, is reported")
     p.add_argument("--fallback", choices=["float", "int8", "int4-g32"], default="float",
                    help="with --max-drop: what the sensitive layers keep: float (default); inside a 4-bit "
                    "weight-only scheme (w4, w4-gptq*) also int8 (a mixed int4/int8 model) or int4-g32 (still 4-bit, "
