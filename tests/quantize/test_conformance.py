@@ -389,3 +389,14 @@ def test_incremental_greedy_search_equals_requantizing_everything(monkeypatch, f
     key = next(k for k in fast if k.startswith("kept_"))
     assert len(fast[key]) == 4 and fast[key] == slow[key]
     assert fast["searched_drop"] == pytest.approx(slow["searched_drop"], rel=1e-5, abs=1e-9)
+
+
+def test_mixed_float_fallback_on_gptq_searches_with_rtn_and_keeps_layers_float():
+    sm = _wide_llama()
+    cfg = sf.MixedPrecisionConfig(scheme="w4-gptq", max_drop=0.0, max_float=2, calibration_texts=8)
+    sf.quantize_(sm, cfg, TEXTS)
+    mp = sm.meta["mixed_precision"]
+    assert len(mp["kept_float"]) == 2
+    assert all(type(sm.model.get_submodule(n)) is torch.nn.Linear for n in mp["kept_float"])
+    # the search ran on round-to-nearest models, the final drop is the GPTQ model's own
+    assert mp["searched_drop"] != mp["fidelity_drop"] and mp["fidelity_drop"] < mp["searched_drop"]

@@ -48,7 +48,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     finer = cfg.fallback != "float"  # kept layers go to int8 or to int4 g32, not float
     # what the search quantizes with: GPTQ schemes are searched with RTN at the same bits/groups
     probe = scheme
-    if finer and scheme.algorithm == "gptq":
+    if getattr(scheme, "algorithm", None) == "gptq":
         probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False)
     n_texts = cfg.calibration_texts or (8 if sm.kind == "causal-lm" else 64)
     texts = list(data or [])[:n_texts]
