@@ -75,12 +75,11 @@ class WeightOnlyConfig(MethodConfig):
         self._check_range("damp", 0.0, 1.0, lo_open=True)
         self._check_bool("symmetric", "clip", "float_zeros", "act_order", "refit", "sequential", "true_sequential", "lm_head",
                          "embeddings")
-        if not isinstance(self.int8_targets, (tuple, list)) or not all(isinstance(p, str) for p in self.int8_targets):
-            raise ConfigError(f"WeightOnlyConfig.int8_targets={self.int8_targets!r} must be a list of module "
-                              "names, class names or 're:' patterns")
-        if not isinstance(self.fine_targets, (tuple, list)) or not all(isinstance(p, str) for p in self.fine_targets):
-            raise ConfigError(f"WeightOnlyConfig.fine_targets={self.fine_targets!r} must be a list of module "
-                              "names, class names or 're:' patterns")
+        for name in ("int8_targets", "fine_targets"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)) or not all(isinstance(p, str) for p in v):
+                raise ConfigError(f"WeightOnlyConfig.{name}={v!r} must be a list of module names, class names or "
+                                  "'re:' patterns")
         self._check_choice("fine_group_size", (16, 32, 64, 128))
         if self.fine_targets and self.group_size != -1 and self.fine_group_size >= self.group_size:
             raise ConfigError(f"WeightOnlyConfig.fine_group_size={self.fine_group_size} must be smaller than "

@@ -6,9 +6,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
+from ..core.errors import ConfigError
 from ..core.targets import select_modules
 from .calibrate import calibration_inputs, observe_inputs
-from ..core.errors import ConfigError
 from .configs import Int8DynamicConfig, Int8StaticConfig, SmoothQuantConfig, WeightOnlyConfig
 from .gptq import HessianAccumulator, gptq_quantize, refit_gptq
 from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead, SmoothedLinear, linear_weight
@@ -166,15 +166,8 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     tied = tied_head(sm)
     body = [(n, m) for n, m in targets if n != head]
     names = {n for n, _ in body}
-    wide = {n for n, _ in select_modules(sm.model, cfg.int8_targets)} & names if cfg.int8_targets else set()
-    unmatched = [p for p in cfg.int8_targets if not {n for n, _ in select_modules(sm.model, [p])} & names]
-    if unmatched:
-        warnings.append(f"int8_targets matched no quantized layer: {', '.join(unmatched)}")
-
-    fine = {n for n, _ in select_modules(sm.model, cfg.fine_targets)} & names if cfg.fine_targets else set()
-    unmatched = [p for p in cfg.fine_targets if not {n for n, _ in select_modules(sm.model, [p])} & names]
-    if unmatched:
-        warnings.append(f"fine_targets matched no quantized layer: {', '.join(unmatched)}")
+    wide = _pattern_layers(sm, cfg.int8_targets, names, "int8_targets", warnings)
+    fine = _pattern_layers(sm, cfg.fine_targets, names, "fine_targets", warnings)
     if wide & fine:
         raise ConfigError(f"WeightOnlyConfig: layers in both int8_targets and fine_targets: {', '.join(sorted(wide & fine))}; "
                           "a layer takes one of them")
@@ -225,6 +218,19 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
         nf = sum(1 for n, _ in body if n in fine)
         warnings.append(f"mixed group sizes: {nf} of {len(body)} layers at group {cfg.fine_group_size} (float zeros)")
     return warnings
+
+
+def _pattern_layers(sm, patterns, names: set[str], field: str, warnings: list[str]) -> set[str]:
+    """The layers of `names` that `patterns` select; warns about patterns that select none."""
+    picked, unmatched = set(), []
+    for p in patterns:
+        hit = {n for n, _ in select_modules(sm.model, [p])} & names
+        picked |= hit
+        if not hit:
+            unmatched.append(p)
+    if unmatched:
+        warnings.append(f"{field} matched no quantized layer: {', '.join(unmatched)}")
+    return picked
 
 
 def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H,

@@ -84,7 +84,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     searched = drop
     if probe is not scheme:
         drop = fidelity_drop(ref, _outputs(sm, batches), sm.kind)
-    how = {"float": "float", "int8": "int8", "int4-g32": "int4_g32"}[cfg.fallback]
+    how = cfg.fallback.replace("-", "_")  # meta key kept_float / kept_int8 / kept_int4_g32
     sm.meta["mixed_precision"] = {"scheme": cfg.scheme, "fallback": cfg.fallback, f"kept_{how}": kept,
                                   "fidelity_drop": drop, "searched_drop": searched, "max_drop": cfg.max_drop,
                                   "sensitivity": only}
