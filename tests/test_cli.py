@@ -77,6 +77,10 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     assert q.meta["steps"][0]["algorithm"] == "gptq"
     ids = torch.tensor([[4, 7, 33, 68, 5]])
     assert q.model(ids).logits.shape == (1, 5, 99)
+    assert main(["quantize", str(folder), "--scheme", "w4-awq", "--data", str(data), "--out", str(tmp_path / "a")]) == 0
+    a = sf.load(tmp_path / "a")
+    assert a.meta["steps"][0]["awq"] is True and "layer groups scaled" in capsys.readouterr().err
+    assert a.model(ids).logits.shape == (1, 5, 99)
     assert main(["quantize", str(folder), "--scheme", "int3", "--out", str(tmp_path / "x")]) == 2
     assert "accepted: int8" in capsys.readouterr().err
     # mixed int4/int8 by sensitivity

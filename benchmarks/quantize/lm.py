@@ -4,7 +4,7 @@
     python benchmarks/quantize/lm.py --only "int4 GPTQ g64" --append   # one row, merged into the results
     python benchmarks/quantize/lm.py --ppl-max-tokens 16384
 
-Calibration for GPTQ uses WikiText-2 *valid* (wikitext2/valid.txt; 64 sequences of 512 tokens), never the
+Calibration for GPTQ and AWQ uses WikiText-2 *valid* (wikitext2/valid.txt; 64 sequences of 512 tokens), never the
 test text. "quantize s" is the wall time of quantize_ (for GPTQ: calibration + GPTQ).
 """
 from __future__ import annotations
@@ -34,6 +34,9 @@ SCHEMES = {
     "int4 RTN g128": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn"),
     "int4 GPTQ g128 (layer by layer, act-order, clip, refit)": sf.WeightOnlyConfig(**GPTQ),
     "int4 GPTQ g128 without refit": sf.WeightOnlyConfig(**{**GPTQ, "refit": False}),
+    "int4 RTN g128 + AWQ scaling (w4-awq)": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn", awq=True,
+                                                               calibration_samples=64),
+    "int4 GPTQ g128 + AWQ scaling": sf.WeightOnlyConfig(**GPTQ, awq=True),
     MIXED: None,  # built from --mixed-max-drop / --mixed-max-kept
     MIXED32: None,  # built from --mixed32-max-drop / --mixed32-max-kept
     "int4 GPTQ g64": sf.WeightOnlyConfig(**{**GPTQ, "group_size": 64}),

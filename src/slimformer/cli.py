@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model and save it (reloadable with slimformer.load)")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("--scheme", required=True,
-                   help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-gptq | w4-gptq-g64 | w4-gptq-g32 | w4-g32-fz "
-                   "(weight-only; w4-g32-fz: group 32 with float zero points, re-packs a Q4_1 GGUF model exactly)")
+                   help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-awq | w4-gptq | w4-gptq-g64 | w4-gptq-g32 | "
+                   "w4-g32-fz (weight-only; w4-awq: round-to-nearest after activation-aware scaling searched on --data, "
+                   "no GPTQ pass; w4-g32-fz: group 32 with float zero points, re-packs a Q4_1 GGUF model exactly)")
     p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
     p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
                    "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float. With "
@@ -61,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "lower, is reported")
     p.add_argument("--fallback", choices=["float", "int8", "int4-g32"], default="float",
                    help="with --max-drop: what the sensitive layers keep: float (default); inside a 4-bit "
-                   "weight-only scheme (w4, w4-gptq*) also int8 (a mixed int4/int8 model) or int4-g32 (still 4-bit, "
+                   "weight-only scheme (w4, w4-awq, w4-gptq*) also int8 (a mixed int4/int8 model) or int4-g32 (still 4-bit, "
                    "group 32 with float zero points: mixed group sizes)")
     p.add_argument("--max-kept", type=int, default=16, help="with --max-drop: at most this many layers kept (default 16)")
     p.add_argument("--search-texts", type=int, help="with --max-drop: texts the sensitivity search measures on "
                    "(default 64; decoder LMs 8, as 128-token chunks: each probe runs the whole model)")
-    p.add_argument("--data", help="calibration text (one text per line; GPTQ needs it; default: packaged sample)")
+    p.add_argument("--data", help="calibration text (one text per line; GPTQ and AWQ need it; default: packaged sample)")
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
     p.add_argument("--out", required=True, help="output folder")
 

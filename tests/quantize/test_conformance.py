@@ -29,6 +29,7 @@ CASES = [
     (sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", act_order=True, refit=True,
                          calibration_tokens=32), 12.0),
     (sf.WeightOnlyConfig(bits=4, group_size=16, float_zeros=True), 12.0),
+    (sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32), 12.0),
 ]
 MODELS = [("bert", "embedding"), ("llama", "causal-lm"), ("gpt2", "causal-lm"), ("t5", "seq2seq-lm"),
           ("marian", "seq2seq-lm")]
@@ -311,12 +312,12 @@ def test_ignore_keeps_layers_float():
     ({"method": "weight_only", "refit": True}, "refit=True .* needs algorithm='gptq'"),
     ({"method": "weight_only", "bits": 8, "int8_targets": ["x"]}, "needs bits=4"),
     ({"method": "weight_only", "float_zeros": True, "symmetric": True}, "float_zeros=True .* needs symmetric=False"),
-    ({"method": "mixed_precision", "scheme": "int8", "fallback": "int8"}, "Accepted: w4, w4-gptq"),
+    ({"method": "mixed_precision", "scheme": "int8", "fallback": "int8"}, "Accepted: w4, w4-awq, w4-gptq"),
     ({"method": "mixed_precision", "fallback": "int4"}, "fallback='int4'"),
     ({"method": "mixed_precision", "scheme": "w8", "fallback": "int4-g32"}, "fallback='int4-g32' .* Accepted: w4"),
     ({"method": "weight_only", "group_size": 32, "fine_targets": ["x"]}, "fine_group_size=32 must be smaller"),
     ({"method": "weight_only", "fine_group_size": 48}, "fine_group_size=48"),
-    ({"method": "mixed_precision", "scheme": "w4-gptq-g32", "fallback": "int4-g32"}, "already has group 32. Accepted: w4, w4-gptq, w4-gptq-g64$"),
+    ({"method": "mixed_precision", "scheme": "w4-gptq-g32", "fallback": "int4-g32"}, "already has group 32. Accepted: w4, w4-awq, w4-gptq, w4-gptq-g64$"),
     ({"method": "mixed_precision", "calibration_texts": "x"}, "calibration_texts='x' is out of range"),
     ({"method": "weight_only", "damp": True}, "damp=True is out of range"),
     ({"method": "int8_dynamic", "bitz": 8}, "unknown key 'bitz'"),

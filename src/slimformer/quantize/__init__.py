@@ -13,6 +13,9 @@ SCHEMES = {
     "int8-static": Int8StaticConfig(),
     "w8": WeightOnlyConfig(bits=8, group_size=128),
     "w4": WeightOnlyConfig(bits=4, group_size=128),
+    # round-to-nearest after activation-aware scaling (AWQ, quantize/awq.py): needs calibration
+    # data but no GPTQ pass
+    "w4-awq": WeightOnlyConfig(bits=4, group_size=128, awq=True),
     "w4-gptq": WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True),
     "w4-gptq-g64": WeightOnlyConfig(bits=4, group_size=64, algorithm="gptq", act_order=True, clip=True, refit=True),
     "w4-gptq-g32": WeightOnlyConfig(bits=4, group_size=32, algorithm="gptq", act_order=True, clip=True, refit=True),

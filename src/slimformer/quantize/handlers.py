@@ -8,12 +8,14 @@ from tqdm.auto import tqdm
 from ..adapters import get_adapter
 from ..core.errors import ConfigError
 from ..core.targets import select_modules
+from .awq import awq_scale_
+from .awq import summary as awq_summary
 from .calibrate import calibration_inputs, observe_inputs
 from .configs import Int8DynamicConfig, Int8StaticConfig, SmoothQuantConfig, WeightOnlyConfig
 from .gptq import HessianAccumulator, gptq_quantize, refit_gptq
 from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead, SmoothedLinear, linear_weight
 from .observers import RunningObserver
-from .qmath import quantize_groupwise, resolve_group_size
+from .qmath import dequantize_groupwise, quantize_groupwise, resolve_group_size
 from .sequential import run_sequential, sequential_supported
 from .smoothquant import smoothing_scales
 
@@ -179,10 +181,14 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
             return cfg.bits, cfg.fine_group_size, True
         return cfg.bits, cfg.group_size, cfg.float_zeros
 
+    batches = None
+    if cfg.awq:
+        batches = _awq_batches(sm, cfg, data)
+        warnings += _awq(sm, cfg, names, layer_of, batches)
     if cfg.algorithm == "gptq":
         if not data:
             raise ValueError("GPTQ needs calibration data (texts); none was given")
-        batches = calibration_inputs(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
+        batches = batches or calibration_inputs(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
         if cfg.sequential and sequential_supported(sm):
             hs, observe = _hessian_collector()
 
@@ -218,6 +224,41 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
         nf = sum(1 for n, _ in body if n in fine)
         warnings.append(f"mixed group sizes: {nf} of {len(body)} layers at group {cfg.fine_group_size} (float zeros)")
     return warnings
+
+
+def _awq_batches(sm, cfg: WeightOnlyConfig, data) -> list[dict]:
+    if not data:
+        raise ValueError("WeightOnlyConfig.awq=True searches activation-aware scales on calibration data; "
+                         "no texts were given (pass data=..., or --data PATH on the command line)")
+    return calibration_inputs(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
+
+
+def _awq(sm, cfg: WeightOnlyConfig, names: set[str], layer_of, batches) -> list[str]:
+    """Fold AWQ scales into the float model (awq.py), each group searched with its layers' own
+    round-to-nearest quantizer; records alpha per group under meta["awq"]."""
+    def quantizer_of(name):
+        bits, gs, fz = layer_of(name)
+        sym = cfg.symmetric and not fz
+
+        def q(w):
+            g = resolve_group_size(w.shape[1], None if gs == -1 else gs)
+            return dequantize_groupwise(*quantize_groupwise(w, bits, g, sym, False, fz), group_size=g)
+        return q
+
+    groups, warnings = awq_scale_(sm, names, batches, quantizer_of)
+    sm.meta["awq"] = awq_summary(groups)
+    if groups:
+        alphas = sorted(g.alpha for g in groups)
+        warnings.append(f"awq: {len(groups)} layer groups scaled (alpha median {alphas[len(alphas) // 2]:.2f})")
+    return warnings
+
+
+def prepare_awq(sm, cfg: WeightOnlyConfig, data) -> list[str]:
+    """AWQ scaling alone, with cfg's base grid for every layer (mixed precision runs it once
+    before its search, then quantizes with awq=False)."""
+    body = [n for n, _ in linear_targets(sm, cfg, include_head=cfg.lm_head) if n != head_name(sm)]
+    base = (cfg.bits, cfg.group_size, cfg.float_zeros)
+    return _awq(sm, cfg, set(body), lambda n: base, _awq_batches(sm, cfg, data))
 
 
 def _pattern_layers(sm, patterns, names: set[str], field: str, warnings: list[str]) -> set[str]:

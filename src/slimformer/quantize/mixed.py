@@ -45,6 +45,12 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     from .calibrate import calibration_inputs
 
     scheme = SCHEMES[cfg.scheme]
+    pre_warnings = []
+    if getattr(scheme, "awq", False):  # fold the AWQ scales once (exact in float), then search as usual
+        from .handlers import prepare_awq
+
+        pre_warnings = prepare_awq(sm, scheme, data)
+        scheme = dataclasses.replace(scheme, awq=False)
     finer = cfg.fallback != "float"  # kept layers go to int8 or to int4 g32, not float
     # what the search quantizes with: GPTQ schemes are searched with RTN at the same bits/groups
     probe = scheme
@@ -80,7 +86,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     kept, drop = _greedy(sm, probe, order, keeping, cfg, lambda m: fidelity_drop(ref, _outputs(m, batches), sm.kind),
                          texts, incremental=_layerwise(probe))
     final = keeping(scheme, kept)
-    warnings = handler_for(final)(sm, final, list(data or [])) or []  # all the data (GPTQ calibrates on it)
+    warnings = pre_warnings + (handler_for(final)(sm, final, list(data or [])) or [])  # all the data (GPTQ calibrates on it)
     searched = drop
     if probe is not scheme:
         drop = fidelity_drop(ref, _outputs(sm, batches), sm.kind)

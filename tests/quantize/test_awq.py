@@ -1,0 +1,126 @@
+"""AWQ scaling: exact in float, searched per group, better int4 where activations have outliers."""
+import pytest
+import torch
+
+import slimformer as sf
+from slimformer.quantize import SCHEMES
+from slimformer.quantize.awq import scale_groups, search_scale
+from slimformer.quantize.handlers import linear_targets, prepare_awq
+from slimformer.quantize.modules import GroupQuantLinear
+from slimformer.quantize.qmath import dequantize_groupwise, quantize_groupwise, sqnr
+from slimformer.testing import tiny_slim
+
+TEXTS = sf.sample_sentences()[:48]
+INPUT = ["the cat sits on the red car", "a dog runs in the city at night", "what is the big old house"]
+
+
+def _out(sm):
+    enc = sm.tokenize(INPUT)
+    if sm.kind == "seq2seq-lm":
+        enc["decoder_input_ids"] = enc["input_ids"][:, :4]
+    with torch.no_grad():
+        o = sm.model(**enc)
+    return o.last_hidden_state if sm.kind == "embedding" else o.logits
+
+
+def _rtn(w, bits=4, gs=16):
+    return dequantize_groupwise(*quantize_groupwise(w, bits, gs), group_size=gs)
+
+
+# family, kind, foldable groups: llama (GQA: no v -> o) norm->qkv, norm->gate/up, up->down per layer;
+# gpt2 ln_1->c_attn, ln_2->c_fc (plain FFN, fused qkv); bert (post-LN) only v->o;
+# t5 (pre-LN, relu FFN): encoder attn norm, v->o, ffn norm; decoder also cross-attention q
+@pytest.mark.parametrize("family,kind,n_groups", [("llama", "causal-lm", 6), ("gpt2", "causal-lm", 4),
+                                                   ("bert", "embedding", 2), ("t5", "seq2seq-lm", 14)])
+def test_awq_scaling_is_exact_in_float(family, kind, n_groups):
+    sm = tiny_slim(family, kind)
+    ref = _out(sm)
+    cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
+    names = {n for n, _ in linear_targets(sm, cfg, include_head=False)}
+    assert len(scale_groups(sm, names)) == n_groups
+    before = {n: p.detach().clone() for n, p in sm.model.named_parameters()}
+    warnings = prepare_awq(sm, cfg, TEXTS)
+    meta = sm.meta["awq"]
+    assert meta["groups"] == n_groups and any(f"{n_groups} layer groups scaled" in w for w in warnings)
+    assert all(0.0 <= a <= 1.0 for a in meta["alpha"].values())
+    # some weights really moved (alpha > 0 somewhere), and the model computes the same function
+    moved = [n for n, p in sm.model.named_parameters() if not torch.equal(p, before[n])]
+    assert moved if any(a > 0 for a in meta["alpha"].values()) else not moved
+    torch.testing.assert_close(_out(sm), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_search_picks_a_scale_that_protects_outlier_channels():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 64, generator=g)
+    x[:, :4] *= 25.0  # four outlier input channels
+    w = torch.randn(48, 64, generator=g)
+    H = x.T @ x / len(x)
+    alpha, s, errs = search_scale([w], [_rtn], H, x.abs().mean(0))
+    assert len(errs) == 21 and alpha > 0
+    assert min(errs) == errs[round(alpha * 20)] < 0.8 * errs[0]  # alpha 0 = plain RTN
+    assert s[:4].min() > s[4:].max()  # outlier channels get the largest scales
+    # the error the search reports is the real output error of the scaled, quantized layer
+    d = w - _rtn(w * s) / s
+    assert abs(((x @ d.T) ** 2).sum(1).mean().item() - min(errs)) < 1e-3 * min(errs)
+
+
+def _outlier_llama():
+    """Activation outliers in every layer's attention and FFN inputs, with the same float
+    function: norm channel weights x20, the matching weight columns / 20."""
+    sm = tiny_slim("llama", "causal-lm", hidden_size=64, intermediate_size=64)
+    with torch.no_grad():
+        for layer in sm.model.model.layers:
+            for norm, mods in ((layer.input_layernorm, [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+                               (layer.post_attention_layernorm, [layer.mlp.gate_proj, layer.mlp.up_proj])):
+                norm.weight[:3] *= 20.0
+                for m in mods:
+                    m.weight[:, :3] /= 20.0
+    return sm
+
+
+def test_awq_beats_plain_rtn_with_activation_outliers(tmp_path):
+    ref = _out(_outlier_llama())
+    plain, awq = _outlier_llama(), _outlier_llama()
+    sf.quantize_(plain, sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False))
+    sf.quantize_(awq, sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False, awq=True,
+                                          calibration_tokens=32), TEXTS)
+    assert sqnr(ref, _out(awq)) > sqnr(ref, _out(plain)) + 3.0
+    assert isinstance(awq.model.model.layers[0].self_attn.q_proj, GroupQuantLinear)
+    again = sf.load(sf.save(awq, tmp_path / "m"))  # the scaled norms are saved with the model
+    assert torch.equal(_out(again), _out(awq))
+
+
+def test_awq_with_gptq_and_mixed_precision_reload(tmp_path):
+    sm = _outlier_llama()
+    ref = _out(sm)
+    cfg = sf.MixedPrecisionConfig(scheme="w4-awq", fallback="int4-g32", max_drop=0.0, max_float=1, calibration_texts=16)
+    w = sf.quantize_(sm, cfg, TEXTS)
+    assert sm.meta["awq"]["groups"] == 6 and len(sm.meta["mixed_precision"]["kept_int4_g32"]) == 1
+    assert any("layer groups scaled" in x for x in w)
+    assert sqnr(ref, _out(sm)) > 10
+    again = sf.load(sf.save(sm, tmp_path / "m"))
+    assert torch.equal(_out(again), _out(sm))
+    g = _outlier_llama()
+    sf.quantize_(g, sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", awq=True, calibration_tokens=32), TEXTS)
+    assert g.meta["awq"]["groups"] == 6 and sqnr(ref, _out(g)) > 10
+
+
+def test_awq_skips_norms_that_do_not_take_a_scale():
+    # Gemma's RMSNorm computes x * (1 + weight): dividing weight by s does not divide the output
+    sm = tiny_slim("gemma3", "causal-lm")
+    ref = _out(sm)
+    cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
+    w = prepare_awq(sm, cfg, TEXTS)
+    assert any("cannot take a per-channel scale exactly (Gemma3RMSNorm)" in x for x in w)
+    assert sm.meta["awq"]["groups"] == 2  # up -> down in each layer still scaled
+    torch.testing.assert_close(_out(sm), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_awq_needs_calibration_data():
+    with pytest.raises(ValueError, match="awq=True searches activation-aware scales on calibration data"):
+        sf.quantize_(tiny_slim("llama", "causal-lm"), sf.WeightOnlyConfig(awq=True))
+
+
+def test_w4_awq_scheme():
+    cfg = SCHEMES["w4-awq"]
+    assert cfg.awq and cfg.bits == 4 and cfg.group_size == 128 and cfg.algorithm == "rtn"
