@@ -124,3 +124,19 @@ def test_awq_needs_calibration_data():
 def test_w4_awq_scheme():
     cfg = SCHEMES["w4-awq"]
     assert cfg.awq and cfg.bits == 4 and cfg.group_size == 128 and cfg.algorithm == "rtn"
+
+
+def test_layer_by_layer_search_matches_one_pass_of_the_float_model(monkeypatch):
+    # the sequential path reuses each layer's observation pass as the next layer's input (the
+    # scaling is exact); it must find the same scales as observing the float model in one pass
+    import slimformer.quantize.awq as awq
+
+    cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
+    seq = _outlier_llama()
+    prepare_awq(seq, cfg, TEXTS)
+    monkeypatch.setattr(awq, "sequential_supported", lambda sm: False)
+    one = _outlier_llama()
+    prepare_awq(one, cfg, TEXTS)
+    assert seq.meta["awq"] == one.meta["awq"] and any(a > 0 for a in one.meta["awq"]["alpha"].values())
+    for (n, p), (_, q) in zip(seq.model.named_parameters(), one.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)

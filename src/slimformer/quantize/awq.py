@@ -212,7 +212,7 @@ def awq_scale_(sm, names: set[str], batches: list[dict], quantizer_of: Callable[
     ref = _output(sm, batches[0])
     firsts = [(n, sm.model.get_submodule(n)) for n in by_first]
     if sequential_supported(sm):
-        run_sequential(sm, firsts, batches, observe, fold, desc=desc, true_sequential=False)
+        run_sequential(sm, firsts, batches, observe, fold, desc=desc, true_sequential=False, exact=True)
     else:
         observe_inputs(sm, firsts, batches, observe, desc)
         fold(firsts)

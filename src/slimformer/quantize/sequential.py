@@ -101,15 +101,21 @@ def _call_groups(sm, layer: nn.Module, names: list[str], first: tuple[tuple, dic
 def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
                    observe: Callable[[str, torch.Tensor, torch.Tensor], None],
                    quantize_layer: Callable[[list[tuple[str, nn.Module]]], None],
-                   desc: str = "sequential calibration", true_sequential: bool = True) -> None:
+                   desc: str = "sequential calibration", true_sequential: bool = True,
+                   exact: bool = False) -> None:
     """For each layer of the stack: run every batch through it with hooks calling
     observe(name, input as float, the input tensor itself) for its targets, call
     quantize_layer(its targets) (which swaps modules in place), then run the batches through the
     quantized layer to make the next layer's inputs. true_sequential: inside a layer, quantize
     the targets in the order the layer calls them, in groups that share one input (q/k/v, then
     o, then gate/up, then down), each group observed after the groups before it were quantized
-    (one more pass of the layer per group). Targets outside the layers (e.g. a
-    pooler) are observed in one final pass of the whole model and quantized last."""
+    (one more pass of the layer per group). exact: quantize_layer does not change what the
+    layer computes (a float re-parametrisation such as AWQ scaling), so the observation pass's
+    outputs are the next layer's inputs (one pass per layer instead of two; needs
+    true_sequential=False). Targets outside the layers (e.g. a pooler) are observed in one final
+    pass of the whole model and quantized last."""
+    if exact and true_sequential:
+        raise ValueError("run_sequential: exact=True observes each layer in one pass; use true_sequential=False")
     stack = layer_stack(sm)
     if stack is None:
         raise ValueError("sequential calibration needs a model with one layer stack")
@@ -136,23 +142,27 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
         names = per_layer[i]
         groups = _call_groups(sm, layer, names, cache[0]) if true_sequential and names else [names]
+        new = []
         for group in groups:
             if not group:
                 continue
             hooks = hooked(group)
             try:
                 for args, kwargs in cache:
-                    layer(*args, **kwargs)
+                    out = layer(*args, **kwargs)
+                    if exact and i + 1 < len(layers):
+                        new.append(_with_hidden(args, kwargs, out[0] if isinstance(out, (tuple, list)) else out))
             finally:
                 for h in hooks:
                     h.remove()
             quantize_layer([(n, sm.model.get_submodule(n)) for n in group])
-        if i + 1 < len(layers):
+        if i + 1 < len(layers) and not (exact and new):
             new = []
             for args, kwargs in cache:
                 out = layer(*args, **kwargs)
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 new.append(_with_hidden(args, kwargs, out))
+        if i + 1 < len(layers):
             cache = new
     if outside:
         observe_inputs(sm, [(n, sm.model.get_submodule(n)) for n in outside], batches, None, "",
