@@ -8,19 +8,12 @@ from slimformer.quantize.awq import scale_groups, search_scale
 from slimformer.quantize.handlers import linear_targets, prepare_awq
 from slimformer.quantize.modules import GroupQuantLinear
 from slimformer.quantize.qmath import dequantize_groupwise, quantize_groupwise, sqnr
-from slimformer.testing import tiny_slim
+from slimformer.testing import tiny_output, tiny_slim
 
 TEXTS = sf.sample_sentences()[:48]
-INPUT = ["the cat sits on the red car", "a dog runs in the city at night", "what is the big old house"]
 
 
-def _out(sm):
-    enc = sm.tokenize(INPUT)
-    if sm.kind == "seq2seq-lm":
-        enc["decoder_input_ids"] = enc["input_ids"][:, :4]
-    with torch.no_grad():
-        o = sm.model(**enc)
-    return o.last_hidden_state if sm.kind == "embedding" else o.logits
+_out = tiny_output
 
 
 def _rtn(w, bits=4, gs=16):

@@ -11,10 +11,9 @@ from slimformer.quantize.modules import GroupQuantLinear, Int8Embedding, Int8Lin
 from slimformer.quantize import SCHEMES
 from slimformer.quantize.qmath import sqnr
 from slimformer.recipes import run_steps, load_recipe
-from slimformer.testing import tiny_slim
+from slimformer.testing import tiny_output, tiny_slim
 
 TEXTS = sf.sample_sentences()[:48]
-INPUT = ["the cat sits on the red car", "a dog runs in the city at night", "what is the big old house"]
 
 # (config, minimum SQNR in dB of the model output vs float on tiny models)
 CASES = [
@@ -35,13 +34,7 @@ MODELS = [("bert", "embedding"), ("llama", "causal-lm"), ("gpt2", "causal-lm"), 
           ("marian", "seq2seq-lm")]
 
 
-def _out(sm):
-    enc = sm.tokenize(INPUT)
-    if sm.kind == "seq2seq-lm":
-        enc["decoder_input_ids"] = enc["input_ids"][:, :4]
-    with torch.no_grad():
-        o = sm.model(**enc)
-    return o.last_hidden_state if sm.kind == "embedding" else o.logits
+_out = tiny_output
 
 
 @pytest.mark.parametrize("cfg,min_db", CASES, ids=lambda c: getattr(c, "method", str(c)))

@@ -41,3 +41,19 @@ def tiny_slim(family: str = "bert", kind: str = "embedding", seed: int = 0, **ov
     model = tiny_model(family, _KIND_TASK[kind], seed=seed, **overrides)
     pooling = Pooling(mode="mean", normalize=True) if kind == "embedding" else None
     return SlimModel(model, tiny_tokenizer(), kind, pooling, source=f"tiny:{family}")
+
+
+TINY_INPUT = ["the cat sits on the red car", "a dog runs in the city at night", "what is the big old house"]
+
+
+def tiny_output(sm: SlimModel, texts: list[str] = TINY_INPUT):
+    """The model's output on `texts` without gradients: last hidden state for embedding models,
+    logits otherwise (seq2seq: the first 4 input tokens as decoder input)."""
+    import torch
+
+    enc = sm.tokenize(texts)
+    if sm.kind == "seq2seq-lm":
+        enc["decoder_input_ids"] = enc["input_ids"][:, :4]
+    with torch.no_grad():
+        o = sm.model(**enc)
+    return o.last_hidden_state if sm.kind == "embedding" else o.logits
