@@ -1,6 +1,6 @@
 """SmolLM2-135M weight-only quantization on WikiText-2 raw test: perplexity, weight bytes, time.
 
-    python benchmarks/quantize/lm.py                    # every row below (about an hour on 2 cores)
+    python benchmarks/quantize/lm.py                    # every row below (about 75 minutes on 2 cores)
     python benchmarks/quantize/lm.py --only "int4 GPTQ g64" --append   # one row, merged into the results
     python benchmarks/quantize/lm.py --ppl-max-tokens 16384
 
