@@ -7,14 +7,14 @@ Linear layers that read one input (q/k/v; gate/up; down; o), a per-input-channel
 
 multiplies the weight columns and divides the input, folded exactly into the op that makes
 that input: the weight (and bias) of a pre-norm (q/k/v and gate/up in pre-LN models), or the
-output rows of the previous Linear (up -> down in a gated FFN; v -> o when every head has its
-own value projection). The float model computes the same function; only where the rounding
+output rows of the previous Linear (up -> down in a gated FFN; v -> o, where under GQA one
+value channel's scale is shared by the query heads that read it). The float model computes the same function; only where the rounding
 error of the later quantization falls changes. alpha in {0, 0.05, ..., 1} is searched per group
 for the least layer-output error under each layer's own quantizer (round-to-nearest, no clip
 search), E||(W - Q(W s) / s) x||^2 = tr(D H D^T) with H = E[x x^T] from calibration data.
 alpha = 0 (s = 1) is a candidate, so the search never raises that error.
 
-Post-LN models (BERT) only get the v -> o and up -> down folds: their norm output is also the
+Post-LN models (BERT, BART) only get the v -> o and up -> down folds: their norm output is also the
 residual stream, so scaling it would change the model. Each norm fold is checked on random
 input (a norm that is not `weight * f(x) + bias`, e.g. Gemma's `(1 + weight)`, is skipped), and
 the whole model's output on one calibration batch is compared before and after; if it moved,
@@ -44,8 +44,24 @@ class ScaleGroup:
     prev_name: str
     prev_kind: str  # "norm" | "linear"
     linears: list[str]
+    kv_repeat: tuple[int, int] | None = None  # v -> o under GQA: (query heads per kv head, head_dim)
     alpha: float | None = None
-    scale: Tensor | None = field(default=None, repr=False)
+    scale: Tensor | None = field(default=None, repr=False)  # per channel of prev's output
+
+    def expand(self, s: Tensor) -> Tensor:
+        """Scale per input channel of the linears from the scale per channel of prev's output
+        (under GQA each value channel feeds n_rep query heads' channels of o)."""
+        if self.kv_repeat is None:
+            return s
+        n_rep, hd = self.kv_repeat
+        return s.view(-1, 1, hd).expand(-1, n_rep, hd).reshape(-1)
+
+    def reduce(self, x: Tensor) -> Tensor:
+        """Per-input-channel statistic of the linears -> per channel of prev's output (mean)."""
+        if self.kv_repeat is None:
+            return x
+        n_rep, hd = self.kv_repeat
+        return x.view(-1, n_rep, hd).mean(1).reshape(-1)
 
     @property
     def key(self) -> str:
@@ -102,19 +118,20 @@ def scale_groups(sm, names: set[str]) -> list[ScaleGroup]:
     pre = getattr(adapter, "norm_position", "post") == "pre"
     groups: list[ScaleGroup] = []
 
-    def add(prev, kind, mods):
+    def add(prev, kind, mods, kv_repeat=None):
         mods = [m for m in mods if m is not None]
         lin = [mod_name.get(id(m)) for m in mods]
         if prev is None or not mods or any(n is None or n not in names for n in lin):
             return
-        groups.append(ScaleGroup(prev, mod_name[id(prev)], kind, lin))
+        groups.append(ScaleGroup(prev, mod_name[id(prev)], kind, lin, kv_repeat))
 
     for li in adapter.layers(model):
         a, f = li.attention, li.ffn
         if pre and "attn" in li.norms:
             add(li.norms["attn"], "norm", [a.qkv] if a.qkv is not None else [a.q, a.k, a.v])
-        if a.v is not None and a.qkv is None and a.num_kv_heads == a.num_heads:
-            add(a.v, "linear", [a.o])
+        if a.v is not None and a.qkv is None and a.num_kv_heads and a.num_heads % a.num_kv_heads == 0:
+            n_rep = a.num_heads // a.num_kv_heads  # GQA: query head h reads kv head h // n_rep
+            add(a.v, "linear", [a.o], (n_rep, a.head_dim) if n_rep > 1 else None)
         c = li.cross_attention
         if pre and c is not None and "cross" in li.norms and c.q is not None:
             add(li.norms["cross"], "norm", [c.q])
@@ -141,9 +158,12 @@ class _Stats:
 
 
 def search_scale(weights: list[Tensor], quantizers: list[Callable[[Tensor], Tensor]], H: Tensor,
-                 act_mean: Tensor, steps: int = ALPHA_STEPS) -> tuple[float, Tensor, list[float]]:
+                 act_mean: Tensor, steps: int = ALPHA_STEPS,
+                 expand: Callable[[Tensor], Tensor] | None = None) -> tuple[float, Tensor, list[float]]:
     """(alpha, s, errors per alpha) minimising sum_i tr(D_i H D_i^T), D_i = W_i - Q_i(W_i s) / s.
-    weights: (out_i, in) float; quantizers: W -> dequantized W; H (in, in); act_mean (in,)."""
+    weights: (out_i, in) float; quantizers: W -> dequantized W; H (in, in); act_mean: mean |x|
+    per channel of s. expand: s -> per input channel of the weights when s is shared (GQA:
+    one value channel feeds several query heads); default identity."""
     H = H.float()
     base = act_mean.float().clamp_min(_EPS)
     best, errs = None, []
@@ -151,9 +171,10 @@ def search_scale(weights: list[Tensor], quantizers: list[Callable[[Tensor], Tens
         alpha = k / steps
         s = base.pow(alpha)
         s = s / (s.max() * s.min()).sqrt()
+        se = expand(s) if expand is not None else s
         err = 0.0
         for w, q in zip(weights, quantizers):
-            d = w - q(w * s) / s
+            d = w - q(w * se) / se
             err += ((d @ H) * d).sum().item()
         errs.append(err)
         if best is None or err < best[0]:
@@ -162,14 +183,14 @@ def search_scale(weights: list[Tensor], quantizers: list[Callable[[Tensor], Tens
 
 
 def _apply(sm, g: ScaleGroup, s: Tensor, inverse: bool = False) -> None:
-    inv = 1.0 / s
-    t = inv if inverse else s
+    """Fold s (per channel of prev's output): prev's output / s, the linears' inputs * s."""
+    t = 1.0 / s if inverse else s
     if g.prev_kind == "norm":
         _scale_norm(g.prev, s, inverse=inverse)
     else:
         _scale_outputs(g.prev, t)
     for n in g.linears:
-        _scale_inputs(sm.model.get_submodule(n), t)
+        _scale_inputs(sm.model.get_submodule(n), g.expand(t))
 
 
 @torch.no_grad()
@@ -206,7 +227,8 @@ def awq_scale_(sm, names: set[str], batches: list[dict], quantizer_of: Callable[
             st = stats.pop(name)
             H, mean = (st.xx / max(st.n, 1)).float(), (st.abs / max(st.n, 1)).float()
             ws = [linear_weight(sm.model.get_submodule(n)).float() for n in g.linears]
-            g.alpha, g.scale, _ = search_scale(ws, [quantizer_of(n) for n in g.linears], H, mean)
+            g.alpha, g.scale, _ = search_scale(ws, [quantizer_of(n) for n in g.linears], H, g.reduce(mean),
+                                               expand=g.expand)
             _apply(sm, g, g.scale)
 
     ref = _output(sm, batches[0])
