@@ -48,7 +48,7 @@ class WeightOnlyConfig(MethodConfig):
     awq: before quantizing, fold activation-aware per-channel scales (AWQ) into the float model
     (pre-norm -> q/k/v and gate/up, up -> down, v -> o; exact in float), each searched on
     calibration data for the least layer-output rounding error (needs data, for RTN too; see
-    quantize/awq.py). SmolLM2-135M int4 g128 RTN: +29.9% perplexity instead of +39.9%; on top
+    quantize/awq.py). SmolLM2-135M int4 g128 RTN: +28.5% perplexity instead of +39.9%; on top
     of GPTQ no reliable gain (benchmarks/results/quantize_lm*.md).
     """
 
