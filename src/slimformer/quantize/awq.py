@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..adapters import get_adapter
 from .calibrate import calibration_forward, observe_inputs
+from .modules import linear_weight
 from .sequential import run_sequential, sequential_supported
 
 ALPHA_STEPS = 20  # alpha in {0, 1/20, ..., 1}
@@ -68,20 +69,16 @@ class ScaleGroup:
         return f"{self.prev_name} -> {', '.join(n.rsplit('.', 1)[-1] for n in self.linears)}"
 
 
-def _is_conv1d(mod: nn.Module) -> bool:
-    return type(mod).__name__ == "Conv1D"
-
-
 def _scale_inputs(mod: nn.Module, s: Tensor) -> None:
-    """W[:, j] *= s_j (input channels)."""
-    w = mod.weight
-    w.mul_((s[:, None] if _is_conv1d(mod) else s[None, :]).to(w.dtype))
+    """W[:, j] *= s_j (input channels; linear_weight is an (out, in) view, also for Conv1D)."""
+    w = linear_weight(mod)
+    w.mul_(s[None, :].to(w.dtype))
 
 
 def _scale_outputs(mod: nn.Module, s: Tensor) -> None:
     """Output channel i divided by s_i (weight rows and bias)."""
-    w = mod.weight
-    w.div_((s[None, :] if _is_conv1d(mod) else s[:, None]).to(w.dtype))
+    w = linear_weight(mod)
+    w.div_(s[:, None].to(w.dtype))
     if getattr(mod, "bias", None) is not None:
         mod.bias.div_(s.to(mod.bias.dtype))
 
@@ -199,8 +196,6 @@ def awq_scale_(sm, names: set[str], batches: list[dict], quantizer_of: Callable[
     """Search and fold AWQ scales for every foldable group of `names`, in place.
     quantizer_of(name) -> W (out, in) float -> dequantized W, the layer's own quantizer.
     Returns (the groups scaled, warnings)."""
-    from .modules import linear_weight
-
     warnings: list[str] = []
     groups = scale_groups(sm, names)
     if not groups:

@@ -163,10 +163,8 @@ def smoothquant(sm, cfg: SmoothQuantConfig, data) -> list[str]:
 
 def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     warnings = []
-    targets = linear_targets(sm, cfg, include_head=cfg.lm_head)
-    head = head_name(sm)
+    targets, head, body = _weight_only_layers(sm, cfg)
     tied = tied_head(sm)
-    body = [(n, m) for n, m in targets if n != head]
     names = {n for n, _ in body}
     wide = _pattern_layers(sm, cfg.int8_targets, names, "int8_targets", warnings)
     fine = _pattern_layers(sm, cfg.fine_targets, names, "fine_targets", warnings)
@@ -226,6 +224,14 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     return warnings
 
 
+def _weight_only_layers(sm, cfg: WeightOnlyConfig):
+    """(targets, LM head name, body): the Linear layers cfg quantizes, and those of them other
+    than the head (the body is quantized group-wise; the head int8)."""
+    targets = linear_targets(sm, cfg, include_head=cfg.lm_head)
+    head = head_name(sm)
+    return targets, head, [(n, m) for n, m in targets if n != head]
+
+
 def _awq_batches(sm, cfg: WeightOnlyConfig, data) -> list[dict]:
     if not data:
         raise ValueError("WeightOnlyConfig.awq=True searches activation-aware scales on calibration data; "
@@ -256,9 +262,9 @@ def _awq(sm, cfg: WeightOnlyConfig, names: set[str], layer_of, batches) -> list[
 def prepare_awq(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     """AWQ scaling alone, with cfg's base grid for every layer (mixed precision runs it once
     before its search, then quantizes with awq=False)."""
-    body = [n for n, _ in linear_targets(sm, cfg, include_head=cfg.lm_head) if n != head_name(sm)]
+    _, _, body = _weight_only_layers(sm, cfg)
     base = (cfg.bits, cfg.group_size, cfg.float_zeros)
-    return _awq(sm, cfg, set(body), lambda n: base, _awq_batches(sm, cfg, data))
+    return _awq(sm, cfg, {n for n, _ in body}, lambda n: base, _awq_batches(sm, cfg, data))
 
 
 def _pattern_layers(sm, patterns, names: set[str], field: str, warnings: list[str]) -> set[str]:

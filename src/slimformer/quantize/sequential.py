@@ -72,6 +72,11 @@ def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dic
     return args, {**kwargs, "hidden_states": h}
 
 
+def _layer_out(layer: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    out = layer(*args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _call_groups(sm, layer: nn.Module, names: list[str], first: tuple[tuple, dict]) -> list[list[str]]:
     """Targets of `layer` in the order one batch calls them; consecutive calls on the very same
     input tensor form one group. Targets the batch never calls come last, as one group."""
@@ -142,28 +147,24 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
         names = per_layer[i]
         groups = _call_groups(sm, layer, names, cache[0]) if true_sequential and names else [names]
-        new = []
+        outs = []  # exact: the observation pass's outputs, the next layer's inputs
         for group in groups:
             if not group:
                 continue
             hooks = hooked(group)
             try:
                 for args, kwargs in cache:
-                    out = layer(*args, **kwargs)
-                    if exact and i + 1 < len(layers):
-                        new.append(_with_hidden(args, kwargs, out[0] if isinstance(out, (tuple, list)) else out))
+                    out = _layer_out(layer, args, kwargs)
+                    if exact:
+                        outs.append(out)
             finally:
                 for h in hooks:
                     h.remove()
             quantize_layer([(n, sm.model.get_submodule(n)) for n in group])
-        if i + 1 < len(layers) and not (exact and new):
-            new = []
-            for args, kwargs in cache:
-                out = layer(*args, **kwargs)
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                new.append(_with_hidden(args, kwargs, out))
         if i + 1 < len(layers):
-            cache = new
+            if not (exact and outs):
+                outs = [_layer_out(layer, args, kwargs) for args, kwargs in cache]
+            cache = [_with_hidden(args, kwargs, h) for (args, kwargs), h in zip(cache, outs)]
     if outside:
         observe_inputs(sm, [(n, sm.model.get_submodule(n)) for n in outside], batches, None, "",
                        consume_raw=observe)
