@@ -81,6 +81,14 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     a = sf.load(tmp_path / "a")
     assert a.meta["steps"][0]["awq"] is True and "layer groups scaled" in capsys.readouterr().err
     assert a.model(ids).logits.shape == (1, 5, 99)
+    assert main(["quantize", str(folder), "--scheme", "w4-gptq-rot", "--data", str(data), "--out", str(tmp_path / "r")]) == 0
+    r = sf.load(tmp_path / "r")
+    assert r.meta["steps"][0]["rotate"] is True and r.meta["rotation"]["residual"] == "hadamard"
+    assert "rotate: residual stream" in capsys.readouterr().err
+    assert r.model(ids).logits.shape == (1, 5, 99)
+    bert = save(tiny_slim("bert", "embedding"), tmp_path / "b")
+    assert main(["quantize", str(bert), "--scheme", "w4-gptq-rot", "--data", str(data), "--out", str(tmp_path / "rb")]) == 2
+    assert "cannot be rotated: needs a pre-norm model" in capsys.readouterr().err and not (tmp_path / "rb").exists()
     assert main(["quantize", str(folder), "--scheme", "int3", "--out", str(tmp_path / "x")]) == 2
     assert "accepted: int8" in capsys.readouterr().err
     # mixed int4/int8 by sensitivity

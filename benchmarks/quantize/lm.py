@@ -4,7 +4,7 @@
     python benchmarks/quantize/lm.py --only "int4 GPTQ g64" --append   # one row, merged into the results
     python benchmarks/quantize/lm.py --ppl-max-tokens 16384
 
-Calibration for GPTQ and AWQ uses WikiText-2 *valid* (wikitext2/valid.txt; 64 sequences of 512 tokens), never the
+Calibration for GPTQ and AWQ (rotation needs none) uses WikiText-2 *valid* (wikitext2/valid.txt; 64 sequences of 512 tokens), never the
 test text. "quantize s" is the wall time of quantize_ (for GPTQ: calibration + GPTQ).
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ SCHEMES = {
     "int4 RTN g128 + AWQ scaling (w4-awq)": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn", awq=True,
                                                                calibration_samples=64),
     "int4 GPTQ g128 + AWQ scaling": sf.WeightOnlyConfig(**GPTQ, awq=True),
+    "int4 RTN g128 + Hadamard rotation": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn", rotate=True),
+    "int4 GPTQ g128 + Hadamard rotation (w4-gptq-rot)": sf.WeightOnlyConfig(**GPTQ, rotate=True),
     MIXED: None,  # built from --mixed-max-drop / --mixed-max-kept
     MIXED32: None,  # built from --mixed32-max-drop / --mixed32-max-kept
     "int4 GPTQ g64": sf.WeightOnlyConfig(**{**GPTQ, "group_size": 64}),

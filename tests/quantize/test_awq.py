@@ -5,7 +5,7 @@ import torch
 import slimformer as sf
 from slimformer.quantize import SCHEMES
 from slimformer.quantize.awq import scale_groups, search_scale
-from slimformer.quantize.handlers import linear_targets, prepare_awq
+from slimformer.quantize.handlers import linear_targets, prepare_float
 from slimformer.quantize.modules import GroupQuantLinear
 from slimformer.quantize.qmath import dequantize_groupwise, quantize_groupwise, sqnr
 from slimformer.testing import tiny_output, tiny_slim
@@ -32,7 +32,7 @@ def test_awq_scaling_is_exact_in_float(family, kind, n_groups):
     names = {n for n, _ in linear_targets(sm, cfg, include_head=False)}
     assert len(scale_groups(sm, names)) == n_groups
     before = {n: p.detach().clone() for n, p in sm.model.named_parameters()}
-    warnings = prepare_awq(sm, cfg, TEXTS)
+    warnings = prepare_float(sm, cfg, TEXTS)
     meta = sm.meta["awq"]
     assert meta["groups"] == n_groups and any(f"{n_groups} layer groups scaled" in w for w in warnings)
     assert all(0.0 <= a <= 1.0 for a in meta["alpha"].values())
@@ -105,7 +105,7 @@ def test_awq_skips_norms_that_do_not_take_a_scale():
     sm = tiny_slim("gemma3", "causal-lm")
     ref = _out(sm)
     cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
-    w = prepare_awq(sm, cfg, TEXTS)
+    w = prepare_float(sm, cfg, TEXTS)
     assert any("cannot take a per-channel scale exactly (Gemma3RMSNorm)" in x for x in w)
     assert sm.meta["awq"]["groups"] == 4  # v -> o and up -> down in each layer still scaled
     torch.testing.assert_close(_out(sm), ref, rtol=1e-4, atol=1e-4)
@@ -128,10 +128,10 @@ def test_layer_by_layer_search_matches_one_pass_of_the_float_model(monkeypatch):
 
     cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
     seq = _outlier_llama()
-    prepare_awq(seq, cfg, TEXTS)
+    prepare_float(seq, cfg, TEXTS)
     monkeypatch.setattr(awq, "sequential_supported", lambda sm: False)
     one = _outlier_llama()
-    prepare_awq(one, cfg, TEXTS)
+    prepare_float(one, cfg, TEXTS)
     assert seq.meta["awq"] == one.meta["awq"] and any(a > 0 for a in one.meta["awq"]["alpha"].values())
     for (n, p), (_, q) in zip(seq.model.named_parameters(), one.model.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)

@@ -310,7 +310,7 @@ def test_ignore_keeps_layers_float():
     ({"method": "mixed_precision", "scheme": "w8", "fallback": "int4-g32"}, "fallback='int4-g32' .* Accepted: w4"),
     ({"method": "weight_only", "group_size": 32, "fine_targets": ["x"]}, "fine_group_size=32 must be smaller"),
     ({"method": "weight_only", "fine_group_size": 48}, "fine_group_size=48"),
-    ({"method": "mixed_precision", "scheme": "w4-gptq-g32", "fallback": "int4-g32"}, "already has group 32. Accepted: w4, w4-awq, w4-gptq, w4-gptq-g64$"),
+    ({"method": "mixed_precision", "scheme": "w4-gptq-g32", "fallback": "int4-g32"}, "already has group 32. Accepted: w4, w4-awq, w4-gptq, w4-gptq-rot, w4-gptq-g64$"),
     ({"method": "mixed_precision", "calibration_texts": "x"}, "calibration_texts='x' is out of range"),
     ({"method": "weight_only", "damp": True}, "damp=True is out of range"),
     ({"method": "int8_dynamic", "bitz": 8}, "unknown key 'bitz'"),

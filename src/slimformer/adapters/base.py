@@ -101,6 +101,11 @@ class Adapter:
         """The token embedding table."""
         raise NotImplementedError
 
+    def final_norm(self, model: nn.Module) -> nn.Module | None:
+        """The norm after the last layer (pre-LN stacks), or None where there is none / it is
+        not known."""
+        return None
+
     def lm_head(self, model: nn.Module) -> nn.Module | None:
         """The vocabulary projection of an LM task model; None for bare / classification models."""
         get = getattr(unwrap(model), "get_output_embeddings", None)

@@ -32,6 +32,9 @@ class GPT2Adapter(Adapter):
     def embeddings(self, model: nn.Module) -> nn.Embedding:
         return self.base(model).wte  # (vocab, hidden)
 
+    def final_norm(self, model: nn.Module) -> nn.Module | None:
+        return getattr(self.base(model), "ln_f", None)
+
     def lm_head(self, model: nn.Module) -> nn.Module | None:
         return getattr(unwrap(model), "lm_head", None)
 

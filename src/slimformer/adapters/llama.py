@@ -53,6 +53,9 @@ class LlamaAdapter(Adapter):
     def lm_head(self, model: nn.Module) -> nn.Module | None:
         return getattr(unwrap(model), "lm_head", None)
 
+    def final_norm(self, model: nn.Module) -> nn.Module | None:
+        return getattr(self.base(model), "norm", None)
+
     def fix_config(self, model: nn.Module) -> None:
         """Write the real sizes back to the (text) config.
 

@@ -43,8 +43,10 @@ def observe_inputs(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     """Run the model over `batches`; for each target, call consume(name, input (..., in)) (or
     consume_raw(name, input as float, the input tensor itself) to see which layers share it).
     Padding positions are included (they are real inputs of the layer at run time too)."""
+    from .rotation import input_of
+
     def hook(m, args, out, n):
-        x = args[0].detach()
+        x = input_of(m, args[0].detach())
         if consume_raw is not None:
             consume_raw(n, x.float(), args[0])  # args[0]: the same object for layers sharing an input
         else:

@@ -50,6 +50,10 @@ class WeightOnlyConfig(MethodConfig):
     calibration data for the least layer-output rounding error (needs data, for RTN too; see
     quantize/awq.py). SmolLM2-135M int4 g128 RTN: +28.5% perplexity instead of +39.9%; on top
     of GPTQ no reliable gain (benchmarks/results/quantize_lm*.md).
+    rotate: before quantizing, rotate the float model by random-sign Hadamard matrices (QuaRot /
+    SpinQuant-style incoherence processing; exact in float, see quantize/rotation.py): the
+    residual stream and each head's v -> o are folded into the weights, down's input gets a fast
+    Hadamard at run time. Pre-norm RMSNorm decoders (Llama family) only; not with awq.
     """
 
     method = "weight_only"
@@ -70,6 +74,7 @@ class WeightOnlyConfig(MethodConfig):
     fine_targets: tuple[str, ...] = ()  # patterns quantized at the same bits on a finer grid
     fine_group_size: int = 32
     awq: bool = False
+    rotate: bool = False
     calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ, AWQ)
     calibration_samples: int = 64  # calibration sequences (GPTQ, AWQ)
 
@@ -80,7 +85,10 @@ class WeightOnlyConfig(MethodConfig):
             self._check_choice("group_size", (-1, 16, 32, 64, 128, 256))
         self._check_range("damp", 0.0, 1.0, lo_open=True)
         self._check_bool("symmetric", "clip", "float_zeros", "act_order", "refit", "sequential", "true_sequential", "lm_head",
-                         "embeddings", "awq")
+                         "embeddings", "awq", "rotate")
+        if self.rotate and self.awq:
+            raise ConfigError("WeightOnlyConfig: rotate=True and awq=True both re-shape the weights against activation "
+                              "outliers and their folds conflict (up -> down); pick one")
         for name in ("int8_targets", "fine_targets"):
             v = getattr(self, name)
             if not isinstance(v, (tuple, list)) or not all(isinstance(p, str) for p in v):

@@ -16,6 +16,7 @@ from .gptq import HessianAccumulator, gptq_quantize, refit_gptq
 from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead, SmoothedLinear, linear_weight
 from .observers import RunningObserver
 from .qmath import dequantize_groupwise, quantize_groupwise, resolve_group_size
+from .rotation import RotatedLinear, RotatedNorm, Rotation, rotate_
 from .sequential import run_sequential, sequential_supported
 from .smoothquant import smoothing_scales
 
@@ -180,6 +181,9 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
         return cfg.bits, cfg.group_size, cfg.float_zeros
 
     batches = None
+    if cfg.rotate:
+        warnings += _rotate(sm, names)
+        targets, head, body = _weight_only_layers(sm, cfg)  # the down projections are new modules
     if cfg.awq:
         batches = _awq_batches(sm, cfg, data)
         warnings += _awq(sm, cfg, names, layer_of, batches)
@@ -259,12 +263,40 @@ def _awq(sm, cfg: WeightOnlyConfig, names: set[str], layer_of, batches) -> list[
     return warnings
 
 
-def prepare_awq(sm, cfg: WeightOnlyConfig, data) -> list[str]:
-    """AWQ scaling alone, with cfg's base grid for every layer (mixed precision runs it once
-    before its search, then quantizes with awq=False)."""
+def prepare_float(sm, cfg: WeightOnlyConfig, data) -> list[str]:
+    """The float re-parametrisations of cfg alone (rotation, AWQ scaling with cfg's base grid for
+    every layer): mixed precision runs them once before its search, then quantizes with
+    rotate=False, awq=False."""
     _, _, body = _weight_only_layers(sm, cfg)
-    base = (cfg.bits, cfg.group_size, cfg.float_zeros)
-    return _awq(sm, cfg, {n for n, _ in body}, lambda n: base, _awq_batches(sm, cfg, data))
+    names = {n for n, _ in body}
+    if cfg.rotate:
+        return _rotate(sm, names)
+    if cfg.awq:
+        base = (cfg.bits, cfg.group_size, cfg.float_zeros)
+        return _awq(sm, cfg, names, lambda n: base, _awq_batches(sm, cfg, data))
+    return []
+
+
+def _rotate(sm, names: set[str]) -> list[str]:
+    """Hadamard rotation (rotation.py), the down projections in `names` with their run-time
+    rotation; records the rotated modules so a reload rebuilds them, and meta["rotation"]."""
+    model = sm.model
+    downs = {id(li.ffn.down) for li in get_adapter(model).layers(model)}
+    online = {n for n, m in model.named_modules() if id(m) in downs and n in names}
+    info = rotate_(sm, online)
+    for n, m in model.named_modules():
+        if isinstance(m, RotatedLinear):
+            _record(sm, n, {"type": "rotated_linear", "in": m.in_features, "out": m.out_features,
+                            "bias": m.bias is not None, "input_rotation": m.input_rotation.spec()})
+        elif isinstance(m, RotatedNorm):
+            _record(sm, n, {"type": "rotated_norm", "rotation": m.rotation.spec()})
+    sm.meta["rotation"] = info
+    out = [f"rotate: residual stream ({info['residual']} {info['hidden']}), v -> o of {info['layers']} layers and "
+           f"the input of {info['down_online']} down projections rotated"]
+    if info["down_without"]:
+        out.append(f"rotate: {len(info['down_without'])} down projections have no Hadamard of their input size; "
+                   "their input is not rotated")
+    return out
 
 
 def _pattern_layers(sm, patterns, names: set[str], field: str, warnings: list[str]) -> set[str]:
@@ -298,9 +330,11 @@ def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H,
         q, scales, zeros = quantize_groupwise(w, bits, gs, cfg.symmetric and not float_zeros, cfg.clip, float_zeros)
     new = GroupQuantLinear.from_codes(mod, q, scales, zeros, bits, gs)
     _set_module(sm.model, name, new)
-    _record(sm, name, {"type": "group_linear", "in": new.in_features, "out": new.out_features,
-                       "bias": new.bias is not None, "bits": bits, "group_size": gs,
-                       "float_zeros": new.float_zeros})
+    info = {"type": "group_linear", "in": new.in_features, "out": new.out_features, "bias": new.bias is not None,
+            "bits": bits, "group_size": gs, "float_zeros": new.float_zeros}
+    if new.input_rotation is not None:
+        info["input_rotation"] = new.input_rotation.spec()
+    _record(sm, name, info)
 
 
 def _hessian_collector():
@@ -350,6 +384,12 @@ def restore(model: nn.Module, info: dict) -> None:
         elif t == "group_linear":
             new = GroupQuantLinear(d["in"], d["out"], d["bias"], d["bits"], d["group_size"],
                                    float_zeros=d.get("float_zeros", False))
+            if d.get("input_rotation"):
+                new.input_rotation = Rotation(**d["input_rotation"])
+        elif t == "rotated_linear":
+            new = RotatedLinear(d["in"], d["out"], d["bias"], Rotation(**d["input_rotation"]))
+        elif t == "rotated_norm":
+            new = RotatedNorm(model.get_submodule(name), Rotation(**d["rotation"]))
         elif t == "int8_tied_head":
             new = Int8TiedHead(model.get_submodule(d["embedding"]))
         elif t == "int8_embedding":

@@ -46,11 +46,12 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
 
     scheme = SCHEMES[cfg.scheme]
     pre_warnings = []
-    if getattr(scheme, "awq", False):  # fold the AWQ scales once (exact in float), then search as usual
-        from .handlers import prepare_awq
+    if getattr(scheme, "awq", False) or getattr(scheme, "rotate", False):
+        # fold the rotation / AWQ scales once (exact in float), then search as usual
+        from .handlers import prepare_float
 
-        pre_warnings = prepare_awq(sm, scheme, data)
-        scheme = dataclasses.replace(scheme, awq=False)
+        pre_warnings = prepare_float(sm, scheme, data)
+        scheme = dataclasses.replace(scheme, awq=False, rotate=False)
     finer = cfg.fallback != "float"  # kept layers go to int8 or to int4 g32, not float
     # what the search quantizes with: GPTQ schemes are searched with RTN at the same bits/groups
     probe = scheme

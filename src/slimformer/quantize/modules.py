@@ -173,11 +173,13 @@ class GroupQuantLinear(nn.Module):
         # the bias stays a float parameter (counted as one)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.slimformer_weight_numel = in_features * out_features
+        self.input_rotation = None  # a rotation.Rotation applied to x first (down after rotate=True)
 
     @classmethod
     def from_codes(cls, mod: nn.Module, q, scales, zeros, bits: int, group_size: int) -> "GroupQuantLinear":
         out_f, in_f = q.shape
         m = cls(in_f, out_f, mod.bias is not None, bits, group_size, float_zeros=zeros.dtype.is_floating_point)
+        m.input_rotation = getattr(mod, "input_rotation", None)
         m.qweight.copy_(pack_int4(q) if bits == 4 else q)
         m.scales.copy_(scales)
         m.zeros.copy_(zeros)
@@ -200,6 +202,8 @@ class GroupQuantLinear(nn.Module):
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_rotation is not None:
+            x = self.input_rotation(x)
         return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
 from .calibrate import calibration_forward, observe_inputs
+from .rotation import input_of
 
 
 class _Stop(Exception):
@@ -141,7 +142,7 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
         for n in names:
             mod = sm.model.get_submodule(n)
             hooks.append(mod.register_forward_hook(
-                lambda m, args, out, n=n: observe(n, args[0].detach().float(), args[0])))
+                lambda m, args, out, n=n: observe(n, input_of(m, args[0].detach()).float(), args[0])))
         return hooks
 
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
