@@ -149,6 +149,23 @@ def test_models_it_cannot_rotate_are_rejected_clearly(family, kind, reason):
     torch.testing.assert_close(tiny_output(sm), ref)  # checked before anything changed
 
 
+def test_rotation_of_a_bf16_model_stays_within_bf16_rounding():
+    sm = _llama()
+    sm.model.to(torch.bfloat16)
+    ref = tiny_output(sm).float()
+    prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+    out = tiny_output(sm)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() <= 5e-2 * ref.abs().max()
+
+
+def test_a_rotated_model_is_not_rotated_twice():
+    sm = _llama()
+    prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+    with pytest.raises(ConfigError, match="already rotated"):
+        prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+
+
 def test_rotate_with_awq_is_rejected():
     with pytest.raises(ConfigError, match="rotate=True and awq=True"):
         sf.WeightOnlyConfig(rotate=True, awq=True)
