@@ -39,6 +39,8 @@ SCHEMES = {
     "int4 GPTQ g128 + AWQ scaling": sf.WeightOnlyConfig(**GPTQ, awq=True),
     "int4 RTN g128 + Hadamard rotation": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn", rotate=True),
     "int4 GPTQ g128 + Hadamard rotation (w4-gptq-rot)": sf.WeightOnlyConfig(**GPTQ, rotate=True),
+    "int4 GPTQ g128 + Hadamard rotation, seed 1": sf.WeightOnlyConfig(**GPTQ, rotate=True, rotate_seed=1),
+    "int4 GPTQ g128 + Hadamard rotation, seed 2": sf.WeightOnlyConfig(**GPTQ, rotate=True, rotate_seed=2),
     MIXED: None,  # built from --mixed-max-drop / --mixed-max-kept
     MIXED32: None,  # built from --mixed32-max-drop / --mixed32-max-kept
     "int4 GPTQ g64": sf.WeightOnlyConfig(**{**GPTQ, "group_size": 64}),

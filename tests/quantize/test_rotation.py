@@ -166,6 +166,17 @@ def test_a_rotated_model_is_not_rotated_twice():
         prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
 
 
+def test_rotate_seed_picks_other_signs():
+    a, b = _llama(), _llama()
+    prepare_float(a, sf.WeightOnlyConfig(rotate=True), None)
+    prepare_float(b, sf.WeightOnlyConfig(rotate=True, rotate_seed=5), None)
+    assert b.meta["rotation"]["seed"] == 5
+    assert not torch.equal(a.model.model.norm.rotation.signs, b.model.model.norm.rotation.signs)
+    torch.testing.assert_close(tiny_output(a), tiny_output(b), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="rotate_seed=-1"):
+        sf.WeightOnlyConfig(rotate=True, rotate_seed=-1)
+
+
 def test_rotate_with_awq_is_rejected():
     with pytest.raises(ConfigError, match="rotate=True and awq=True"):
         sf.WeightOnlyConfig(rotate=True, awq=True)

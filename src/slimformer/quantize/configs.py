@@ -54,6 +54,7 @@ class WeightOnlyConfig(MethodConfig):
     SpinQuant-style incoherence processing; exact in float, see quantize/rotation.py): the
     residual stream and each head's v -> o are folded into the weights, down's input gets a fast
     Hadamard at run time. Pre-norm RMSNorm decoders (Llama family) only; not with awq.
+    rotate_seed: the seed of the Hadamard matrices' random signs (GPTQ results vary with it).
     SmolLM2-135M int4 g128 GPTQ: +10.7% perplexity instead of +18.3%; with RTN it hurts (+118%).
     """
 
@@ -76,6 +77,7 @@ class WeightOnlyConfig(MethodConfig):
     fine_group_size: int = 32
     awq: bool = False
     rotate: bool = False
+    rotate_seed: int = 0
     calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ, AWQ)
     calibration_samples: int = 64  # calibration sequences (GPTQ, AWQ)
 
@@ -87,6 +89,7 @@ class WeightOnlyConfig(MethodConfig):
         self._check_range("damp", 0.0, 1.0, lo_open=True)
         self._check_bool("symmetric", "clip", "float_zeros", "act_order", "refit", "sequential", "true_sequential", "lm_head",
                          "embeddings", "awq", "rotate")
+        self._check_range("rotate_seed", 0, 2**31 - 1)
         if self.rotate and self.awq:
             raise ConfigError("WeightOnlyConfig: rotate=True and awq=True both re-shape the weights against activation "
                               "outliers and their folds conflict (up -> down); pick one")

@@ -182,7 +182,7 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> list[str]:
 
     batches = None
     if cfg.rotate:
-        warnings += _rotate(sm, names)
+        warnings += _rotate(sm, names, cfg.rotate_seed)
         targets, head, body = _weight_only_layers(sm, cfg)  # the down projections are new modules
     if cfg.awq:
         batches = _awq_batches(sm, cfg, data)
@@ -270,20 +270,20 @@ def prepare_float(sm, cfg: WeightOnlyConfig, data) -> list[str]:
     _, _, body = _weight_only_layers(sm, cfg)
     names = {n for n, _ in body}
     if cfg.rotate:
-        return _rotate(sm, names)
+        return _rotate(sm, names, cfg.rotate_seed)
     if cfg.awq:
         base = (cfg.bits, cfg.group_size, cfg.float_zeros)
         return _awq(sm, cfg, names, lambda n: base, _awq_batches(sm, cfg, data))
     return []
 
 
-def _rotate(sm, names: set[str]) -> list[str]:
+def _rotate(sm, names: set[str], seed: int = 0) -> list[str]:
     """Hadamard rotation (rotation.py), the down projections in `names` with their run-time
     rotation; records the rotated modules so a reload rebuilds them, and meta["rotation"]."""
     model = sm.model
     downs = {id(li.ffn.down) for li in get_adapter(model).layers(model)}
     online = {n for n, m in model.named_modules() if id(m) in downs and n in names}
-    info = rotate_(sm, online)
+    info = rotate_(sm, online, seed)
     for n, m in model.named_modules():
         if isinstance(m, RotatedLinear):
             _record(sm, n, {"type": "rotated_linear", "in": m.in_features, "out": m.out_features,
