@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters import get_adapter
-from .calibrate import calibration_forward, observe_inputs
+from .calibrate import model_output, observe_inputs
 from .modules import linear_weight
 from .sequential import run_sequential, sequential_supported
 
@@ -226,7 +226,7 @@ def awq_scale_(sm, names: set[str], batches: list[dict], quantizer_of: Callable[
                                                expand=g.expand)
             _apply(sm, g, g.scale)
 
-    ref = _output(sm, batches[0])
+    ref = model_output(sm, batches[0])
     firsts = [(n, sm.model.get_submodule(n)) for n in by_first]
     if sequential_supported(sm):
         run_sequential(sm, firsts, batches, observe, fold, desc=desc, true_sequential=False, exact=True)
@@ -234,7 +234,7 @@ def awq_scale_(sm, names: set[str], batches: list[dict], quantizer_of: Callable[
         observe_inputs(sm, firsts, batches, observe, desc)
         fold(firsts)
     done = [g for g in groups if g.scale is not None]
-    out = _output(sm, batches[0])
+    out = model_output(sm, batches[0])
     moved = (out - ref).abs().max().item()
     if not moved <= 1e-3 * ref.abs().max().item() + 1e-4:
         for g in reversed(done):
@@ -243,12 +243,6 @@ def awq_scale_(sm, names: set[str], batches: list[dict], quantizer_of: Callable[
                         "all scales undone, quantized without scaling")
         return [], warnings
     return done, warnings
-
-
-def _output(sm, enc: dict) -> Tensor:
-    o = calibration_forward(sm, enc)
-    t = o.logits if getattr(o, "logits", None) is not None else o.last_hidden_state
-    return t.detach().float()
 
 
 def summary(groups: list[ScaleGroup]) -> dict:

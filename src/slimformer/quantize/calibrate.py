@@ -36,6 +36,13 @@ def calibration_forward(sm, enc: dict):
     return sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
 
 
+def model_output(sm, enc: dict) -> torch.Tensor:
+    """The model's logits (or last hidden state) on one batch, float32, for before/after checks."""
+    o = calibration_forward(sm, enc)
+    t = o.logits if getattr(o, "logits", None) is not None else o.last_hidden_state
+    return t.detach().float()
+
+
 @torch.inference_mode()
 def observe_inputs(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
                    consume: Callable[[str, torch.Tensor], None], desc: str = "calibration",

@@ -14,6 +14,7 @@ from .calibrate import calibration_inputs, observe_inputs
 from .configs import Int8DynamicConfig, Int8StaticConfig, SmoothQuantConfig, WeightOnlyConfig
 from .gptq import HessianAccumulator, gptq_quantize, refit_gptq
 from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead, SmoothedLinear, linear_weight
+from .modules import set_module as _set_module
 from .observers import RunningObserver
 from .qmath import dequantize_groupwise, quantize_groupwise, resolve_group_size
 from .rotation import RotatedLinear, RotatedNorm, Rotation, rotate_
@@ -25,12 +26,6 @@ META_KEY = "quantization"
 
 def _is_linear(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def _names(model: nn.Module) -> dict[int, str]:

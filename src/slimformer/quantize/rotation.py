@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from ..adapters import get_adapter
 from ..core.errors import ConfigError
-from .modules import linear_weight
+from .calibrate import model_output
+from .modules import set_module
 
 _PALEY = {12: 11, 20: 19}  # Hadamard orders from Paley's construction I (q prime, q = 3 mod 4)
 
@@ -77,6 +78,16 @@ def _factor(f: int) -> Tensor:
     return H / math.sqrt(f)
 
 
+def _kron(x: Tensor, sizes: list[int], mats: list[Tensor]) -> Tensor:
+    """x @ kron(mats[0], mats[1], ...) without forming it: each factor multiplies its own axis
+    of x viewed as (..., sizes[0], sizes[1], ...)."""
+    shape = x.shape
+    y = x.reshape(-1, *sizes)
+    for i, m in enumerate(mats):
+        y = torch.movedim(torch.movedim(y, i + 1, -1) @ m.to(x.dtype), -1, i + 1)
+    return y.reshape(shape)
+
+
 class Rotation(nn.Module):
     """x -> x R with R orthogonal (n, n): R = diag(signs) H for a Hadamard H of order n (applied
     through its Kronecker factors), or, where no Hadamard of order n is built here (dense=True),
@@ -104,25 +115,26 @@ class Rotation(nn.Module):
     def for_size(cls, n: int, seed: int = 0) -> "Rotation":
         return cls(n, seed, dense=hadamard_factors(n) is None)
 
+    def _factors(self, transpose: bool = False) -> list[Tensor]:
+        return [getattr(self, f"h{i}").T if transpose else getattr(self, f"h{i}") for i in range(len(self.factors))]
+
     def forward(self, x: Tensor) -> Tensor:
         if self.dense:
             return x @ self.matrix.to(x.dtype)
-        shape = x.shape
-        y = (x * self.signs.to(x.dtype)).reshape(-1, *self.factors)
-        for i in range(len(self.factors)):
-            h = getattr(self, f"h{i}").to(x.dtype)
-            y = torch.movedim(torch.movedim(y, i + 1, -1) @ h, -1, i + 1)
-        return y.reshape(shape)
+        return _kron(x * self.signs.to(x.dtype), self.factors, self._factors())
+
+    def inverse(self, x: Tensor) -> Tensor:
+        """x R^T (R^T = H^T diag(signs))."""
+        if self.dense:
+            return x @ self.matrix.to(x.dtype).T
+        return _kron(x, self.factors, self._factors(transpose=True)) * self.signs.to(x.dtype)
 
     def matrix64(self) -> Tensor:
         """R as a dense float64 (n, n) matrix."""
         if self.dense:
             return self.matrix.double()
-        eye = torch.eye(self.n, dtype=torch.float64)
-        y = (eye * self.signs.double()).reshape(-1, *self.factors)
-        for i, f in enumerate(self.factors):
-            y = torch.movedim(torch.movedim(y, i + 1, -1) @ _factor(f), -1, i + 1)
-        return y.reshape(self.n, self.n)
+        eye = torch.eye(self.n, dtype=torch.float64) * self.signs.double()
+        return _kron(eye, self.factors, [_factor(f) for f in self.factors])
 
     def spec(self) -> dict:
         return {"n": self.n, "dense": self.dense}
@@ -160,19 +172,7 @@ class RotatedNorm(nn.Module):
         self.norm, self.rotation = norm, rotation
 
     def forward(self, x: Tensor) -> Tensor:
-        r = self.rotation
-        back = x @ r.matrix.to(x.dtype).T if r.dense else _unrotate(r, x)
-        return r(self.norm(back))
-
-
-def _unrotate(r: Rotation, x: Tensor) -> Tensor:
-    """x R^T for a Hadamard rotation: R^T = H^T diag(signs), H^T through the factors' transposes."""
-    shape = x.shape
-    y = x.reshape(-1, *r.factors)
-    for i in range(len(r.factors)):
-        h = getattr(r, f"h{i}").to(x.dtype)
-        y = torch.movedim(torch.movedim(y, i + 1, -1) @ h.T, -1, i + 1)
-    return y.reshape(shape) * r.signs.to(x.dtype)
+        return self.rotation(self.norm(self.rotation.inverse(x)))
 
 
 def input_of(mod: nn.Module, x: Tensor) -> Tensor:
@@ -272,11 +272,6 @@ def _head_cols(lin: nn.Linear, Rh: Tensor, heads: int) -> None:
     lin.weight.copy_((W @ Rh).reshape(-1, heads * hd).to(lin.weight.dtype))
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 @torch.no_grad()
 def rotate_(sm, online: set[str], seed: int = 0) -> dict:
     """Rotate `sm` in place (see the module docstring). `online`: names of down projections that
@@ -289,10 +284,10 @@ def rotate_(sm, online: set[str], seed: int = 0) -> dict:
     model = sm.model
     adapter = get_adapter(model)
     names = {id(m): n for n, m in model.named_modules()}
-    vocab = adapter.embeddings(model).num_embeddings
-    probe = torch.randint(0, vocab, (1, 24), generator=torch.Generator().manual_seed(seed))
-    ref = _probe(sm, probe)
-    hidden = adapter.embeddings(model).embedding_dim
+    emb = adapter.embeddings(model)
+    probe = {"input_ids": torch.randint(0, emb.num_embeddings, (1, 24), generator=torch.Generator().manual_seed(seed))}
+    ref = model_output(sm, probe)
+    hidden = emb.embedding_dim
     rot = Rotation.for_size(hidden, seed)
     R = rot.matrix64()
     n_down, no_down = 0, []
@@ -319,17 +314,16 @@ def rotate_(sm, online: set[str], seed: int = 0) -> dict:
                 continue
             r = Rotation(f.down.in_features, seed + 2)
             _in(f.down, r.matrix64())
-            _set(model, dname, RotatedLinear.wrap(f.down, r))
+            set_module(model, dname, RotatedLinear.wrap(f.down, r))
             n_down += 1
-    emb = adapter.embeddings(model)
     emb.weight.copy_((emb.weight.double() @ R).to(emb.weight.dtype))
     head = adapter.lm_head(model)
     if head is not None and head.weight is not emb.weight:
         _in(head, R)
     final = adapter.final_norm(model)
     fname = names[id(final)]
-    _set(model, fname, RotatedNorm(final, Rotation.for_size(hidden, seed)))
-    out = _probe(sm, probe)
+    set_module(model, fname, RotatedNorm(final, rot))
+    out = model_output(sm, probe)
     moved = (out - ref).abs().max().item()
     # float32: only rounding; half precision weights round again after the rotation
     tol = 1e-3 if emb.weight.dtype == torch.float32 else 5e-2
@@ -339,9 +333,3 @@ def rotate_(sm, online: set[str], seed: int = 0) -> dict:
     return {"seed": seed, "hidden": hidden, "residual": "dense orthogonal" if rot.dense else "hadamard",
             "layers": len(layers), "down_online": n_down, "down_without": no_down, "final_norm": fname,
             "max_abs_change": moved}
-
-
-def _probe(sm, ids: Tensor) -> Tensor:
-    out = sm.model(input_ids=ids, **({"use_cache": False} if sm.kind != "embedding" else {}))
-    t = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
-    return t.detach().float()
