@@ -303,6 +303,8 @@ def test_ignore_keeps_layers_float():
     ({"method": "weight_only", "damp": 0}, "damp=0"),
     ({"method": "weight_only", "sequential": "yes"}, "sequential=.yes. must be true/false"),
     ({"method": "weight_only", "refit": True}, "refit=True .* needs algorithm='gptq'"),
+    ({"method": "weight_only", "cd_passes": 2}, "cd_passes=2 .* needs algorithm='gptq'"),
+    ({"method": "weight_only", "algorithm": "gptq", "cd_passes": 50}, "cd_passes=50 is out of range"),
     ({"method": "weight_only", "bits": 8, "int8_targets": ["x"]}, "needs bits=4"),
     ({"method": "weight_only", "float_zeros": True, "symmetric": True}, "float_zeros=True .* needs symmetric=False"),
     ({"method": "mixed_precision", "scheme": "int8", "fallback": "int8"}, "Accepted: w4, w4-awq, w4-gptq"),

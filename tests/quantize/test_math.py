@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from slimformer.core.errors import ConfigError
-from slimformer.quantize.gptq import HessianAccumulator, gptq_quantize, quadratic_error, refit_gptq
+from slimformer.quantize.gptq import (
+    HessianAccumulator,
+    coordinate_descent,
+    gptq_quantize,
+    quadratic_error,
+    refit_gptq,
+)
 from slimformer.quantize.observers import OBSERVERS, RunningObserver, get_observer
 from slimformer.quantize.packing import pack_int4, unpack_int4
 from slimformer.quantize.qmath import (
@@ -354,6 +360,45 @@ def test_gptq_refit_is_exact_when_codes_allow_it():
     s2, z2, info = refit_gptq(w, H, q, torch.ones_like(s), torch.zeros_like(z), 32, damp=1e-6)
     torch.testing.assert_close(dequantize_groupwise(q, s2, z2, group_size=32), w, atol=1e-4, rtol=0)
     assert info["rows_refit"] == 16
+
+
+@pytest.mark.parametrize("gs,act_order", [(64, True), (32, False), (96, True)])
+def test_coordinate_descent_never_raises_the_error_and_keeps_the_grid(gs, act_order):
+    x, w = _layer_and_inputs()
+    H = _hessian(x).H
+    res = gptq_quantize(w, H, bits=4, group_size=gs, act_order=act_order, clip=True)
+    s, z, _ = refit_gptq(w, H, res.q, res.scales, res.zeros, gs)
+    g_idx = torch.arange(256) // gs
+    start = quadratic_error(w, dequantize_groupwise(res.q, s, z, g_idx), H)
+    q1, info1 = coordinate_descent(w, H, res.q, s, z, gs, bits=4, passes=1)
+    q3, info3 = coordinate_descent(w, H, res.q, s, z, gs, bits=4, passes=3)
+    assert q1.dtype == torch.uint8 and int(q3.max()) <= 15
+    e1 = quadratic_error(w, dequantize_groupwise(q1, s, z, g_idx), H)
+    e3 = quadratic_error(w, dequantize_groupwise(q3, s, z, g_idx), H)
+    assert info1["error_before"] == pytest.approx(float(start.sum()), rel=1e-5)
+    assert info1["error_after"] == pytest.approx(float(e1.sum()), rel=1e-5)
+    # each coordinate step is exact on the damped error; undamped, measured 0.87-0.90 of the start
+    # after 1 pass, 0.82-0.88 after 3, moving 0.4-0.6% of the codes
+    assert e3.sum() <= e1.sum() * 1.001 and e1.sum() < 0.95 * start.sum()
+    assert e3.sum() < 0.92 * start.sum()
+    assert (q3 != res.q).float().mean() > 0.002
+
+
+def test_coordinate_descent_walks_back_to_the_exact_codes():
+    # w on a known grid, start from codes off by one: with uncorrelated inputs every coordinate
+    # step is independent and it recovers the exact codes; with strongly correlated inputs it is a
+    # local search (measured: error 97809 -> 4069) but still cuts the error by >10x
+    g = gen(4)
+    q = torch.randint(1, 15, (32, 64), generator=g, dtype=torch.uint8)
+    s, z = torch.rand(32, 2, generator=g) + 0.5, torch.full((32, 2), 7.5)
+    w = dequantize_groupwise(q, s, z, group_size=32)
+    start = (q.int() + torch.randint(-1, 2, q.shape, generator=g)).clamp(0, 15).to(torch.uint8)
+    iid = _hessian(torch.randn(512, 64, generator=g)).H
+    q2, info = coordinate_descent(w, iid, start, s, z, 32, bits=4, damp=1e-4, passes=2)
+    assert torch.equal(q2, q) and info["error_after"] < 1e-9 * info["error_before"]
+    corr = _hessian(_layer_and_inputs(in_f=64)[0]).H
+    _, info = coordinate_descent(w, corr, start, s, z, 32, bits=4, damp=1e-4, passes=4)
+    assert info["error_after"] < 0.1 * info["error_before"]
 
 
 def test_gptq_bad_input():

@@ -12,7 +12,7 @@ from .awq import awq_scale_
 from .awq import summary as awq_summary
 from .calibrate import calibration_inputs, observe_inputs
 from .configs import Int8DynamicConfig, Int8StaticConfig, SmoothQuantConfig, WeightOnlyConfig
-from .gptq import HessianAccumulator, gptq_quantize, refit_gptq
+from .gptq import HessianAccumulator, coordinate_descent, gptq_quantize, refit_gptq
 from .modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead, SmoothedLinear, linear_weight
 from .modules import set_module as _set_module
 from .observers import RunningObserver
@@ -321,6 +321,10 @@ def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H,
         q, scales, zeros = r.q, r.scales, r.zeros
         if cfg.refit:
             scales, zeros, _ = refit_gptq(w, H, q, scales, zeros, gs, cfg.damp)
+        for _ in range(cfg.cd_passes):  # codes, then (refit) scales, each exact given the other
+            q, _ = coordinate_descent(w, H, q, scales, zeros, gs, bits, cfg.damp)
+            if cfg.refit:
+                scales, zeros, _ = refit_gptq(w, H, q, scales, zeros, gs, cfg.damp)
     else:
         q, scales, zeros = quantize_groupwise(w, bits, gs, cfg.symmetric and not float_zeros, cfg.clip, float_zeros)
     new = GroupQuantLinear.from_codes(mod, q, scales, zeros, bits, gs)

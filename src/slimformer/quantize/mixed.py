@@ -56,7 +56,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     # what the search quantizes with: GPTQ schemes are searched with RTN at the same bits/groups
     probe = scheme
     if getattr(scheme, "algorithm", None) == "gptq":
-        probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False)
+        probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False, cd_passes=0)
     n_texts = cfg.calibration_texts or (8 if sm.kind == "causal-lm" else 64)
     texts = list(data or [])[:n_texts]
     batches = _stack(calibration_inputs(sm, texts, 128, max_seqs=n_texts))
