@@ -1,6 +1,6 @@
 """SmolLM2-135M weight-only quantization on WikiText-2 raw test: perplexity, weight bytes, time.
 
-    python benchmarks/quantize/lm.py                    # every row below (about 75 minutes on 2 cores)
+    python benchmarks/quantize/lm.py                    # every row below (about 100 minutes on 2 cores)
     python benchmarks/quantize/lm.py --only "int4 GPTQ g64" --append   # one row, merged into the results
     python benchmarks/quantize/lm.py --ppl-max-tokens 16384
 
@@ -27,6 +27,7 @@ from slimformer.report.markdown import table  # noqa: E402
 from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
 
 GPTQ = dict(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True, calibration_samples=64)
+ROT = dict(GPTQ, rotate=True, cd_passes=3)  # = scheme w4-gptq-rot (with calibration_samples=64)
 MIXED = "mixed int4 GPTQ / int8: the most sensitive layers int8 (mixed_precision, fallback int8)"
 MIXED32 = "mixed group sizes, all int4: GPTQ g128, the most sensitive layers g32 (fallback int4-g32)"
 SCHEMES = {
@@ -38,9 +39,15 @@ SCHEMES = {
                                                                calibration_samples=64),
     "int4 GPTQ g128 + AWQ scaling": sf.WeightOnlyConfig(**GPTQ, awq=True),
     "int4 RTN g128 + Hadamard rotation": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn", rotate=True),
-    "int4 GPTQ g128 + Hadamard rotation (w4-gptq-rot)": sf.WeightOnlyConfig(**GPTQ, rotate=True),
-    "int4 GPTQ g128 + Hadamard rotation, seed 1": sf.WeightOnlyConfig(**GPTQ, rotate=True, rotate_seed=1),
-    "int4 GPTQ g128 + Hadamard rotation, seed 2": sf.WeightOnlyConfig(**GPTQ, rotate=True, rotate_seed=2),
+    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent": sf.WeightOnlyConfig(**GPTQ, rotate=True),
+    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent, seed 1": sf.WeightOnlyConfig(**GPTQ, rotate=True,
+                                                                                            rotate_seed=1),
+    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent, seed 2": sf.WeightOnlyConfig(**GPTQ, rotate=True,
+                                                                                            rotate_seed=2),
+    "int4 GPTQ g128 + Hadamard rotation + coordinate descent (w4-gptq-rot)": sf.WeightOnlyConfig(**ROT),
+    "int4 GPTQ g128 + Hadamard rotation + coordinate descent, seed 1": sf.WeightOnlyConfig(**ROT, rotate_seed=1),
+    "int4 GPTQ g128 + Hadamard rotation + coordinate descent, seed 2": sf.WeightOnlyConfig(**ROT, rotate_seed=2),
+    "int4 GPTQ g128 + coordinate descent (3 passes), no rotation": sf.WeightOnlyConfig(**GPTQ, cd_passes=3),
     MIXED: None,  # built from --mixed-max-drop / --mixed-max-kept
     MIXED32: None,  # built from --mixed32-max-drop / --mixed32-max-kept
     "int4 GPTQ g64": sf.WeightOnlyConfig(**{**GPTQ, "group_size": 64}),

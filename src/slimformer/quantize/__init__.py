@@ -17,9 +17,10 @@ SCHEMES = {
     # data but no GPTQ pass
     "w4-awq": WeightOnlyConfig(bits=4, group_size=128, awq=True),
     "w4-gptq": WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True),
-    # GPTQ on a Hadamard-rotated model (quantize/rotation.py): Llama-family decoders only
+    # GPTQ on a Hadamard-rotated model (quantize/rotation.py), then 3 rounds of coordinate descent
+    # on the codes + refit: Llama-family decoders only
     "w4-gptq-rot": WeightOnlyConfig(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True,
-                                    rotate=True),
+                                    rotate=True, cd_passes=3),
     "w4-gptq-g64": WeightOnlyConfig(bits=4, group_size=64, algorithm="gptq", act_order=True, clip=True, refit=True),
     "w4-gptq-g32": WeightOnlyConfig(bits=4, group_size=32, algorithm="gptq", act_order=True, clip=True, refit=True),
     # group 32, grid over each group's [min, max] with a float zero point: re-packs a model
