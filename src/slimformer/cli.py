@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-awq | w4-gptq | w4-gptq-rot | w4-gptq-g64 | "
                    "w4-gptq-g32 | w4-g32-fz (weight-only; w4-awq: round-to-nearest after activation-aware scaling "
                    "searched on --data, no GPTQ pass; w4-gptq-rot: GPTQ on a Hadamard-rotated model plus coordinate "
-                   "descent on the codes, the best int4 group 128 for Llama-family decoders; w4-g32-fz: group 32 with float zero points, re-packs a Q4_1 "
-                   "GGUF model exactly)")
+                   "descent on the codes, the best int4 group 128 for Llama-family decoders; w4-g32-fz: group 32 "
+                   "with float zero points, re-packs a Q4_1 GGUF model exactly)")
     p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
     p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
                    "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float. With "

@@ -187,6 +187,12 @@ def quadratic_error(weight: Tensor, approx: Tensor, H: Tensor) -> Tensor:
     return ((D @ H.double()) * D).sum(1)
 
 
+def _damped(H: Tensor, damp: float) -> tuple[Tensor, Tensor]:
+    """(H + lam I, lam) with lam = damp * mean(diag H): GPTQ's damping, in H's dtype."""
+    lam = damp * torch.diag(H).mean()
+    return H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device), lam
+
+
 def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, damp: float = 0.01
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Given fixed codes q (out, in), re-solve each row's group scales and (float) zero points to
@@ -201,7 +207,7 @@ def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, da
     gs = resolve_group_size(n_cols, group_size)
     n_groups = -(-n_cols // gs)
     W, H0 = _without_dead_inputs(weight, H, torch.float64)
-    Hd = H0 + damp * torch.diag(H0).mean() * torch.eye(n_cols, dtype=H0.dtype, device=H0.device)
+    Hd, _ = _damped(H0, damp)
     U = q.double()  # (out, in)
     g_of = torch.arange(n_cols, device=q.device) // gs
     E = torch.nn.functional.one_hot(g_of, n_groups).double()  # (in, G)
@@ -260,16 +266,21 @@ def coordinate_descent(weight: Tensor, H: Tensor, q: Tensor, scales: Tensor, zer
     gs = resolve_group_size(n_cols, group_size)
     maxq = 2**bits - 1
     W, H0 = _without_dead_inputs(weight, H, torch.float32)
-    Hd = H0 + damp * torch.diag(H0).mean() * torch.eye(n_cols, dtype=H0.dtype, device=H0.device)
+    Hd, lam = _damped(H0, damp)
     Hd32 = Hd.float()
     g_idx = torch.arange(n_cols, device=q.device) // gs
     S = scales.float()[:, g_idx]
     Z = zeros.float()[:, g_idx]
     codes = q.float().clone()
     What = (codes - Z) * S
-    before = quadratic_error(W, What, H0)
     d = torch.diag(Hd32)
     G = (W - What) @ Hd32  # (out, in): (e H_d) for every row
+
+    def error() -> float:  # e^T H e = e^T H_d e - lam |e|^2, from G (no extra pass over H)
+        E = (W - What).double()
+        return float((E * G.double()).sum() - lam * E.pow(2).sum())
+
+    before = error()
     for _ in range(passes):
         for i1 in range(0, n_cols, block_size):
             i2 = min(i1 + block_size, n_cols)
@@ -285,5 +296,4 @@ def coordinate_descent(weight: Tensor, H: Tensor, q: Tensor, scales: Tensor, zer
                 dE[:, j] = de
                 Gb[:, j:] += de[:, None] * Hb[j, j:][None, :]
             G += dE @ Hd32[i1:i2, :]
-    after = quadratic_error(W, What, H0)
-    return codes.to(torch.uint8), {"error_before": float(before.sum()), "error_after": float(after.sum())}
+    return codes.to(torch.uint8), {"error_before": before, "error_after": error()}
