@@ -68,6 +68,7 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     import torch
 
     import slimformer as sf
+    from slimformer.core import step_details
 
     folder = save(tiny_slim("llama", "causal-lm"), tmp_path / "m")
     data = tmp_path / "calib.txt"
@@ -79,11 +80,13 @@ def test_quantize_command_and_bad_scheme(tmp_path, capsys):
     assert q.model(ids).logits.shape == (1, 5, 99)
     assert main(["quantize", str(folder), "--scheme", "w4-awq", "--data", str(data), "--out", str(tmp_path / "a")]) == 0
     a = sf.load(tmp_path / "a")
-    assert a.meta["steps"][0]["awq"] is True and "layer groups scaled" in capsys.readouterr().err
+    assert [s["method"] for s in a.meta["steps"]] == ["awq", "weight_only"]
+    assert "layer groups scaled" in capsys.readouterr().err
     assert a.model(ids).logits.shape == (1, 5, 99)
     assert main(["quantize", str(folder), "--scheme", "w4-gptq-rot", "--data", str(data), "--out", str(tmp_path / "r")]) == 0
     r = sf.load(tmp_path / "r")
-    assert r.meta["steps"][0]["rotate"] is True and r.meta["rotation"]["residual"] == "hadamard"
+    assert r.meta["steps"][0]["method"] == "rotate" and step_details(r, "rotate")["residual"] == "hadamard"
+    assert (tmp_path / "r" / "result.json").exists()  # quantize runs through the pipeline
     assert "rotate: residual stream" in capsys.readouterr().err
     assert r.model(ids).logits.shape == (1, 5, 99)
     bert = save(tiny_slim("bert", "embedding"), tmp_path / "b")

@@ -21,39 +21,39 @@ import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
 from common import base_parser, write  # noqa: E402
+from slimformer.core import step_details  # noqa: E402
 from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
 from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
 
 GPTQ = dict(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True, calibration_samples=64)
-ROT = dict(GPTQ, rotate=True, cd_passes=3)  # = scheme w4-gptq-rot (with calibration_samples=64)
+ROT = dict(GPTQ, cd_passes=3)  # after a rotate step = scheme w4-gptq-rot (with calibration_samples=64)
+AWQ = sf.AwqConfig(bits=4, group_size=128, calibration_samples=64)
 MIXED = "mixed int4 GPTQ / int8: the most sensitive layers int8 (mixed_precision, fallback int8)"
 MIXED32 = "mixed group sizes, all int4: GPTQ g128, the most sensitive layers g32 (fallback int4-g32)"
+W = sf.WeightOnlyConfig
+# row -> the steps it runs (float re-parametrisations first, the quantizer last)
 SCHEMES = {
-    "int8 RTN g128": sf.WeightOnlyConfig(bits=8, group_size=128, algorithm="rtn"),
-    "int4 RTN g128": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn"),
-    "int4 GPTQ g128 (layer by layer, act-order, clip, refit)": sf.WeightOnlyConfig(**GPTQ),
-    "int4 GPTQ g128 without refit": sf.WeightOnlyConfig(**{**GPTQ, "refit": False}),
-    "int4 RTN g128 + AWQ scaling (w4-awq)": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn", awq=True,
-                                                               calibration_samples=64),
-    "int4 GPTQ g128 + AWQ scaling": sf.WeightOnlyConfig(**GPTQ, awq=True),
-    "int4 RTN g128 + Hadamard rotation": sf.WeightOnlyConfig(bits=4, group_size=128, algorithm="rtn", rotate=True),
-    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent": sf.WeightOnlyConfig(**GPTQ, rotate=True),
-    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent, seed 1": sf.WeightOnlyConfig(**GPTQ, rotate=True,
-                                                                                            rotate_seed=1),
-    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent, seed 2": sf.WeightOnlyConfig(**GPTQ, rotate=True,
-                                                                                            rotate_seed=2),
-    "int4 GPTQ g128 + Hadamard rotation + coordinate descent (w4-gptq-rot)": sf.WeightOnlyConfig(**ROT),
-    "int4 GPTQ g128 + Hadamard rotation + coordinate descent, seed 1": sf.WeightOnlyConfig(**ROT, rotate_seed=1),
-    "int4 GPTQ g128 + Hadamard rotation + coordinate descent, seed 2": sf.WeightOnlyConfig(**ROT, rotate_seed=2),
-    "int4 GPTQ g128 + coordinate descent (3 passes), no rotation": sf.WeightOnlyConfig(**GPTQ, cd_passes=3),
+    "int8 RTN g128": [W(bits=8, group_size=128, algorithm="rtn")],
+    "int4 RTN g128": [W(bits=4, group_size=128, algorithm="rtn")],
+    "int4 GPTQ g128 (layer by layer, act-order, clip, refit)": [W(**GPTQ)],
+    "int4 GPTQ g128 without refit": [W(**{**GPTQ, "refit": False})],
+    "int4 RTN g128 + AWQ scaling (w4-awq)": [AWQ, W(bits=4, group_size=128, algorithm="rtn", calibration_samples=64)],
+    "int4 GPTQ g128 + AWQ scaling": [AWQ, W(**GPTQ)],
+    "int4 RTN g128 + Hadamard rotation": [sf.RotateConfig(), W(bits=4, group_size=128, algorithm="rtn")],
+    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent": [sf.RotateConfig(), W(**GPTQ)],
+    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent, seed 1": [sf.RotateConfig(seed=1), W(**GPTQ)],
+    "int4 GPTQ g128 + Hadamard rotation, no coordinate descent, seed 2": [sf.RotateConfig(seed=2), W(**GPTQ)],
+    "int4 GPTQ g128 + Hadamard rotation + coordinate descent (w4-gptq-rot)": [sf.RotateConfig(), W(**ROT)],
+    "int4 GPTQ g128 + Hadamard rotation + coordinate descent, seed 1": [sf.RotateConfig(seed=1), W(**ROT)],
+    "int4 GPTQ g128 + Hadamard rotation + coordinate descent, seed 2": [sf.RotateConfig(seed=2), W(**ROT)],
+    "int4 GPTQ g128 + coordinate descent (3 passes), no rotation": [W(**GPTQ, cd_passes=3)],
     MIXED: None,  # built from --mixed-max-drop / --mixed-max-kept
     MIXED32: None,  # built from --mixed32-max-drop / --mixed32-max-kept
-    "int4 GPTQ g64": sf.WeightOnlyConfig(**{**GPTQ, "group_size": 64}),
-    "int4 RTN g32 (for scale: 4x the groups)": sf.WeightOnlyConfig(bits=4, group_size=32, algorithm="rtn"),
-    "int4 RTN g32, float zeros (the GGUF's own Q4_1 grid)": sf.WeightOnlyConfig(bits=4, group_size=32, algorithm="rtn",
-                                                                               float_zeros=True),
+    "int4 GPTQ g64": [W(**{**GPTQ, "group_size": 64})],
+    "int4 RTN g32 (for scale: 4x the groups)": [W(bits=4, group_size=32, algorithm="rtn")],
+    "int4 RTN g32, float zeros (the GGUF's own Q4_1 grid)": [W(bits=4, group_size=32, algorithm="rtn", float_zeros=True)],
 }
 
 
@@ -70,10 +70,10 @@ def main() -> None:
     ap.add_argument("--mixed-calib-texts", type=int, default=8, help="texts for the sensitivity search")
     ap.add_argument("--append", action="store_true", help="merge the rows run into the existing results JSON")
     a = ap.parse_args()
-    SCHEMES[MIXED] = sf.MixedPrecisionConfig(scheme="w4-gptq", fallback="int8", max_drop=a.mixed_max_drop,
-                                             max_float=a.mixed_max_kept, calibration_texts=a.mixed_calib_texts)
-    SCHEMES[MIXED32] = sf.MixedPrecisionConfig(scheme="w4-gptq", fallback="int4-g32", max_drop=a.mixed32_max_drop,
-                                               max_float=a.mixed32_max_kept, calibration_texts=a.mixed_calib_texts)
+    SCHEMES[MIXED] = [sf.MixedPrecisionConfig(scheme="w4-gptq", fallback="int8", max_drop=a.mixed_max_drop,
+                                              max_float=a.mixed_max_kept, calibration_texts=a.mixed_calib_texts)]
+    SCHEMES[MIXED32] = [sf.MixedPrecisionConfig(scheme="w4-gptq", fallback="int4-g32", max_drop=a.mixed32_max_drop,
+                                                max_float=a.mixed32_max_kept, calibration_texts=a.mixed_calib_texts)]
     unknown = [n for n in a.only or [] if n not in SCHEMES]
     if unknown:
         raise SystemExit(f"--only: unknown rows {unknown}; accepted: {list(SCHEMES)}")
@@ -94,17 +94,19 @@ def main() -> None:
             raise SystemExit(f"--append: {path} was measured with other settings ({old.get('settings')}, float "
                              f"{old['float']['perplexity']:.4f}); run without --append")
         payload["schemes"] = old["schemes"]
-    for name, cfg in SCHEMES.items():
+    for name, steps in SCHEMES.items():
         if a.only and name not in a.only:
             continue
         m = copy.deepcopy(base)
         t0 = time.perf_counter()
-        sf.quantize_(m, cfg, calib)
+        for cfg in steps:
+            sf.quantize_(m, cfg, calib)
         secs = time.perf_counter() - t0
         ppl = sf.evaluate(m, task, None, opts).metrics["perplexity"]
-        row = {"config": cfg.to_dict(), "perplexity": ppl, "bytes": saved_bytes(m)["bytes"], "seconds": secs}
-        if "mixed_precision" in m.meta:
-            mp = m.meta["mixed_precision"]
+        row = {"config": steps[-1].to_dict(), "steps": [c.to_dict() for c in steps], "perplexity": ppl,
+               "bytes": saved_bytes(m)["bytes"], "seconds": secs}
+        mp = step_details(m, "mixed_precision")
+        if mp:
             kept = next(k for k in mp if k.startswith("kept_"))
             row["mixed"] = {"kept_as": kept[5:], "kept": mp[kept], "fidelity_drop": mp["fidelity_drop"],
                             "searched_drop": mp["searched_drop"], "max_drop": mp["max_drop"]}

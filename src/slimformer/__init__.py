@@ -7,13 +7,14 @@ from .data import load_task, Task, calibration_texts, sample_sentences
 from .evaluate import evaluate, EvalResult, EvalOptions, TaskOptions, TimingOptions
 from .recipes import compress, CompressionResult, StepRecord, load_recipe, CompressOptions
 from .quantize import (quantize_, Int8DynamicConfig, Int8StaticConfig, WeightOnlyConfig, SmoothQuantConfig,
-                       MixedPrecisionConfig)  # also registers the methods
+                       MixedPrecisionConfig, AwqConfig, RotateConfig)  # also registers the methods
+from .export import ExportConfig  # registers the onnx step and the exported-folder loader
 
 __all__ = [
     "__version__", "SlimformerError", "ConfigError", "DataError", "UnsupportedArchitectureError", "MethodConfig",
     "SlimModel", "load", "save", "summarize", "load_task", "Task", "calibration_texts", "sample_sentences",
     "evaluate", "EvalResult", "EvalOptions", "TaskOptions", "TimingOptions",
     "quantize_", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig", "SmoothQuantConfig",
-    "MixedPrecisionConfig",
+    "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "ExportConfig",
     "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
 ]

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="task metrics, efficiency and fidelity of a model")
     _add_eval_args(p, need_task=False)
-    p.add_argument("--reference", help="a model to measure fidelity against (cosine / KL / agreement)")
+    p.add_argument("--reference", help="a model to measure fidelity against (cosine / KL / agreement): a folder, "
+                   ".gguf, hub id, or 'default' for the packaged all-MiniLM-L6-v2")
     p.add_argument("--out", help="write the EvalResult JSON here")
 
     p = sub.add_parser("compress", help="run a recipe, evaluate before and after, save model + report")
@@ -90,13 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _task_from_args(a):
     from . import load_task
+    from .core.errors import SlimformerError
 
     if a.task is None:
         if a.data:
-            raise SystemExit("slimformer: error: --data needs --task to say what the data is")
+            raise SlimformerError(f"--data needs --task to say what the data is; accepted: {', '.join(TASKS)}")
         return None
     if not a.data:
-        raise SystemExit(f"slimformer: error: --task {a.task} needs --data PATH (e.g. ../shared/data/...)")
+        raise SlimformerError(f"--task {a.task} needs --data PATH (e.g. ../shared/data/...)")
     return load_task(a.task, a.data, limit=a.limit, split=a.split)
 
 
@@ -161,10 +163,12 @@ def cmd_evaluate(a) -> None:
 
 def cmd_compress(a) -> None:
     from . import CompressOptions, compress, load
+    from .models.saving import check_out_dir
     from .report.markdown import render_markdown
 
-    model = load(a.model)
+    check_out_dir(a.out)
     task = _task_from_args(a)
+    model = load(a.model)
     if task is None:
         print("no --task/--data given: calibrating and measuring fidelity on the packaged sample sentences; "
               "task metrics (e.g. STS-B Spearman) need real data via --task/--data", file=sys.stderr)
@@ -174,26 +178,20 @@ def cmd_compress(a) -> None:
 
 
 def cmd_quantize(a) -> None:
-    from . import calibration_texts, load, quantize_, sample_sentences, save
-    from .quantize import scheme_config
+    from . import CompressOptions, compress, load
+    from .models.saving import check_out_dir
+    from .quantize import quantize_steps
 
-    from .core.errors import ConfigError
-    from .quantize import MixedPrecisionConfig, SmoothQuantConfig
-
-    steps = [SmoothQuantConfig(alpha=a.smoothquant)] if a.smoothquant is not None else []
-    scheme_config(a.scheme)  # validates the name
-    if a.max_drop is None and (a.fallback != "float" or a.max_kept != 16 or a.search_texts is not None):
-        raise ConfigError("--fallback, --max-kept and --search-texts only apply with --max-drop")
-    steps.append(MixedPrecisionConfig(scheme=a.scheme, max_drop=a.max_drop, fallback=a.fallback,
-                                      max_float=a.max_kept, calibration_texts=a.search_texts) if a.max_drop is not None
-                 else scheme_config(a.scheme))
+    steps = quantize_steps(a.scheme, smoothquant=a.smoothquant, max_drop=a.max_drop, fallback=a.fallback,
+                           max_kept=a.max_kept, search_texts=a.search_texts)
+    check_out_dir(a.out)
     model = load(a.model)
-    calib = calibration_texts(a.data or sample_sentences(), n=a.calibration_samples)
-    for cfg in steps:
-        for w in quantize_(model, cfg, calib):
+    res = compress(model, steps, None, a.out, CompressOptions(evaluation=False, calibration_samples=a.calibration_samples,
+                                                              calibration_source=a.data))
+    for st in res.steps:
+        for w in st.warnings:
             print(f"note: {w}", file=sys.stderr)
-        model.meta.setdefault("steps", []).append(cfg.to_dict())
-    print(f"wrote {save(model, a.out)} ({', '.join(c.method for c in steps)})")
+    print(f"wrote {a.out} ({', '.join(st.method for st in res.steps)}; result.json lists the steps)")
 
 
 def cmd_export(a) -> None:
@@ -231,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except SlimformerError as e:
         print(f"slimformer: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        print(f"slimformer: error: {e}", file=sys.stderr)
+    except OSError as e:  # a file or folder the user named: missing, unreadable, read-only, full disk
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"slimformer: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slimformer: interrupted", file=sys.stderr)

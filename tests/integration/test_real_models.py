@@ -69,11 +69,11 @@ def test_smollm2_w4_g32_fz_repacks_the_gguf_grid_exactly(smollm2, tmp_path):
     # with float zero points stores every one of them again at 4 bits, without loss
     import copy
 
-    from slimformer.quantize import SCHEMES
+    from slimformer.quantize import final_config
     from slimformer.quantize.modules import GroupQuantLinear
 
     sm = copy.deepcopy(smollm2)
-    sf.quantize_(sm, SCHEMES["w4-g32-fz"])
+    sf.quantize_(sm, final_config("w4-g32-fz"))
     layers = {n: m for n, m in sm.model.named_modules() if isinstance(m, GroupQuantLinear)}
     assert len(layers) == 210 and all(m.bits == 4 and m.group_size == 32 and m.float_zeros for m in layers.values())
     for n, m in layers.items():

@@ -5,7 +5,8 @@ import torch
 import slimformer as sf
 from slimformer.quantize import SCHEMES
 from slimformer.quantize.awq import scale_groups, search_scale
-from slimformer.quantize.handlers import linear_targets, prepare_float
+from slimformer.core import step_details
+from slimformer.quantize.handlers import linear_targets
 from slimformer.quantize.modules import GroupQuantLinear
 from slimformer.quantize.qmath import dequantize_groupwise, quantize_groupwise, sqnr
 from slimformer.testing import tiny_output, tiny_slim
@@ -28,12 +29,12 @@ def _rtn(w, bits=4, gs=16):
 def test_awq_scaling_is_exact_in_float(family, kind, n_groups):
     sm = tiny_slim(family, kind)
     ref = _out(sm)
-    cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
+    cfg = sf.AwqConfig(bits=4, group_size=16, calibration_tokens=32)
     names = {n for n, _ in linear_targets(sm, cfg, include_head=False)}
     assert len(scale_groups(sm, names)) == n_groups
     before = {n: p.detach().clone() for n, p in sm.model.named_parameters()}
-    warnings = prepare_float(sm, cfg, TEXTS)
-    meta = sm.meta["awq"]
+    warnings = sf.quantize_(sm, cfg, TEXTS)
+    meta = step_details(sm, "awq")
     assert meta["groups"] == n_groups and any(f"{n_groups} layer groups scaled" in w for w in warnings)
     assert all(0.0 <= a <= 1.0 for a in meta["alpha"].values())
     # some weights really moved (alpha > 0 somewhere), and the model computes the same function
@@ -75,8 +76,8 @@ def test_awq_beats_plain_rtn_with_activation_outliers(tmp_path):
     ref = _out(_outlier_llama())
     plain, awq = _outlier_llama(), _outlier_llama()
     sf.quantize_(plain, sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False))
-    sf.quantize_(awq, sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False, awq=True,
-                                          calibration_tokens=32), TEXTS)
+    sf.quantize_(awq, sf.AwqConfig(bits=4, group_size=16, calibration_tokens=32), TEXTS)
+    sf.quantize_(awq, sf.WeightOnlyConfig(bits=4, group_size=16, embeddings=False, lm_head=False), TEXTS)
     # 17.9 vs 16.4 dB (the v -> o groups, whose inputs have no planted outliers, give back ~2.5 dB
     # of the norm groups' gain on this random model; on SmolLM2 they help)
     assert sqnr(ref, _out(awq)) > sqnr(ref, _out(plain)) + 1.0
@@ -90,35 +91,38 @@ def test_awq_with_gptq_and_mixed_precision_reload(tmp_path):
     ref = _out(sm)
     cfg = sf.MixedPrecisionConfig(scheme="w4-awq", fallback="int4-g32", max_drop=0.0, max_float=1, calibration_texts=16)
     w = sf.quantize_(sm, cfg, TEXTS)
-    assert sm.meta["awq"]["groups"] == 8 and len(sm.meta["mixed_precision"]["kept_int4_g32"]) == 1
+    mp = step_details(sm, "mixed_precision")
+    assert mp["awq"]["groups"] == 8 and len(mp["kept_int4_g32"]) == 1
     assert any("layer groups scaled" in x for x in w)
     assert sqnr(ref, _out(sm)) > 10
     again = sf.load(sf.save(sm, tmp_path / "m"))
     assert torch.equal(_out(again), _out(sm))
     g = _outlier_llama()
-    sf.quantize_(g, sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", awq=True, calibration_tokens=32), TEXTS)
-    assert g.meta["awq"]["groups"] == 8 and sqnr(ref, _out(g)) > 10
+    sf.quantize_(g, sf.AwqConfig(bits=4, group_size=16, calibration_tokens=32), TEXTS)
+    sf.quantize_(g, sf.WeightOnlyConfig(bits=4, group_size=16, algorithm="gptq", calibration_tokens=32), TEXTS)
+    assert step_details(g, "awq")["groups"] == 8 and sqnr(ref, _out(g)) > 10
 
 
 def test_awq_skips_norms_that_do_not_take_a_scale():
     # Gemma's RMSNorm computes x * (1 + weight): dividing weight by s does not divide the output
     sm = tiny_slim("gemma3", "causal-lm")
     ref = _out(sm)
-    cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
-    w = prepare_float(sm, cfg, TEXTS)
+    cfg = sf.AwqConfig(bits=4, group_size=16, calibration_tokens=32)
+    w = sf.quantize_(sm, cfg, TEXTS)
     assert any("cannot take a per-channel scale exactly (Gemma3RMSNorm)" in x for x in w)
-    assert sm.meta["awq"]["groups"] == 4  # v -> o and up -> down in each layer still scaled
+    assert step_details(sm, "awq")["groups"] == 4  # v -> o and up -> down in each layer still scaled
     torch.testing.assert_close(_out(sm), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_awq_needs_calibration_data():
-    with pytest.raises(ValueError, match="awq=True searches activation-aware scales on calibration data"):
-        sf.quantize_(tiny_slim("llama", "causal-lm"), sf.WeightOnlyConfig(awq=True))
+    with pytest.raises(sf.SlimformerError, match="awq searches activation-aware scales on calibration data"):
+        sf.quantize_(tiny_slim("llama", "causal-lm"), sf.AwqConfig())
 
 
 def test_w4_awq_scheme():
-    cfg = SCHEMES["w4-awq"]
-    assert cfg.awq and cfg.bits == 4 and cfg.group_size == 128 and cfg.algorithm == "rtn"
+    awq, wo = SCHEMES["w4-awq"]
+    assert awq.method == "awq" and (awq.bits, awq.group_size) == (4, 128)
+    assert wo.bits == 4 and wo.group_size == 128 and wo.algorithm == "rtn"
 
 
 def test_layer_by_layer_search_matches_one_pass_of_the_float_model(monkeypatch):
@@ -126,13 +130,13 @@ def test_layer_by_layer_search_matches_one_pass_of_the_float_model(monkeypatch):
     # scaling is exact); it must find the same scales as observing the float model in one pass
     import slimformer.quantize.awq as awq
 
-    cfg = sf.WeightOnlyConfig(bits=4, group_size=16, awq=True, calibration_tokens=32)
+    cfg = sf.AwqConfig(bits=4, group_size=16, calibration_tokens=32)
     seq = _outlier_llama()
-    prepare_float(seq, cfg, TEXTS)
+    sf.quantize_(seq, cfg, TEXTS)
     monkeypatch.setattr(awq, "sequential_supported", lambda sm: False)
     one = _outlier_llama()
-    prepare_float(one, cfg, TEXTS)
-    assert seq.meta["awq"] == one.meta["awq"] and any(a > 0 for a in one.meta["awq"]["alpha"].values())
+    sf.quantize_(one, cfg, TEXTS)
+    assert step_details(seq, "awq") == step_details(one, "awq") and any(a > 0 for a in step_details(one, "awq")["alpha"].values())
     for (n, p), (_, q) in zip(seq.model.named_parameters(), one.model.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 

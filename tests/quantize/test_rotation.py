@@ -9,8 +9,8 @@ import torch
 import slimformer as sf
 from slimformer.core.errors import ConfigError
 from slimformer.quantize import SCHEMES
-from slimformer.quantize.calibrate import observe_inputs
-from slimformer.quantize.handlers import prepare_float
+from slimformer.models.activations import observe_inputs
+from slimformer.core import step_details
 from slimformer.quantize.modules import GroupQuantLinear
 from slimformer.quantize.qmath import sqnr
 from slimformer.quantize.rotation import Rotation, RotatedLinear, RotatedNorm, hadamard_factors
@@ -65,9 +65,9 @@ def test_rotation_is_exact_in_float(tied):
                 p.uniform_(0.5, 1.5)
     ref = tiny_output(sm)
     before = {n: p.detach().clone() for n, p in sm.model.named_parameters()}
-    w = prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+    w = sf.quantize_(sm, sf.RotateConfig(), None)
     assert any("input of 2 down projections rotated" in x for x in w)
-    info = sm.meta["rotation"]
+    info = step_details(sm, "rotate")
     assert info["residual"] == "hadamard" and info["down_online"] == 2 and info["layers"] == 2
     assert isinstance(sm.model.model.norm, RotatedNorm)
     assert all(isinstance(l.mlp.down_proj, RotatedLinear) for l in sm.model.model.layers)
@@ -80,7 +80,7 @@ def test_rotation_is_exact_in_float(tied):
 
 def test_calibration_hooks_see_the_rotated_input_of_down():
     sm = _llama()
-    prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+    sf.quantize_(sm, sf.RotateConfig(), None)
     down = sm.model.model.layers[0].mlp.down_proj
     raw, seen = [], []
     h = down.register_forward_hook(lambda m, a, o: raw.append(a[0].detach()))
@@ -98,8 +98,9 @@ def test_rotation_beats_plain_int4_when_weights_have_outliers(algorithm):
     db = {}
     for rot in (False, True):
         m = copy.deepcopy(sm)
-        sf.quantize_(m, sf.WeightOnlyConfig(bits=4, group_size=16, algorithm=algorithm, rotate=rot,
-                                            calibration_tokens=32), TEXTS)
+        if rot:
+            sf.quantize_(m, sf.RotateConfig(), TEXTS)
+        sf.quantize_(m, sf.WeightOnlyConfig(bits=4, group_size=16, algorithm=algorithm, calibration_tokens=32), TEXTS)
         db[rot] = sqnr(ref, tiny_output(m))
     # measured: rtn 16.0 -> 19.4 dB, gptq 16.4 -> 20.6 dB
     assert db[True] > db[False] + 2.0, db
@@ -107,7 +108,9 @@ def test_rotation_beats_plain_int4_when_weights_have_outliers(algorithm):
 
 def test_rotated_gptq_model_saves_and_reloads_bit_identically(tmp_path):
     sm = _with_outliers(_llama())
-    sf.quantize_(sm, dataclasses.replace(SCHEMES["w4-gptq-rot"], group_size=16, calibration_tokens=32), TEXTS)
+    rot, wo = SCHEMES["w4-gptq-rot"]
+    sf.quantize_(sm, rot, TEXTS)
+    sf.quantize_(sm, dataclasses.replace(wo, group_size=16, calibration_tokens=32), TEXTS)
     down = sm.model.model.layers[1].mlp.down_proj
     assert isinstance(down, GroupQuantLinear) and isinstance(down.input_rotation, Rotation)
     out = tiny_output(sm)
@@ -115,7 +118,7 @@ def test_rotated_gptq_model_saves_and_reloads_bit_identically(tmp_path):
     assert isinstance(again.model.model.norm, RotatedNorm)
     assert isinstance(again.model.model.layers[1].mlp.down_proj.input_rotation, Rotation)
     assert torch.equal(tiny_output(again), out)
-    assert again.meta["rotation"]["down_online"] == 2
+    assert step_details(again, "rotate")["down_online"] == 2
 
 
 def test_mixed_precision_rotates_once_and_float_layers_stay_rotated(tmp_path):
@@ -124,7 +127,7 @@ def test_mixed_precision_rotates_once_and_float_layers_stay_rotated(tmp_path):
                                   calibration_texts=8)
     w = sf.quantize_(sm, cfg, TEXTS)
     assert sum("rotate: residual stream" in x for x in w) == 1
-    kept = sm.meta["mixed_precision"]["kept_float"]
+    kept = step_details(sm, "mixed_precision")["kept_float"]
     assert len(kept) == 3
     downs = [n for n in kept if n.endswith("down_proj")]
     for n in downs:  # a float down keeps its run-time rotation, also after a reload
@@ -145,7 +148,7 @@ def test_models_it_cannot_rotate_are_rejected_clearly(family, kind, reason):
     sm = tiny_slim(family, kind)
     ref = tiny_output(sm)
     with pytest.raises(ConfigError, match=f"cannot be rotated: .*{reason}"):
-        sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16, rotate=True))
+        sf.quantize_(sm, sf.RotateConfig())
     torch.testing.assert_close(tiny_output(sm), ref)  # checked before anything changed
 
 
@@ -153,7 +156,7 @@ def test_rotation_of_a_bf16_model_stays_within_bf16_rounding():
     sm = _llama()
     sm.model.to(torch.bfloat16)
     ref = tiny_output(sm).float()
-    prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+    sf.quantize_(sm, sf.RotateConfig(), None)
     out = tiny_output(sm)
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() <= 5e-2 * ref.abs().max()
@@ -161,22 +164,26 @@ def test_rotation_of_a_bf16_model_stays_within_bf16_rounding():
 
 def test_a_rotated_model_is_not_rotated_twice():
     sm = _llama()
-    prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+    sf.quantize_(sm, sf.RotateConfig(), None)
     with pytest.raises(ConfigError, match="already rotated"):
-        prepare_float(sm, sf.WeightOnlyConfig(rotate=True), None)
+        sf.quantize_(sm, sf.RotateConfig(), None)
 
 
 def test_rotate_seed_picks_other_signs():
     a, b = _llama(), _llama()
-    prepare_float(a, sf.WeightOnlyConfig(rotate=True), None)
-    prepare_float(b, sf.WeightOnlyConfig(rotate=True, rotate_seed=5), None)
-    assert b.meta["rotation"]["seed"] == 5
+    sf.quantize_(a, sf.RotateConfig(), None)
+    sf.quantize_(b, sf.RotateConfig(seed=5), None)
+    assert step_details(b, "rotate")["seed"] == 5
     assert not torch.equal(a.model.model.norm.rotation.signs, b.model.model.norm.rotation.signs)
     torch.testing.assert_close(tiny_output(a), tiny_output(b), rtol=1e-4, atol=1e-5)
-    with pytest.raises(ConfigError, match="rotate_seed=-1"):
-        sf.WeightOnlyConfig(rotate=True, rotate_seed=-1)
+    with pytest.raises(ConfigError, match="seed=-1"):
+        sf.RotateConfig(seed=-1)
 
 
-def test_rotate_with_awq_is_rejected():
-    with pytest.raises(ConfigError, match="rotate=True and awq=True"):
-        sf.WeightOnlyConfig(rotate=True, awq=True)
+def test_rotation_and_awq_are_steps_not_weight_only_switches():
+    with pytest.raises(TypeError):
+        sf.WeightOnlyConfig(rotate=True)
+    with pytest.raises(ConfigError, match="unknown key 'awq' for method 'weight_only'"):
+        sf.load_recipe([{"method": "weight_only", "awq": True}])
+    steps = sf.load_recipe("int4-gptq-rot").steps
+    assert [s.method for s in steps] == ["rotate", "weight_only"] and steps[1].cd_passes == 3

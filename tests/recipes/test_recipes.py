@@ -54,6 +54,7 @@ def test_compress_writes_model_result_and_report(tmp_path):
 
 def test_int4_gptq_mixed_recipe_runs_on_a_tiny_lm():
     import slimformer as sf
+    from slimformer.core import step_details
     from slimformer.quantize.modules import GroupQuantLinear
     from slimformer.recipes import run_steps
     from slimformer.testing import tiny_slim
@@ -62,6 +63,6 @@ def test_int4_gptq_mixed_recipe_runs_on_a_tiny_lm():
     run_steps(sm, load_recipe("int4-gptq-mixed"), sf.sample_sentences()[:32])
     mods = [m for m in sm.model.modules() if isinstance(m, GroupQuantLinear)]
     assert mods and all(m.bits == 4 for m in mods)
-    mp = sm.meta["mixed_precision"]
+    mp = step_details(sm, "mixed_precision")
     assert mp["fallback"] == "int4-g32" and {m.group_size for m in mods} <= {32, 64}
     assert sum(m.group_size == 32 for m in mods) == len(mp["kept_int4_g32"])

@@ -128,6 +128,47 @@ class Adapter:
         """After surgery: write the real sizes (heads, kv heads, FFN size, layer count) to config."""
         raise NotImplementedError
 
+    # config keys of the head count that transformers derives head_dim from (hidden / heads);
+    # empty where the config states head_dim explicitly (Llama head_dim, T5 d_kv)
+    derived_head_keys: ClassVar[tuple[str, ...]] = ()
+    hidden_key: ClassVar[str] = "hidden_size"
+
+    def build_config(self, config):
+        """A copy of `config` that transformers can build a model from before per-layer sizes
+        (`slimformer_layer_sizes`) are applied: a head count whose derived head_dim is the real
+        one. The built model is then sliced to the recorded sizes (models/surgery.py)."""
+        import copy
+
+        cfg = copy.deepcopy(config)
+        sizes = getattr(cfg, "slimformer_layer_sizes", None)
+        if sizes and self.derived_head_keys:
+            hidden = getattr(cfg, self.hidden_key)
+            head_dim = sizes[0]["head_dim"]
+            for k in self.derived_head_keys:
+                if hasattr(cfg, k):
+                    setattr(cfg, k, hidden // head_dim)
+        return cfg
+
+    # ONNX Runtime's transformer-optimizer profile for this family (None: no fusion profile)
+    ort_model_type: ClassVar[str | None] = None
+
+    def heads_and_hidden(self, model: nn.Module) -> tuple[int, int]:
+        """(attention heads, hidden size) of the first layer, read from the modules."""
+        layers = self.layers(model)
+        if not layers:
+            return 0, 0
+        a = layers[0].attention
+        return a.num_heads, self.embeddings(model).embedding_dim
+
+    def decoder_inputs(self, model: nn.Module, input_ids):
+        """Decoder input ids for an encoder-decoder model fed `input_ids` as both source and
+        target (calibration, fidelity, timing): the target shifted right behind the decoder start
+        token. Only encoder-decoder adapters are asked."""
+        import torch
+
+        start = getattr(unwrap(model).config, "decoder_start_token_id", None) or 0
+        return torch.cat([torch.full_like(input_ids[:, :1], start), input_ids[:, :-1]], dim=1)
+
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the adapters
@@ -183,3 +224,63 @@ def write_layer_sizes(config, sizes: list[dict], needed: bool) -> None:
         config.slimformer_layer_sizes = [dict(s) for s in sizes]
     elif hasattr(config, "slimformer_layer_sizes"):
         del config.slimformer_layer_sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear-like modules: nn.Linear, and transformers' Conv1D (GPT-2), whose weight is (in, out)
+
+
+def is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+
+
+def is_linear(m: nn.Module) -> bool:
+    """nn.Linear (and subclasses) or GPT-2's Conv1D."""
+    return isinstance(m, nn.Linear) or is_conv1d(m)
+
+
+def linear_classes() -> tuple[type, ...]:
+    """The classes `is_linear` accepts, for `select_modules(default=...)`."""
+    from transformers.pytorch_utils import Conv1D
+
+    return (nn.Linear, Conv1D)
+
+
+def linear_weight(m: nn.Module):
+    """(out, in) view of the weight of nn.Linear or Conv1D (stored (in, out)), detached."""
+    if isinstance(m, nn.Linear):
+        return m.weight.detach()
+    if is_conv1d(m):
+        return m.weight.detach().t()
+    raise TypeError(f"not a linear layer: {type(m).__name__}")
+
+
+def linear_like(m: nn.Module, weight, bias=None) -> nn.Module:
+    """A new module of m's kind (nn.Linear or Conv1D) holding `weight` (out, in) and `bias`."""
+    import torch
+
+    out_f, in_f = weight.shape
+    if is_conv1d(m):
+        new = type(m)(out_f, in_f)
+        with torch.no_grad():
+            new.weight.copy_(weight.t())
+            if bias is not None:
+                new.bias.copy_(bias)
+            else:
+                new.bias.zero_()
+        return new.to(m.weight.dtype)
+    new = nn.Linear(in_f, out_f, bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def norm_eps(norm: nn.Module) -> float | None:
+    """The epsilon of a LayerNorm / RMSNorm module (attribute names differ by family)."""
+    for k in ("variance_epsilon", "eps", "epsilon"):
+        v = getattr(norm, k, None)
+        if isinstance(v, float):
+            return v
+    return None

@@ -26,6 +26,8 @@ class BertAdapter(Adapter):
     name = "bert"
     model_types = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet")
     norm_position = "post"
+    ort_model_type = "bert"
+    derived_head_keys = ("num_attention_heads", "n_heads")
 
     def base(self, model: nn.Module) -> nn.Module:
         return unwrap(model).base_model  # BertModel inside BertForX (HF base_model_prefix)

@@ -17,6 +17,9 @@ from .base import (Adapter, AttentionBlock, FFNBlock, LayerInfo, is_uniform, out
 
 class GPT2Adapter(Adapter):
     name = "gpt2"
+    ort_model_type = "gpt2"
+    derived_head_keys = ("n_head",)
+    hidden_key = "n_embd"
     model_types = ("gpt2",)
     norm_position = "pre"
 

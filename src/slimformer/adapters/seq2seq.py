@@ -122,6 +122,8 @@ class T5Adapter(_Seq2SeqAdapter):
 
 class BartAdapter(_Seq2SeqAdapter):
     name = "bart"
+    derived_head_keys = ("encoder_attention_heads", "decoder_attention_heads")
+    hidden_key = "d_model"
     model_types = ("bart", "marian")
     norm_position = "post"
 

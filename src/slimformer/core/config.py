@@ -80,13 +80,48 @@ class _MethodEntry(typing.NamedTuple):
 METHODS: Registry[_MethodEntry] = Registry("method")
 
 
+@dataclasses.dataclass
+class Applied:
+    """What a handler did: warnings for the user, a details dict (per-layer figures, searched
+    values, ...) that fills `StepRecord.details` and the model's per-step metadata, and, for a
+    step that turns the model into another artifact (an ONNX export), that artifact as `model`."""
+
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    details: dict = dataclasses.field(default_factory=dict)
+    model: Any = None
+
+
 def register_method(config_cls: type, handler: Callable) -> None:
-    """Register `handler(model, config, data) -> list[str] warnings` for `config_cls`."""
+    """Register `handler(model, config, data) -> Applied` for `config_cls`."""
     METHODS.register(config_cls.method, _MethodEntry(config_cls, handler))
 
 
 def handler_for(config: MethodConfig) -> Callable:
     return METHODS.get(config.method).handler
+
+
+def apply_method(model, config: MethodConfig, data=None, record: bool = True) -> Applied:
+    """Run `config`'s handler on `model` (a SlimModel, changed in place). With `record`, the step
+    (its config and details) is appended to `model.meta["steps"]`, one entry per step, so the same
+    method twice keeps both (a step that returns another artifact, an export, records itself there)."""
+    if not isinstance(config, MethodConfig):
+        raise ConfigError(f"expected a method config (e.g. slimformer.Int8DynamicConfig()), got {type(config).__name__}")
+    out = handler_for(config)(model, config, data)
+    if out is None:
+        out = Applied()
+    elif isinstance(out, list):
+        out = Applied(warnings=out)
+    if record and out.model is None and isinstance(getattr(model, "meta", None), dict):
+        model.meta.setdefault("steps", []).append({**config.to_dict(), "details": out.details})
+    return out
+
+
+def step_details(model, method: str) -> dict:
+    """The details of the last step of `method` recorded on `model` ({} if none)."""
+    for step in reversed(getattr(model, "meta", {}).get("steps", [])):
+        if step.get("method") == method:
+            return step.get("details", {})
+    return {}
 
 
 def _coerce(value: Any, tp: Any) -> Any:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import random
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ..core.errors import DataError
 from .readers import read_text
+from .samples import sample_sentences  # noqa: F401  (re-exported)
 from .tasks import Task
 
 
@@ -86,13 +85,32 @@ def _pad(row: list, fill: int, width: int, left: bool) -> list:
     return pad + row if left else row + pad
 
 
-@lru_cache(maxsize=1)
-def _samples() -> tuple[str, ...]:
-    text = (resources.files("slimformer.data") / "samples" / "sentences.txt").read_text("utf-8")
-    return tuple(s.strip() for s in text.splitlines() if s.strip())
+def model_batches(sm, texts: list[str], seq_len: int, max_seqs: int = 128) -> list[dict]:
+    """Calibration token batches for a SlimModel: causal LMs get the texts joined (EOS between)
+    and cut into seq_len-token chunks, one per batch; other models get batches of 8 texts
+    truncated to seq_len (encoder-decoders also get decoder inputs: the text shifted right)."""
+    if not texts:
+        raise DataError("calibration needs data (texts); none was given (pass data=..., or --data PATH)")
+    tok = sm.tokenizer
+    if sm.kind == "causal-lm":
+        sep = tok.eos_token or "\n"
+        ids = tok(sep.join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        if len(ids) < seq_len:
+            return [{"input_ids": ids.unsqueeze(0)}]
+        n = min(max_seqs, len(ids) // seq_len)
+        return [{"input_ids": ids[i * seq_len:(i + 1) * seq_len].unsqueeze(0)} for i in range(n)]
+    out = []
+    for i in range(0, min(len(texts), max_seqs), 8):
+        enc = sm.tokenize(texts[i:i + 8], seq_len)
+        if sm.kind == "seq2seq-lm":
+            enc["decoder_input_ids"] = decoder_inputs(sm, enc["input_ids"])
+        out.append(enc)
+    return out
 
 
-def sample_sentences() -> list[str]:
-    """The packaged English sentences (samples/sentences.txt), for calibration and fidelity
-    checks when the user gives no data."""
-    return list(_samples())
+def decoder_inputs(sm, input_ids):
+    """Decoder inputs of an encoder-decoder fed `input_ids` as source and target (the adapter's
+    decoder start token, then the ids shifted right)."""
+    from ..adapters import get_adapter
+
+    return get_adapter(sm.model).decoder_inputs(sm.model, input_ids)

@@ -113,7 +113,7 @@ def _load_local(kind, source, split, pair):
         if kind != "lm":
             raise DataError(f"load_task({kind!r}) needs a path: a file, a directory or "
                             "'hf:NAME[:CONFIG]'")
-        from .calibration import sample_sentences
+        from .samples import sample_sentences
         return ["\n".join(sample_sentences())], {"format": "text"}, "slimformer:samples/sentences.txt"
     if kind == "translation":
         src, tgt = _translation_files(source, split, pair)

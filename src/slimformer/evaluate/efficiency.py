@@ -31,6 +31,8 @@ def saved_bytes(sm) -> dict:
     """Bytes on disk of the saved model: weight files, and everything (config, tokenizer...)."""
     from ..models.saving import save
 
+    if hasattr(sm, "disk_bytes"):  # an artifact already on disk (ONNX export)
+        return sm.disk_bytes()
     with tempfile.TemporaryDirectory() as d:
         folder = save(sm, Path(d) / "m")
         weights = sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".onnx", ".data"))
@@ -53,8 +55,9 @@ def make_inputs(sm, texts: list[str], batch: int, seq_len: int) -> dict[str, tor
     x = torch.tensor(ids[: batch * seq_len]).view(batch, seq_len)
     enc = {"input_ids": x, "attention_mask": torch.ones_like(x)}
     if sm.kind == "seq2seq-lm":
-        start = sm.model.config.decoder_start_token_id or 0
-        enc["decoder_input_ids"] = torch.full((batch, min(seq_len, 32)), start, dtype=torch.long)
+        from ..data.calibration import decoder_inputs
+
+        enc["decoder_input_ids"] = decoder_inputs(sm, x[:, :min(seq_len, 32)])
     return enc
 
 
@@ -87,7 +90,10 @@ def _rss() -> int:
 
 def peak_memory_mb(sm, enc) -> float:
     """Model tensors in memory + the peak growth of resident memory during one forward pass."""
-    model_bytes = sum(t.numel() * t.element_size() for t in sm.model.state_dict().values())
+    if hasattr(sm, "memory_bytes"):  # an artifact run by another runtime (ONNX Runtime)
+        model_bytes = sm.memory_bytes()
+    else:
+        model_bytes = sum(t.numel() * t.element_size() for t in sm.model.state_dict().values())
     base, peak, stop = _rss(), [0], threading.Event()
 
     def watch():

@@ -52,7 +52,30 @@ def environment(threads: int) -> dict:
         "processor": platform.processor() or platform.machine(),
         "threads": threads,
         "device": "cpu",
+        **cpu_info(),
     }
+
+
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info() -> dict:
+    """What decides which kernels are fast: torch's CPU capability, the CPU model and its SIMD flags."""
+    import torch
+
+    out = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("model name") and "cpu_model" not in out:
+            out["cpu_model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            out["cpu_flags"] = [f for f in _FLAGS if f in flags]
+            break
+    return out
 
 
 def recovery(baseline: EvalResult, compressed: EvalResult) -> dict:

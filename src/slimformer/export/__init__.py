@@ -8,7 +8,13 @@ Needs the `onnx` extra: pip install 'slimformer[onnx]'.
 """
 from __future__ import annotations
 
+from ..core.config import register_method
+from ..models.loading import FOLDER_LOADERS
 from .onnx import EXPORT_OPTIONS, ONNX_META_FILE, export_onnx
-from .runtime import OnnxSlimModel, load_onnx
+from .runtime import OnnxSlimModel, _load_folder, load_onnx
+from .step import ExportConfig, onnx_step
 
-__all__ = ["export_onnx", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE"]
+register_method(ExportConfig, onnx_step)
+FOLDER_LOADERS[ONNX_META_FILE] = _load_folder  # slimformer.load(DIR) opens an exported folder
+
+__all__ = ["export_onnx", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig"]

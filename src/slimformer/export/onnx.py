@@ -65,7 +65,6 @@ import io
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -136,19 +135,13 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
     require_onnx()
     o = _options(quantize, opset, opts)
     _check_model(sm)
-    out = _check_out_dir(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    from ..models.saving import atomic_folder
+
+    def write(tmp: Path) -> None:
         meta = _build(sm, tmp, optimize, quantize, calibration_texts, o)
         (tmp / ONNX_META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        from ..models.saving import _swap_into_place
 
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return atomic_folder(out_dir, write, markers=(ONNX_META_FILE,))  # never replaces a saved model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,17 +222,6 @@ def _check_model(sm) -> None:
                               "2 GB (ONNX external data) are not supported yet")
 
 
-def _check_out_dir(out_dir) -> Path:
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists():
-        if not out.is_dir():
-            raise SlimformerError(f"{out} exists and is a file; give a folder path for the ONNX export")
-        if any(out.iterdir()) and not (out / ONNX_META_FILE).exists():
-            raise SlimformerError(f"{out} exists and holds files slimformer did not export; refusing to "
-                                  "overwrite it (give a new or empty folder)")
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -265,7 +247,7 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
     steps.append({"step": "export", "exporter": o["exporter"], "opset": o["opset"]})
     roles = module_roles(model)
     if optimize:
-        path, info = _optimize(path, model.config, o["fusion"], work, o["gelu_approximation"])
+        path, info = _optimize(path, model, o["fusion"], work, o["gelu_approximation"])
         steps.append({"step": "optimize", **info})
     if int8:
         import onnx
@@ -394,12 +376,12 @@ def _export_torch(model: nn.Module, kind: str, names: list[str], outputs: list[s
 # ---------------------------------------------------------------------------------------------
 # ORT transformer optimizer
 
-_ORT_MODEL_TYPE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
-                   "distilbert": "bert", "mpnet": "bert", "gpt2": "gpt2"}
+def _optimize(path: Path, model: nn.Module, profile: str, work: Path, gelu_approximation: bool = False) -> tuple[Path, dict]:
+    from ..adapters import get_adapter
 
-
-def _optimize(path: Path, cfg, profile: str, work: Path, gelu_approximation: bool = False) -> tuple[Path, dict]:
-    mt = _ORT_MODEL_TYPE.get(getattr(cfg, "model_type", ""))
+    cfg = model.config
+    adapter = get_adapter(model)
+    mt = adapter.ort_model_type
     if profile == "none" or mt is None:
         why = "fusion='none'" if profile == "none" else f"no ORT fusion profile for model_type {cfg.model_type!r}"
         return path, {"applied": False, "why": why}
@@ -416,8 +398,7 @@ def _optimize(path: Path, cfg, profile: str, work: Path, gelu_approximation: boo
                   "enable_embed_layer_norm", "enable_bias_gelu", "enable_qordered_matmul"):
             setattr(fo, k, False)
     fo.enable_gelu_approximation = bool(gelu_approximation)
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or getattr(cfg, "n_head", 0)
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None) or getattr(cfg, "n_embd", 0)
+    heads, hidden = adapter.heads_and_hidden(model)
     with _quiet():
         om = optimize_model(str(path), model_type=mt, num_heads=int(heads), hidden_size=int(hidden),
                             optimization_options=fo, opt_level=0)
@@ -507,7 +488,7 @@ def fold_vo_smoothing(model: nn.Module, batches: list[dict], alpha: float, floor
     heads are shared (GQA). Returns the number of blocks changed."""
     from ..adapters import get_adapter
     from ..core.errors import UnsupportedArchitectureError
-    from ..quantize.smoothquant import smoothing_scales
+    from ..quantize.smoothquant import floor_absmax, smoothing_scales
 
     try:
         layers = get_adapter(model).layers(model)
@@ -580,23 +561,13 @@ def activation_absmax(proto, names: list[str], feeds: list[dict]) -> dict[str, n
     return amax
 
 
-def floor_absmax(amax: torch.Tensor, q: float | None) -> torch.Tensor:
-    """max(amax, quantile_q(amax)). Calibration sees few texts: a channel that stayed small there
-    (an FFN neuron that rarely fires) would get a small s and be *amplified* on other text,
-    becoming a new outlier. Flooring keeps s flat below the quantile."""
-    if q is None:
-        return amax
-    amax = amax.float()
-    return amax.clamp_min(torch.quantile(amax, q))
-
-
 def smooth_graph(proto, feeds: list[dict], alpha: float, floor: float | None = 0.5, select=None) -> dict:
     """SmoothQuant on the ONNX graph, in place: for each activation x read by weight MatMuls
     (chosen by `select(nodes)`), insert `Mul(x, 1/s)` feeding them and scale the weight rows by s.
     s_j = max|x_j|^alpha / max|W_j|^(1-alpha). Exact in float; int8 then sees x/s."""
     from onnx import helper, numpy_helper
 
-    from ..quantize.smoothquant import smoothing_scales
+    from ..quantize.smoothquant import floor_absmax, smoothing_scales
 
     groups = {x: ns for x, ns in weight_matmul_groups(proto).items() if select is None or select(ns)}
     if not groups:

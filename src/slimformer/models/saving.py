@@ -1,15 +1,71 @@
 """Save a SlimModel atomically: safetensors + config + tokenizer (+ pooling) + slimformer.json."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ..core.errors import SlimformerError
 from .._version import __version__
-from .loading import META_FILE, quiet_transformers
+from .loading import META_FILE, SLIM_WEIGHTS, quiet_transformers
 from .wrapper import SlimModel
+
+# files that mark a folder as written by slimformer (a saved model or an exported artifact)
+MARKERS = [META_FILE, "slimformer_onnx.json"]
+STALE_SECONDS = 3600  # temporary folders of an interrupted save older than this are removed
+
+
+def check_out_dir(out_dir, markers=tuple(MARKERS)) -> Path:
+    """Check, before any work, that `out_dir` can receive a model: a new folder, an empty one or
+    one slimformer wrote, whose parent can be created and written. Returns the resolved path;
+    raises a one-line SlimformerError naming the folder otherwise."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise SlimformerError(f"{out} exists and is a file; give a folder path for the saved model")
+        if any(out.iterdir()) and not any((out / m).exists() for m in markers):
+            raise SlimformerError(
+                f"{out} exists and holds files slimformer did not write; refusing to overwrite it "
+                "(give a new or empty folder)"
+            )
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SlimformerError(f"cannot create {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out.parent, os.W_OK)):
+        raise SlimformerError(f"cannot write {out}: no write permission in {parent}")
+    return out
+
+
+def atomic_folder(out_dir, write, markers=tuple(MARKERS)) -> Path:
+    """Call write(tmp folder) on a temporary folder beside `out_dir`, then rename it into place
+    (replacing a folder slimformer wrote). Nothing half-written is ever left at `out_dir`; stale
+    temporary folders of earlier interrupted saves to the same place are removed. Files get the
+    permissions the umask allows, as if created directly. markers: the files that make an
+    existing folder one this may replace."""
+    out = check_out_dir(out_dir, markers)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SlimformerError(f"cannot create {out.parent}: {e.strerror}") from None
+    _remove_stale(out)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise SlimformerError(f"cannot write in {out.parent}: {e.strerror}") from None
+    try:
+        write(tmp)
+        _apply_umask(tmp)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def save(sm: SlimModel, out_dir, extra_files: dict[str, str] | None = None) -> Path:
@@ -20,28 +76,40 @@ def save(sm: SlimModel, out_dir, extra_files: dict[str, str] | None = None) -> P
     if it is empty or was written by slimformer (has slimformer.json); otherwise it is an error.
     extra_files: {relative name: text} written beside the weights (e.g. result.json, report.md).
     """
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists():
-        if not out.is_dir():
-            raise SlimformerError(f"{out} exists and is a file; give a folder path for the saved model")
-        if any(out.iterdir()) and not (out / META_FILE).exists():
-            raise SlimformerError(
-                f"{out} exists and holds files slimformer did not write; refusing to overwrite it "
-                "(give a new or empty folder)"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         with quiet_transformers():
             _write(sm, tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(text)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        write_extra(tmp, extra_files)
+
+    return atomic_folder(out_dir, write)
+
+
+def write_extra(folder: Path, extra_files: dict[str, str] | None) -> None:
+    for name, text in (extra_files or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+def _remove_stale(out: Path) -> None:
+    now = time.time()
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        try:
+            if p.is_dir() and now - p.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _apply_umask(folder: Path) -> None:
+    """mkdtemp makes the folder 0700; give the tree the modes a plain mkdir/open would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -63,12 +131,20 @@ def _write(sm: SlimModel, folder: Path) -> None:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
     model.save_pretrained(folder, safe_serialization=True)
+    swapped = bool(sm.meta.get("modules"))
+    if swapped:
+        # modules plain transformers does not know: name the weights so that plain loaders find
+        # none and refuse, instead of building the float model with random weights
+        for f in sorted(folder.glob("model*.safetensors*")):
+            f.rename(folder / (SLIM_WEIGHTS if f.name == "model.safetensors" else "slimformer-" + f.name))
     if sm.tokenizer is not None:
         sm.tokenizer.save_pretrained(folder)
-    if sm.kind == "embedding" and sm.pooling is not None:
+    if sm.kind == "embedding" and sm.pooling is not None and not swapped:
         _write_pooling(sm, folder)
     meta = dict(sm.meta)
     meta.update({"slimformer_version": __version__, "kind": sm.kind, "source": sm.source})
+    if sm.pooling is not None:
+        meta["pooling"] = dataclasses.asdict(sm.pooling)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 

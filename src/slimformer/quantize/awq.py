@@ -29,9 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters import get_adapter
-from .calibrate import model_output, observe_inputs
-from .modules import linear_weight
-from .sequential import run_sequential, sequential_supported
+from ..adapters.base import linear_weight
+from ..models.activations import model_output, observe_inputs
+from ..models.sequential import run_sequential, sequential_supported
 
 ALPHA_STEPS = 20  # alpha in {0, 1/20, ..., 1}
 _EPS = 1e-5

@@ -50,18 +50,8 @@ class WeightOnlyConfig(MethodConfig):
     fine_targets: Linear layers quantized at the same bits on a finer grid, group fine_group_size
     (default 32) with float zero points - a model that stays all 4-bit with per-layer group sizes
     (mixed_precision with fallback="int4-g32" picks them by sensitivity).
-    awq: before quantizing, fold activation-aware per-channel scales (AWQ) into the float model
-    (pre-norm -> q/k/v and gate/up, up -> down, v -> o; exact in float), each searched on
-    calibration data for the least layer-output rounding error (needs data, for RTN too; see
-    quantize/awq.py). SmolLM2-135M int4 g128 RTN: +28.5% perplexity instead of +39.9%; on top
-    of GPTQ no reliable gain (benchmarks/results/quantize_lm*.md).
-    rotate: before quantizing, rotate the float model by random-sign Hadamard matrices (QuaRot /
-    SpinQuant-style incoherence processing; exact in float, see quantize/rotation.py): the
-    residual stream and each head's v -> o are folded into the weights, down's input gets a fast
-    Hadamard at run time. Pre-norm RMSNorm decoders (Llama family) only; not with awq.
-    rotate_seed: the seed of the Hadamard matrices' random signs (GPTQ results vary with it).
-    SmolLM2-135M int4 g128 GPTQ: +10.7% perplexity instead of +18.3% (+9.6% with cd_passes=3: scheme
-    w4-gptq-rot); with RTN it hurts (+118%).
+    The float re-parametrisations that help it are steps of their own, in front of it:
+    `awq` (AwqConfig) and `rotate` (RotateConfig).
     """
 
     method = "weight_only"
@@ -82,11 +72,8 @@ class WeightOnlyConfig(MethodConfig):
     int8_targets: tuple[str, ...] = ()  # patterns (like targets) quantized at 8 bits: mixed int4/int8
     fine_targets: tuple[str, ...] = ()  # patterns quantized at the same bits on a finer grid
     fine_group_size: int = 32
-    awq: bool = False
-    rotate: bool = False
-    rotate_seed: int = 0
-    calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ, AWQ)
-    calibration_samples: int = 64  # calibration sequences (GPTQ, AWQ)
+    calibration_tokens: int = 512  # tokens per calibration sequence (GPTQ)
+    calibration_samples: int = 64  # calibration sequences (GPTQ)
 
     def validate(self) -> None:
         self._check_choice("bits", (4, 8))
@@ -95,15 +82,11 @@ class WeightOnlyConfig(MethodConfig):
             self._check_choice("group_size", (-1, 16, 32, 64, 128, 256))
         self._check_range("damp", 0.0, 1.0, lo_open=True)
         self._check_bool("symmetric", "clip", "float_zeros", "act_order", "refit", "sequential", "true_sequential", "lm_head",
-                         "embeddings", "awq", "rotate")
-        self._check_range("rotate_seed", 0, 2**31 - 1)
+                         "embeddings")
         self._check_range("cd_passes", 0, 20)
         if self.cd_passes and self.algorithm != "gptq":
             raise ConfigError(f"WeightOnlyConfig.cd_passes={self.cd_passes} refines GPTQ's codes against the "
                               "calibration Hessian, so it needs algorithm='gptq' (got algorithm='rtn')")
-        if self.rotate and self.awq:
-            raise ConfigError("WeightOnlyConfig: rotate=True and awq=True both re-shape the weights against activation "
-                              "outliers and their folds conflict (up -> down); pick one")
         for name in ("int8_targets", "fine_targets"):
             v = getattr(self, name)
             if not isinstance(v, (tuple, list)) or not all(isinstance(p, str) for p in v):
@@ -124,6 +107,52 @@ class WeightOnlyConfig(MethodConfig):
                              "Hessian, so it needs algorithm='gptq' (got algorithm='rtn')")
         self._check_range("calibration_tokens", 16, 8192)
         self._check_range("calibration_samples", 1, 4096)
+
+
+@dataclass(frozen=True)
+class AwqConfig(MethodConfig):
+    """Activation-aware weight scaling (AWQ), a float step in front of `weight_only`: per-channel
+    scales folded exactly into the model (pre-norm -> q/k/v and gate/up, up -> down, v -> o),
+    each searched on calibration data for the least layer-output rounding error under the
+    weight-only grid that follows (bits, group_size, symmetric, float_zeros: give the same values
+    as the weight_only step). Needs data. SmolLM2-135M int4 g128 RTN: +28.5% perplexity instead
+    of +39.9%; on top of GPTQ no reliable gain (benchmarks/results/quantize_lm*.md)."""
+
+    method = "awq"
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+    float_zeros: bool = False
+    calibration_tokens: int = 512
+    calibration_samples: int = 64
+
+    def validate(self) -> None:
+        self._check_choice("bits", (4, 8))
+        if self.group_size != -1 and self.group_size not in (16, 32, 64, 128, 256):
+            self._check_choice("group_size", (-1, 16, 32, 64, 128, 256))
+        self._check_bool("symmetric", "float_zeros")
+        if self.float_zeros and self.symmetric:
+            raise ConfigError("AwqConfig.float_zeros=True needs symmetric=False")
+        self._check_range("calibration_tokens", 16, 8192)
+        self._check_range("calibration_samples", 1, 4096)
+
+
+@dataclass(frozen=True)
+class RotateConfig(MethodConfig):
+    """Hadamard rotation (QuaRot / SpinQuant-style incoherence processing), a float step in front
+    of `weight_only`: the residual stream and each head's v -> o are rotated by random-sign
+    Hadamard matrices folded into the weights, and each FFN down projection rotates its input at
+    run time (a fast Hadamard); exact in float (see quantize/rotation.py). Pre-norm RMSNorm
+    decoders (Llama family) only. seed: the random signs (GPTQ results vary with it).
+    SmolLM2-135M int4 g128 GPTQ: +10.7% perplexity instead of +18.3% (+9.6% with cd_passes=3:
+    scheme w4-gptq-rot); with round-to-nearest it hurts (+118%). targets/ignore: the down
+    projections that get the run-time rotation (default: all)."""
+
+    method = "rotate"
+    seed: int = 0
+
+    def validate(self) -> None:
+        self._check_range("seed", 0, 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -162,7 +191,8 @@ class Int8StaticConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class MixedPrecisionConfig(MethodConfig):
-    """Quantize with `scheme` (a name from `slimformer.quantize.SCHEMES`, e.g. "int8") but keep
+    """Quantize with `scheme` (a name from `slimformer.quantize.SCHEMES`, e.g. "int8"; a scheme's
+    float steps, rotation or AWQ scaling, run once before the search) but keep
     the most sensitive Linear layers float until the quality budget holds.
 
     Sensitivity of a layer = the fidelity drop when only that layer is quantized, measured on
@@ -191,20 +221,20 @@ class MixedPrecisionConfig(MethodConfig):
     calibration_texts: int | None = None  # None: 64 texts, or for decoder LMs 8 (see above)
 
     def validate(self) -> None:
-        from . import SCHEMES
+        from .schemes import SCHEMES, final_config
 
         self._check_choice("scheme", tuple(SCHEMES))
         self._check_choice("fallback", ("float", "int8", "int4-g32"))
         if self.fallback != "float":
-            s = SCHEMES[self.scheme]
+            s = final_config(self.scheme)
             if getattr(s, "method", None) != "weight_only" or s.bits != 4:
-                four = [k for k, v in SCHEMES.items() if v.method == "weight_only" and v.bits == 4]
+                four = [k for k in SCHEMES if final_config(k).method == "weight_only" and final_config(k).bits == 4]
                 raise ConfigError(f"MixedPrecisionConfig.fallback={self.fallback!r} keeps sensitive layers on a finer "
                                   f"grid inside a 4-bit weight-only model; scheme={self.scheme!r} is not one. Accepted: "
                                   f"{', '.join(four)}")
             if self.fallback == "int4-g32" and s.group_size != -1 and s.group_size <= 32:
-                coarse = [k for k, v in SCHEMES.items() if v.method == "weight_only" and v.bits == 4
-                          and (v.group_size == -1 or v.group_size > 32)]
+                coarse = [k for k in SCHEMES if final_config(k).method == "weight_only" and final_config(k).bits == 4
+                          and (final_config(k).group_size == -1 or final_config(k).group_size > 32)]
                 raise ConfigError(f"MixedPrecisionConfig.fallback='int4-g32' moves layers to group 32; scheme="
                                   f"{self.scheme!r} already has group {s.group_size}. Accepted: {', '.join(coarse)}")
         self._check_range("max_drop", 0.0, 10.0)

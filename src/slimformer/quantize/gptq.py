@@ -24,32 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..models.activations import HessianAccumulator  # noqa: F401  (shared with pruning; was defined here)
 from .qmath import dequantize_groupwise, group_qparams, quantize_codes, resolve_group_size
 
-
-class HessianAccumulator:
-    """Accumulates H = 2/n * sum_i x_i x_i^T (in, in) in float32 over calibration rows.
-
-    Every row of x (..., in_features) counts as one sample (tokens, not sequences)."""
-
-    def __init__(self, in_features: int):
-        self.in_features = in_features
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
-        self.n_samples = 0
-
-    def add(self, x: Tensor) -> None:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected inputs with last dim {self.in_features}, got shape {tuple(x.shape)}")
-        x = x.detach().reshape(-1, self.in_features).float()  # (n, in)
-        n = x.shape[0]
-        if n == 0:
-            return
-        if self.H.device != x.device:
-            self.H = self.H.to(x.device)
-        self.H *= self.n_samples / (self.n_samples + n)  # running average
-        self.n_samples += n
-        x = x * math.sqrt(2.0 / self.n_samples)
-        self.H.addmm_(x.T, x)
 
 
 @dataclass

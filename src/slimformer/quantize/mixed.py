@@ -6,52 +6,30 @@ import copy
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .calibrate import calibration_forward
+from ..core.config import Applied, handler_for
+from ..data import model_batches
+from ..evaluate.fidelity import fidelity_drop
+from ..evaluate.fidelity import fidelity_outputs as _outputs
+from ..models.surgery import set_module as _set_module
 from .configs import MixedPrecisionConfig
-from .handlers import _set_module, head_name, linear_targets
+from .handlers import head_name, linear_targets
+from .schemes import scheme_steps
 
 
-@torch.inference_mode()
-def _outputs(sm, batches) -> list[torch.Tensor]:
-    outs = []
-    for enc in batches:
-        o = calibration_forward(sm, enc)
-        if sm.kind == "embedding":
-            outs.append(sm.pooling(o.last_hidden_state.float(), enc["attention_mask"]) if sm.pooling else
-                        o.last_hidden_state.float().mean(1))
-        else:
-            outs.append(o.logits.float())
-    return outs
+def _run(sm, cfg, data) -> list[str]:
+    out = handler_for(cfg)(sm, cfg, data)
+    return out.warnings if isinstance(out, Applied) else list(out or [])
 
 
-def fidelity_drop(ref: list[torch.Tensor], out: list[torch.Tensor], kind: str) -> float:
-    """1 - mean cosine (embeddings), else mean KL(ref || out) per position."""
-    if kind == "embedding":
-        return 1.0 - torch.cat([F.cosine_similarity(a, b) for a, b in zip(ref, out)]).mean().item()
-    kl, n = 0.0, 0
-    for a, b in zip(ref, out):
-        la, lb = F.log_softmax(a, -1), F.log_softmax(b, -1)
-        kl += (la.exp() * (la - lb)).sum().item()
-        n += a.numel() // a.shape[-1]
-    return kl / max(n, 1)
-
-
-def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
-    from . import SCHEMES
-    from ..core.config import handler_for
-    from .calibrate import calibration_inputs
-
-    scheme = SCHEMES[cfg.scheme]
-    pre_warnings = []
-    if getattr(scheme, "awq", False) or getattr(scheme, "rotate", False):
-        # fold the rotation / AWQ scales once (exact in float), then search as usual
-        from .handlers import prepare_float
-
-        pre_warnings = prepare_float(sm, scheme, data)
-        scheme = dataclasses.replace(scheme, awq=False, rotate=False)
+def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> Applied:
+    *floats, scheme = scheme_steps(cfg.scheme)
+    pre_warnings, pre_details = [], {}
+    for step in floats:  # fold the rotation / AWQ scales once (exact in float), then search as usual
+        out = handler_for(step)(sm, step, data)
+        pre_warnings += out.warnings
+        pre_details[step.method] = out.details
     finer = cfg.fallback != "float"  # kept layers go to int8 or to int4 g32, not float
     # what the search quantizes with: GPTQ schemes are searched with RTN at the same bits/groups
     probe = scheme
@@ -59,7 +37,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
         probe = dataclasses.replace(scheme, algorithm="rtn", refit=False, act_order=False, cd_passes=0)
     n_texts = cfg.calibration_texts or (8 if sm.kind == "causal-lm" else 64)
     texts = list(data or [])[:n_texts]
-    batches = _stack(calibration_inputs(sm, texts, 128, max_seqs=n_texts))
+    batches = _stack(model_batches(sm, texts, 128, max_seqs=n_texts))
     ref = _outputs(sm, batches)
     names = [n for n, _ in linear_targets(sm, scheme, include_head=True)]
     if finer:  # the LM head is int8 already in weight-only schemes
@@ -79,7 +57,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     for n in tqdm(names, desc="sensitivity", leave=False):
         original = scratch.model.get_submodule(n)
         one = dataclasses.replace(probe, targets=(n,), **_no_emb(probe))
-        handler_for(one)(scratch, one, texts)
+        _run(scratch, one, texts)
         only[n] = fidelity_drop(ref, _outputs(scratch, batches), sm.kind)
         _set_module(scratch.model, n, original)
     del scratch
@@ -87,18 +65,18 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> list[str]:
     kept, drop = _greedy(sm, probe, order, keeping, cfg, lambda m: fidelity_drop(ref, _outputs(m, batches), sm.kind),
                          texts, incremental=_layerwise(probe))
     final = keeping(scheme, kept)
-    warnings = pre_warnings + (handler_for(final)(sm, final, list(data or [])) or [])  # all the data (GPTQ calibrates on it)
+    warnings = pre_warnings + _run(sm, final, list(data or []))  # all the data (GPTQ calibrates on it)
     searched = drop
     if probe is not scheme:
         drop = fidelity_drop(ref, _outputs(sm, batches), sm.kind)
     how = cfg.fallback.replace("-", "_")  # meta key kept_float / kept_int8 / kept_int4_g32
-    sm.meta["mixed_precision"] = {"scheme": cfg.scheme, "fallback": cfg.fallback, f"kept_{how}": kept,
-                                  "fidelity_drop": drop, "searched_drop": searched, "max_drop": cfg.max_drop,
-                                  "sensitivity": only}
+    details = {"scheme": cfg.scheme, "fallback": cfg.fallback, f"kept_{how}": kept,
+               "fidelity_drop": drop, "searched_drop": searched, "max_drop": cfg.max_drop,
+               "sensitivity": only, **pre_details}
     met = "met" if drop <= cfg.max_drop else "NOT met"
     warnings.append(f"kept {how} ({len(kept)}): {', '.join(kept) or 'none'}; fidelity drop {drop:.5f} "
                     f"(budget {cfg.max_drop}: {met})")
-    return warnings
+    return Applied(warnings, details)
 
 
 def _layerwise(probe) -> bool:
@@ -114,12 +92,10 @@ def _greedy(sm, probe, order, keeping, cfg, drop_of, texts, incremental: bool) -
     drop is within cfg.max_drop (or cfg.max_float layers). incremental: keep one quantized
     scratch model and re-quantize only the layer that moves (same result as quantizing the
     whole model again when the probe is layer-wise; ~100x faster on a 200-layer LM)."""
-    from ..core.config import handler_for
-
     kept: list[str] = []
     limit = min(cfg.max_float, len(order))
     work = copy.deepcopy(sm)
-    handler_for(probe)(work, probe, texts)
+    _run(work, probe, texts)
     drop = drop_of(work)
     with tqdm(total=limit, desc=f"keeping layers {cfg.fallback} (budget {cfg.max_drop:g})", leave=False) as bar:
         while drop > cfg.max_drop and len(kept) < limit:
@@ -129,11 +105,11 @@ def _greedy(sm, probe, order, keeping, cfg, drop_of, texts, incremental: bool) -
                 _set_module(work.model, name, copy.deepcopy(sm.model.get_submodule(name)))  # float again
                 if cfg.fallback != "float":
                     one = dataclasses.replace(keeping(probe, [name]), targets=(name,), **_no_emb(probe))
-                    handler_for(one)(work, one, texts)
+                    _run(work, one, texts)
             else:
                 work = copy.deepcopy(sm)
                 full = keeping(probe, kept)
-                handler_for(full)(work, full, texts)
+                _run(work, full, texts)
             drop = drop_of(work)
             bar.update(1)
             bar.set_postfix(drop=f"{drop:.4f}")

@@ -11,20 +11,7 @@ from .packing import pack_int4, unpack_int4
 from .qmath import quantize_per_channel_symmetric, quantize_per_token
 
 
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called `name` (dotted path) by `new`."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def linear_weight(mod: nn.Module) -> torch.Tensor:
-    """(out, in) float weight of nn.Linear or transformers' Conv1D (stored (in, out))."""
-    if isinstance(mod, nn.Linear):
-        return mod.weight.detach()
-    if type(mod).__name__ == "Conv1D":
-        return mod.weight.detach().t()
-    raise TypeError(f"not a linear layer: {type(mod).__name__}")
+from ..adapters.base import linear_weight  # noqa: E402
 
 
 class SmoothedLinear(nn.Linear):

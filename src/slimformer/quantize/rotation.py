@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters import get_adapter
-from ..core.errors import ConfigError
-from .calibrate import model_output
-from .modules import set_module
+from ..core.errors import ConfigError, SlimformerError
+from ..adapters.base import norm_eps
+from ..models.activations import model_output
+from ..models.surgery import set_module
 
 _PALEY = {12: 11, 20: 19}  # Hadamard orders from Paley's construction I (q prime, q = 3 mod 4)
 
@@ -175,27 +176,13 @@ class RotatedNorm(nn.Module):
         return self.rotation(self.norm(self.rotation.inverse(x)))
 
 
-def input_of(mod: nn.Module, x: Tensor) -> Tensor:
-    """What a layer's weight multiplies: its input, rotated if the layer rotates its input."""
-    rot = getattr(mod, "input_rotation", None)
-    return rot(x) if rot is not None else x
-
-
 # ------------------------------------------------------------------ the model transform
-
-
-def _rms_eps(norm: nn.Module) -> float | None:
-    for k in ("variance_epsilon", "eps"):
-        v = getattr(norm, k, None)
-        if isinstance(v, float):
-            return v
-    return None
 
 
 @torch.no_grad()
 def _is_plain_rms(norm: nn.Module) -> bool:
     """norm(x) == x / sqrt(mean(x^2) + eps) * weight, without bias or centring."""
-    w, eps = getattr(norm, "weight", None), _rms_eps(norm)
+    w, eps = getattr(norm, "weight", None), norm_eps(norm)
     if not isinstance(w, nn.Parameter) or w.dim() != 1 or eps is None or getattr(norm, "bias", None) is not None:
         return False
     x = (torch.randn(4, w.numel(), generator=torch.Generator().manual_seed(0)) * 3 + 1).to(w.dtype)
@@ -328,7 +315,7 @@ def rotate_(sm, online: set[str], seed: int = 0) -> dict:
     # float32: only rounding; half precision weights round again after the rotation
     tol = 1e-3 if emb.weight.dtype == torch.float32 else 5e-2
     if not moved <= tol * ref.abs().max().item() + 1e-4:
-        raise RuntimeError(f"rotate: the rotation changed the float model's output (max abs diff {moved:.3g}); "
+        raise SlimformerError(f"rotate: the rotation changed the float model's output (max abs diff {moved:.3g}); "
                            "this architecture is not supported, and the model in memory is no longer valid")
     return {"seed": seed, "hidden": hidden, "residual": "dense orthogonal" if rot.dense else "hadamard",
             "layers": len(layers), "down_online": n_down, "down_without": no_down, "final_norm": fname,

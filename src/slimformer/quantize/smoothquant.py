@@ -53,3 +53,13 @@ def fold_into_norm(norm_weight: Tensor, norm_bias: Tensor | None, s: Tensor) -> 
     w = (norm_weight.float() / s).to(norm_weight.dtype)
     b = None if norm_bias is None else (norm_bias.float() / s).to(norm_bias.dtype)
     return w, b
+
+
+def floor_absmax(amax: torch.Tensor, q: float | None) -> torch.Tensor:
+    """max(amax, quantile_q(amax)). Calibration sees few texts: a channel that stayed small there
+    (an FFN neuron that rarely fires) would get a small s and be *amplified* on other text,
+    becoming a new outlier. Flooring keeps s flat below the quantile."""
+    if q is None:
+        return amax
+    amax = amax.float()
+    return amax.clamp_min(torch.quantile(amax, q))

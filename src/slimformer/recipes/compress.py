@@ -1,65 +1,126 @@
-"""slimformer.compress: evaluate, run the recipe's steps, evaluate again, record everything."""
+"""slimformer.compress: evaluate, run the recipe's steps, evaluate what the recipe ends with (the
+model, or the exported artifact the user will deploy), record everything."""
 from __future__ import annotations
 
 import copy
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.config import handler_for
+from ..core.config import apply_method
+from ..core.errors import ConfigError
 from ..evaluate.api import EvalOptions, evaluate
 from ..evaluate.efficiency import saved_bytes
 from ..evaluate.result import recovery
 from .recipe import load_recipe
 from .result import CompressionResult, StepRecord
 
+ARTIFACT_METHODS = ("onnx",)  # steps that turn the model into a deployable artifact: last in a recipe
+
 
 @dataclass(frozen=True)
 class CompressOptions:
+    """evaluate: how to measure; evaluation=False skips the before/after evaluations (the steps
+    are still recorded, e.g. `slimformer quantize`). calibration_samples: texts drawn from the
+    task (or the packaged sample) for calibration."""
+
     evaluate: EvalOptions = field(default_factory=EvalOptions)
     calibration_samples: int = 128
     seed: int = 0
+    evaluation: bool = True
+    calibration_source: object = None  # texts or a text file to calibrate on instead of the task's texts
 
 
-def calibration_texts_for(task, n: int, seed: int) -> list[str]:
+def calibration_texts_for(task, n: int, seed: int, source=None) -> list[str]:
     from ..data import calibration_texts, sample_sentences
 
-    return calibration_texts(task if task is not None else sample_sentences(), n=n, seed=seed)
+    if source is None:
+        source = task if task is not None else sample_sentences()
+    return calibration_texts(source, n=n, seed=seed)
+
+
+def check_recipe(recipe) -> None:
+    """An artifact step (export) can only be the last step."""
+    for i, cfg in enumerate(recipe.steps[:-1], 1):
+        if cfg.method in ARTIFACT_METHODS:
+            raise ConfigError(f"recipe {recipe.name!r}: step {i} ({cfg.method}) writes a deployable artifact and must "
+                              f"be the last step; {len(recipe.steps) - i} step(s) follow it")
 
 
 def run_steps(model, recipe, calibration: list[str]) -> list[StepRecord]:
-    """Apply each step in place; one StepRecord per step with sizes before and after."""
-    records = []
-    for cfg in recipe.steps:
-        before = saved_bytes(model)["bytes"], model.num_params()
-        t0 = time.perf_counter()
-        warnings = handler_for(cfg)(model, cfg, calibration) or []
-        secs = time.perf_counter() - t0
-        after = saved_bytes(model)["bytes"], model.num_params()
-        records.append(StepRecord(cfg.method, cfg.to_dict(), before[1], after[1], before[0], after[0],
-                                  round(secs, 3), list(warnings)))
-        model.meta.setdefault("steps", []).append(cfg.to_dict())
+    """Apply each step in place; one StepRecord per step with sizes before and after and the
+    handler's details. A final export step leaves its artifact in `records[-1].artifact`."""
+    records, _ = run_steps_to_artifact(model, recipe, calibration)
     return records
+
+
+def run_steps_to_artifact(model, recipe, calibration: list[str]):
+    """(StepRecords, what the recipe ends with: `model` itself, or the artifact of an export step)."""
+    check_recipe(recipe)
+    records = []
+    current = model
+    for cfg in recipe.steps:
+        before = saved_bytes(current)["bytes"], current.num_params()
+        t0 = time.perf_counter()
+        out = apply_method(current, cfg, calibration)
+        secs = time.perf_counter() - t0
+        if out.model is not None:
+            current = out.model
+        after = saved_bytes(current)["bytes"], current.num_params()
+        records.append(StepRecord(cfg.method, cfg.to_dict(), before[1], after[1], before[0], after[0],
+                                  round(secs, 3), list(out.warnings), dict(out.details)))
+    return records, current
 
 
 def compress(model, recipe, task=None, out=None, options: CompressOptions | None = None) -> CompressionResult:
     """Compress `model` (a SlimModel, changed in place) with `recipe` (built-in name, YAML path,
-    dict or list of configs), evaluating on `task` before and after. With `out`, the folder gets
-    the model, result.json and report.md."""
+    dict or list of configs), evaluating on `task` before and after. What is evaluated after is
+    what the recipe ends with: the model, or the exported artifact of a final export step. With
+    `out`, the folder gets that model or artifact, result.json and report.md (checked before any
+    work: a folder that cannot be written is an error up front)."""
+    from ..export.step import artifact_dir
+    from ..models.saving import atomic_folder, check_out_dir, save, write_extra
     from ..report.markdown import render_markdown
-    from ..models.saving import save
 
     opts = options or CompressOptions()
     rec = load_recipe(recipe)
-    reference = copy.deepcopy(model)
-    baseline = evaluate(model, task, None, opts.evaluate)
-    calib = calibration_texts_for(task, opts.calibration_samples, opts.seed)
-    steps = run_steps(model, rec, calib)
-    compressed = evaluate(model, task, reference, opts.evaluate)
-    result = CompressionResult(rec.to_dict(), steps, baseline, compressed, recovery(baseline, compressed),
-                               model=model.source)
-    model.meta["recipe"] = rec.to_dict()
-    model.meta["result"] = result.to_dict()
+    check_recipe(rec)
     if out is not None:
-        save(model, Path(out), extra_files={"result.json": result.to_json(), "report.md": render_markdown(result)})
+        check_out_dir(out)
+    exports = bool(rec.steps) and rec.steps[-1].method in ARTIFACT_METHODS
+    reference = copy.deepcopy(model) if opts.evaluation else None
+    baseline = evaluate(model, task, None, opts.evaluate) if opts.evaluation else None
+    calib = calibration_texts_for(task, opts.calibration_samples, opts.seed, opts.calibration_source)
+    work = Path(tempfile.mkdtemp(prefix=".slimformer-work-", dir=_work_parent(out)))
+    try:
+        with artifact_dir(work):
+            steps, final = run_steps_to_artifact(model, rec, calib)
+        compressed = evaluate(final, task, reference, opts.evaluate) if opts.evaluation else None
+        result = CompressionResult(rec.to_dict(), steps, baseline, compressed,
+                                   recovery(baseline, compressed) if opts.evaluation else {}, model=model.source)
+        model.meta["recipe"] = rec.to_dict()
+        model.meta["result"] = result.to_dict()
+        if out is not None:
+            extra = {"result.json": result.to_json(), "report.md": render_markdown(result)}
+            if exports:  # the artifact folder, as written by the export, plus the result
+                def write(tmp: Path) -> None:
+                    shutil.copytree(final.folder, tmp, dirs_exist_ok=True)
+                    write_extra(tmp, extra)
+
+                atomic_folder(out, write)
+            else:
+                save(model, Path(out), extra_files=extra)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _work_parent(out) -> str | None:
+    if out is None:
+        return None
+    p = Path(out).expanduser().resolve().parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return str(p)

@@ -24,8 +24,8 @@ class StepRecord:
 class CompressionResult:
     recipe: dict
     steps: list[StepRecord]
-    baseline: EvalResult
-    compressed: EvalResult
+    baseline: EvalResult | None
+    compressed: EvalResult | None
     recovery: dict = field(default_factory=dict)
     model: str = ""
 
@@ -34,8 +34,8 @@ class CompressionResult:
             "model": self.model,
             "recipe": self.recipe,
             "steps": [asdict(s) for s in self.steps],
-            "baseline": self.baseline.to_dict(),
-            "compressed": self.compressed.to_dict(),
+            "baseline": self.baseline.to_dict() if self.baseline is not None else None,
+            "compressed": self.compressed.to_dict() if self.compressed is not None else None,
             "recovery": self.recovery,
         }
 
@@ -44,8 +44,8 @@ class CompressionResult:
         return cls(
             recipe=d["recipe"],
             steps=[StepRecord(**s) for s in d["steps"]],
-            baseline=EvalResult.from_dict(d["baseline"]),
-            compressed=EvalResult.from_dict(d["compressed"]),
+            baseline=EvalResult.from_dict(d["baseline"]) if d.get("baseline") else None,
+            compressed=EvalResult.from_dict(d["compressed"]) if d.get("compressed") else None,
             recovery=dict(d.get("recovery", {})),
             model=d.get("model", ""),
         )

@@ -1,6 +1,6 @@
-"""Layer-by-layer calibration (the way GPTQ is meant to run): the calibration batches are run
+"""Layer-by-layer calibration (the way GPTQ and SparseGPT are meant to run): the calibration batches are run
 up to the first Transformer layer once; then, for each layer in turn, its Linear inputs are
-observed, the layer is quantized, and the batches are run through the *quantized* layer to
+observed, the layer is compressed (quantized, pruned), and the batches are run through the *compressed* layer to
 give the next layer its inputs. Each layer's Hessians therefore see the error of the layers
 before it, and only one layer runs per step (no full forward per layer).
 
@@ -16,8 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
-from .calibrate import calibration_forward, observe_inputs
-from .rotation import input_of
+from .activations import calibration_forward, layer_input, observe_inputs
 
 
 class _Stop(Exception):
@@ -106,20 +105,20 @@ def _call_groups(sm, layer: nn.Module, names: list[str], first: tuple[tuple, dic
 @torch.inference_mode()
 def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
                    observe: Callable[[str, torch.Tensor, torch.Tensor], None],
-                   quantize_layer: Callable[[list[tuple[str, nn.Module]]], None],
+                   process_layer: Callable[[list[tuple[str, nn.Module]]], None],
                    desc: str = "sequential calibration", true_sequential: bool = True,
                    exact: bool = False) -> None:
     """For each layer of the stack: run every batch through it with hooks calling
     observe(name, input as float, the input tensor itself) for its targets, call
-    quantize_layer(its targets) (which swaps modules in place), then run the batches through the
-    quantized layer to make the next layer's inputs. true_sequential: inside a layer, quantize
+    process_layer(its targets) (which swaps modules in place), then run the batches through the
+    compressed layer to make the next layer's inputs. true_sequential: inside a layer, quantize
     the targets in the order the layer calls them, in groups that share one input (q/k/v, then
-    o, then gate/up, then down), each group observed after the groups before it were quantized
-    (one more pass of the layer per group). exact: quantize_layer does not change what the
+    o, then gate/up, then down), each group observed after the groups before it were compressed
+    (one more pass of the layer per group). exact: process_layer does not change what the
     layer computes (a float re-parametrisation such as AWQ scaling), so the observation pass's
     outputs are the next layer's inputs (one pass per layer instead of two; needs
     true_sequential=False). Targets outside the layers (e.g. a pooler) are observed in one final
-    pass of the whole model and quantized last."""
+    pass of the whole model and compressed last."""
     if exact and true_sequential:
         raise ValueError("run_sequential: exact=True observes each layer in one pass; use true_sequential=False")
     stack = layer_stack(sm)
@@ -142,7 +141,7 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
         for n in names:
             mod = sm.model.get_submodule(n)
             hooks.append(mod.register_forward_hook(
-                lambda m, args, out, n=n: observe(n, input_of(m, args[0].detach()).float(), args[0])))
+                lambda m, args, out, n=n: observe(n, layer_input(m, args[0].detach()).float(), args[0])))
         return hooks
 
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
@@ -161,7 +160,7 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
             finally:
                 for h in hooks:
                     h.remove()
-            quantize_layer([(n, sm.model.get_submodule(n)) for n in group])
+            process_layer([(n, sm.model.get_submodule(n)) for n in group])
         if i + 1 < len(layers):
             if not (exact and outs):
                 outs = [_layer_out(layer, args, kwargs) for args, kwargs in cache]
@@ -169,4 +168,4 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     if outside:
         observe_inputs(sm, [(n, sm.model.get_submodule(n)) for n in outside], batches, None, "",
                        consume_raw=observe)
-        quantize_layer([(n, sm.model.get_submodule(n)) for n in outside])
+        process_layer([(n, sm.model.get_submodule(n)) for n in outside])

@@ -1,0 +1,89 @@
+"""The ONNX export as a recipe step (`- method: onnx`), so a recipe can end in the deployable
+artifact and `compress` measures what the user will run."""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.config import Applied, MethodConfig
+from ..core.errors import ConfigError
+
+# where export steps write their artifact (compress sets a folder beside --out; default: a temp dir)
+ARTIFACT_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("slimformer_artifact_dir", default=None)
+
+
+@contextlib.contextmanager
+def artifact_dir(folder: Path):
+    token = ARTIFACT_DIR.set(Path(folder))
+    try:
+        yield
+    finally:
+        ARTIFACT_DIR.reset(token)
+
+
+@dataclass(frozen=True)
+class ExportConfig(MethodConfig):
+    """Export to an ONNX folder run by ONNX Runtime (CPU); the last step of a recipe.
+
+    quantize: "none" (float32), "int8" (SmoothQuant-equalized dynamic int8 tuned for ONNX Runtime
+    on CPU, weights per channel, 4-bit token-embedding table) or "int8-static" (QDQ graph with
+    activation ranges calibrated on the step's data). optimize: ONNX Runtime's graph optimizer
+    (CPU fusion profile). embedding_bits: 4 (block-quantized table, ONNX Runtime only) or 8.
+    smooth_alpha: SmoothQuant strength (0..1) for int8, or None to turn it off. static_observer:
+    int8-static activation ranges ("minmax", "percentile", "mse"). calibration_samples: texts the
+    activation statistics come from. Every finer option of the export stays available through
+    `slimformer.export.export_onnx(**options)` (EXPORT_OPTIONS)."""
+
+    method = "onnx"
+    quantize: str = "int8"
+    optimize: bool = True
+    embedding_bits: int = 4
+    smooth_alpha: float | None = 0.8
+    static_observer: str = "minmax"
+    calibration_samples: int = 128
+
+    def validate(self) -> None:
+        from .onnx import QUANTIZE_MODES, STATIC_OBSERVERS
+
+        self._check_choice("quantize", ("none",) + tuple(QUANTIZE_MODES))
+        self._check_bool("optimize")
+        self._check_choice("embedding_bits", (4, 8))
+        if self.smooth_alpha is not None:
+            self._check_range("smooth_alpha", 0.0, 1.0)
+        self._check_choice("static_observer", tuple(STATIC_OBSERVERS))
+        self._check_range("calibration_samples", 1, 100000)
+        if self.targets or self.ignore:
+            raise ConfigError("ExportConfig: targets/ignore do not apply to an export (it exports the whole model)")
+
+    def options(self) -> dict:
+        """export_onnx keyword arguments."""
+        return {"quantize": None if self.quantize == "none" else self.quantize, "optimize": self.optimize,
+                "embedding_bits": self.embedding_bits, "smooth_alpha": self.smooth_alpha,
+                "static_observer": self.static_observer, "calibration_samples": self.calibration_samples}
+
+
+def onnx_step(sm, cfg: ExportConfig, data) -> Applied:
+    """Export `sm` (calibrating on `data` for int8) and return the loaded artifact as the model."""
+    from .onnx import export_onnx
+    from .runtime import OnnxSlimModel, load_onnx
+
+    if isinstance(sm, OnnxSlimModel):
+        raise ConfigError("onnx: the model is an ONNX export already; an export step must come last in a recipe")
+    base = ARTIFACT_DIR.get()
+    if base is None:
+        base = Path(tempfile.mkdtemp(prefix="slimformer-onnx-"))
+    o = cfg.options()
+    folder = export_onnx(sm, Path(base) / "onnx", quantize=o.pop("quantize"), optimize=o.pop("optimize"),
+                         calibration_texts=list(data) if data else None, **o)
+    art = load_onnx(folder)
+    art.meta.setdefault("source_meta", {k: v for k, v in sm.meta.items() if k in ("steps", "recipe")})
+    warnings = []
+    for st in art.meta.get("steps", []):
+        if st.get("step") == "embedding_4bit" and not st.get("applied", True):
+            warnings.append(f"onnx: token-embedding table kept 8-bit ({st.get('why')})")
+    details = {"folder": str(folder), "quantize": cfg.quantize,
+               "graph_steps": [st.get("step") for st in art.meta.get("steps", [])]}
+    return Applied(warnings, details, model=art)
