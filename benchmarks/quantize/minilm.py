@@ -85,7 +85,13 @@ def variants(base, calib, tmp: Path):
         ours = export_onnx(base, tmp / "sf-onnx-int8", quantize="int8", calibration_texts=calib)
         yield "slimformer int8 -> ONNX Runtime (export --quantize int8)", load_onnx(ours), \
             (ours / "model.onnx").stat().st_size
-    for name, steps in (("slimformer int8 (PyTorch, SmoothQuant + W8A8 dynamic)",
+        from slimformer.export.step import artifact_dir
+        from slimformer.recipes.compress import run_steps_to_artifact
+
+        with artifact_dir(tmp / "recipe"):  # what `slimformer compress --recipe int8` deploys
+            _, art = run_steps_to_artifact(copy.deepcopy(base), sf.load_recipe("int8"), calib)
+        yield "slimformer recipe int8 (the README's main command)", art, art.disk_bytes()["bytes"]
+    for name, steps in (("slimformer int8-torch (PyTorch, SmoothQuant + W8A8 dynamic)",
                          [sf.SmoothQuantConfig(alpha=0.5), sf.Int8DynamicConfig()]),
                         ("slimformer int8 (PyTorch, W8A8 dynamic)", [sf.Int8DynamicConfig()]),
                         ("slimformer int8-static (PyTorch, percentile)", [sf.Int8StaticConfig()])):
@@ -105,7 +111,9 @@ def main() -> None:
     texts = task.texts()
     calib = sf.calibration_texts(sf.load_task("classification", a.data / "sst2" / "dev.tsv"), n=128)
     ref = base.embed(texts[:512])
-    rows, payload = [], {"threads": a.threads, "seq_len": 128, "throughput_batch": 32, "latency_batch": 1,
+    from slimformer.evaluate.result import cpu_info
+
+    rows, payload = [], {"cpu": cpu_info(), "threads": a.threads, "seq_len": 128, "throughput_batch": 32, "latency_batch": 1,
                          "calibration": "128 SST-2 dev sentences",
                          "timing": f"{a.rounds} interleaved rounds x (2 calls at 32x128, 8 at 1x128), median", "variants": {}}
     with tempfile.TemporaryDirectory() as d:

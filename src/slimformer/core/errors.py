@@ -9,7 +9,7 @@ class UnsupportedArchitectureError(SlimformerError):
     pass
 
 
-class DataError(SlimformerError):
+class DataError(SlimformerError, ValueError):
     pass
 
 

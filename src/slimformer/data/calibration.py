@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from .readers import read_text
 from .samples import sample_sentences  # noqa: F401  (re-exported)
 from .tasks import Task
@@ -18,7 +18,7 @@ def calibration_texts(source, n: int = 128, seed: int = 0) -> list[str]:
     non-empty line). Deterministic for a seed; without replacement when the source has at least n
     texts, otherwise every text is used as evenly as possible (whole shuffled passes)."""
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+        raise ConfigError(f"n: expected an integer >= 1, got {n!r}")
     if isinstance(source, Task):
         texts, where = source.texts(), f"task {source.source or source.kind}"
     elif isinstance(source, (str, os.PathLike)):
@@ -51,9 +51,9 @@ def calibration_batches(texts, tokenizer, batch_size: int = 8,
     becomes a (B, T) long tensor; input_ids pad with the pad id, everything else with 0.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        raise ConfigError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length: expected an integer >= 1, got {max_length!r}")
+        raise ConfigError(f"max_length: expected an integer >= 1, got {max_length!r}")
     if isinstance(texts, str):
         raise DataError("calibration_batches: expected a list of texts, got a single str")
     texts = list(texts)

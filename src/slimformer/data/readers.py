@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import re
 import numbers
 from itertools import islice
 from pathlib import Path
@@ -90,9 +91,20 @@ def _parse_number(s: str, kind: str):
     return v if kind == "classification" or math.isfinite(v) else None
 
 
+_NOT_NAMES = {"nan", "inf", "na", "n/a", "none", "null", "-", "?"}
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    """A header row names its columns: its last field is a short word (score, label,
+    similarity_score...), not a malformed value such as '4,0', '' or 'n/a'."""
+    last = fields[-1].strip()
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ ]{0,31}", last)) and last.lower() not in _NOT_NAMES
+
+
 def read_table(kind: str, path: Path) -> tuple[list, dict]:
     """CSV (quoted, comma) or TSV (tab, no quoting) with the TABLES layout; an optional header
-    is recognised as a first row whose last field is not a number."""
+    is recognised by content: a first row whose last field is a column name (a short word), not
+    a number. A first row with a malformed value is an error like any other row."""
     tsv = path.suffix.lower() == ".tsv"
     names, what = TABLES[kind]
     layout = ("<TAB>" if tsv else ",").join(names)
@@ -108,7 +120,7 @@ def read_table(kind: str, path: Path) -> tuple[list, dict]:
             raise DataError(f"{path} line {line}: expected {expected}, got {len(fields)} fields")
         value = _parse_number(fields[-1].strip(), kind)
         if value is None:
-            if not examples and not header:
+            if not examples and not header and _looks_like_header(fields):
                 header = True
                 continue
             raise DataError(f"{path} line {line}: expected {expected}, got {names[-1]} {fields[-1]!r}")

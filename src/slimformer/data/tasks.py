@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from . import readers
 
 TASK_KINDS = ("stsb", "classification", "lm", "translation", "summarization")
@@ -37,7 +37,7 @@ class Task:
     def head(self, n: int) -> "Task":
         """The first n examples (for lm: the first n lines of the text)."""
         if not isinstance(n, int) or n < 0:
-            raise ValueError(f"head(n): expected an integer n >= 0, got {n!r}")
+            raise ConfigError(f"head(n): expected an integer n >= 0, got {n!r}")
         if self.kind == "lm":
             examples = ["\n".join(t.split("\n")[:n]) for t in self.examples]
         else:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import DataError
+
 
 @dataclass(frozen=True)
 class TimingOptions:
@@ -49,7 +51,7 @@ def make_inputs(sm, texts: list[str], batch: int, seq_len: int) -> dict[str, tor
         if len(ids) >= batch * seq_len:
             break
     if not ids:
-        raise ValueError("no tokens to time with")
+        raise DataError("no tokens to time with")
     while len(ids) < batch * seq_len:
         ids = ids + ids
     x = torch.tensor(ids[: batch * seq_len]).view(batch, seq_len)

@@ -15,15 +15,17 @@ import numpy as np
 import sacrebleu
 from scipy import stats
 
+from ..core.errors import DataError
+
 
 def _pair(pred, gold, name: str, min_len: int = 1) -> tuple[list, list]:
     pred = np.asarray(pred).tolist() if not isinstance(pred, (list, tuple)) else list(pred)
     gold = np.asarray(gold).tolist() if not isinstance(gold, (list, tuple)) else list(gold)
     if len(pred) != len(gold):
-        raise ValueError(f"{name}: predictions and references differ in length "
+        raise DataError(f"{name}: predictions and references differ in length "
                          f"({len(pred)} vs {len(gold)}); expected one prediction per reference")
     if len(pred) < min_len:
-        raise ValueError(f"{name}: expected at least {min_len} item(s), got {len(pred)}")
+        raise DataError(f"{name}: expected at least {min_len} item(s), got {len(pred)}")
     return pred, gold
 
 
@@ -57,13 +59,13 @@ def f1(pred, gold, average: str = "binary") -> float:
     if average == "binary":
         extra = (set(pred) | set(gold)) - {0, 1}
         if extra:
-            raise ValueError(f"f1: average='binary' needs labels 0/1, got also {sorted(extra, key=repr)};"
+            raise DataError(f"f1: average='binary' needs labels 0/1, got also {sorted(extra, key=repr)};"
                              " use average='macro'")
         labels = [1]
     elif average == "macro":
         labels = sorted(set(pred) | set(gold), key=repr)
     else:
-        raise ValueError(f"f1: unknown average {average!r}; accepted: binary, macro")
+        raise DataError(f"f1: unknown average {average!r}; accepted: binary, macro")
     scores = []
     for c in labels:
         tp = sum(p == c and g == c for p, g in zip(pred, gold))
@@ -81,7 +83,7 @@ def _refs(hyps, refs, name: str) -> tuple[list[str], list[list[str]]]:
         return hyps, [refs]
     counts = {len(r) for r in refs if isinstance(r, (list, tuple))}
     if len(counts) != 1 or not all(isinstance(r, (list, tuple)) for r in refs):
-        raise ValueError(f"{name}: expected one str or an equal-length list of strs per hypothesis")
+        raise DataError(f"{name}: expected one str or an equal-length list of strs per hypothesis")
     return hyps, [list(s) for s in zip(*refs)]
 
 
@@ -140,9 +142,9 @@ def rouge(hyps, refs) -> dict[str, float]:
 def perplexity_from_nll(total_nll: float, n_tokens: int) -> float:
     """exp(total negative log-likelihood in nats / number of predicted tokens)."""
     if n_tokens <= 0:
-        raise ValueError(f"perplexity: expected n_tokens > 0, got {n_tokens}")
+        raise DataError(f"perplexity: expected n_tokens > 0, got {n_tokens}")
     if not math.isfinite(total_nll) or total_nll < 0:
-        raise ValueError(f"perplexity: expected a finite total_nll >= 0 (nats), got {total_nll}")
+        raise DataError(f"perplexity: expected a finite total_nll >= 0 (nats), got {total_nll}")
     try:
         return math.exp(total_nll / n_tokens)
     except OverflowError:

@@ -59,6 +59,13 @@ def run_stsb(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
 def run_classification(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
     preds, gold = [], [e[1] for e in task.examples]
     texts = [e[0] for e in task.examples]
+    n_labels = getattr(sm.config, "num_labels", None)
+    bad = sorted({g for g in gold if n_labels is not None and not 0 <= g < n_labels})
+    if bad:
+        from ..core.errors import DataError
+
+        raise DataError(f"{task.source or 'the data'}: labels {bad[:5]} are outside this classifier's {n_labels} "
+                        f"classes; accepted labels: 0..{n_labels - 1}")
     for i in _bar(range(0, len(texts), opts.batch_size), opts, "classify"):
         enc = sm.tokenize(texts[i : i + opts.batch_size], opts.max_length)
         preds.extend(sm.model(**enc).logits.argmax(-1).tolist())

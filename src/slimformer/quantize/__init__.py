@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from ..core.config import MethodConfig, apply_method, register_method
 from . import restore as _restore  # noqa: F401  (registers the quantized module types for loading)
-from .configs import (AwqConfig, Int8DynamicConfig, Int8StaticConfig, MixedPrecisionConfig, RotateConfig,
-                      SmoothQuantConfig, WeightOnlyConfig)
+from .configs import (AwqConfig, Int8DynamicConfig, Int8StaticConfig, RotateConfig, SmoothQuantConfig,
+                      WeightOnlyConfig)
 from .handlers import META_KEY, int8_dynamic, int8_static, smoothquant
 from .mixed import mixed_precision
-from .schemes import SCHEMES, final_config, quantize_steps, scheme_steps
+from .schemes import SCHEMES, MixedPrecisionConfig, final_config, quantize_steps, scheme_steps
 from .weight_only import awq_step, rotate_step, weight_only
 
 register_method(Int8DynamicConfig, int8_dynamic)

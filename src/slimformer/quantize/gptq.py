@@ -18,7 +18,6 @@ qmath.quantize_groupwise's format (uint8 codes, scales/zeros (out, in // group_s
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -13,9 +13,8 @@ from ..data import model_batches
 from ..evaluate.fidelity import fidelity_drop
 from ..evaluate.fidelity import fidelity_outputs as _outputs
 from ..models.surgery import set_module as _set_module
-from .configs import MixedPrecisionConfig
 from .handlers import head_name, linear_targets
-from .schemes import scheme_steps
+from .schemes import MixedPrecisionConfig, scheme_steps
 
 
 def _run(sm, cfg, data) -> list[str]:
