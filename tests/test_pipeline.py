@@ -263,3 +263,19 @@ def test_no_import_cycles_between_modules():
                 todo.extend(edges[m])
     assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
     assert "slimformer.quantize.configs" in edges["slimformer.quantize.schemes"]  # the graph is real
+
+
+def test_export_auto_keeps_the_faster_graph(tmp_path):
+    from slimformer.export import export_onnx
+
+    folder = export_onnx(tiny_slim("bert", "embedding"), tmp_path / "a", quantize="int8", optimize="auto",
+                         calibration_texts=TEXTS)
+    meta = json.loads((folder / "slimformer_onnx.json").read_text())
+    auto = meta["optimize_auto"]
+    secs = auto["seconds_per_batch"]
+    assert set(secs) == {"optimized", "plain"} and auto["chosen"] == min(secs, key=secs.get)
+    assert meta["optimize"] == (auto["chosen"] == "optimized")
+    assert not list(folder.glob(".auto-*")) and (folder / "model.onnx").exists()
+    assert sf.load(folder).embed(["the cat"]).shape == (1, 32)
+    with pytest.raises(ConfigError, match="optimize='fast'"):
+        export_onnx(tiny_slim("bert", "embedding"), tmp_path / "b", optimize="fast")

@@ -82,7 +82,7 @@ def variants(base, calib, tmp: Path):
         quantize_dynamic(str(plain / "model.onnx"), str(qdir / "model.onnx"), per_channel=True,
                          weight_type=QuantType.QInt8)
         yield "peer: ONNX Runtime quantize_dynamic per-channel", load_onnx(qdir), (qdir / "model.onnx").stat().st_size
-        ours = export_onnx(base, tmp / "sf-onnx-int8", quantize="int8", calibration_texts=calib)
+        ours = export_onnx(base, tmp / "sf-onnx-int8", quantize="int8", optimize="auto", calibration_texts=calib)
         yield "slimformer int8 -> ONNX Runtime (export --quantize int8)", load_onnx(ours), \
             (ours / "model.onnx").stat().st_size
         from slimformer.export.step import artifact_dir

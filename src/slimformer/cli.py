@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["int8", "int8-static"], help="int8: SmoothQuant-equalized dynamic int8 "
                    "(weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: activation "
                    "ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops")
-    p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's graph optimizer")
+    p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer (default: "
+                   "build the graph with and without it and keep the faster on this machine)")
     p.add_argument("--data", help="calibration text for int8 / int8-static (one text per line; default: packaged "
                    "sample)")
     p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config)")
@@ -199,7 +200,8 @@ def cmd_export(a) -> None:
     from .export import export_onnx
 
     calib = calibration_texts(a.data or sample_sentences(), n=128) if a.quantize else None
-    out = export_onnx(load(a.model), a.out, optimize=not a.no_optimize, quantize=a.quantize, calibration_texts=calib)
+    out = export_onnx(load(a.model), a.out, optimize=False if a.no_optimize else "auto", quantize=a.quantize,
+                      calibration_texts=calib)
     print(f"wrote {out}/model.onnx ({a.quantize or 'float32'}; run it with slimformer.export.load_onnx "
           "or onnxruntime)")
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 import transformers as T
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from slimformer.adapters import SUPPORTED, get_adapter, supported_model_types
 from slimformer.adapters.base import in_features, out_features
 from slimformer.core.errors import UnsupportedArchitectureError
+from slimformer.models.surgery import replace_module as replace
+from slimformer.models.surgery import slice_linear as sliced
 from slimformer.models.wrapper import SlimModel
 from slimformer.testing import TINY_FAMILIES, tasks_for, tiny_model
 
@@ -35,33 +36,6 @@ def forward(model, family, **kw):
             kw["decoder_input_ids"] = ids[:, :5]
     with torch.no_grad():
         return model(input_ids=ids, **kw)
-
-
-def replace(model, old, new):
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if child is old:
-                setattr(parent, name, new)
-                return
-    raise AssertionError("module not found")
-
-
-def sliced(m, out_idx=None, in_idx=None):
-    """A copy of Linear / Conv1D `m` keeping output rows `out_idx` and input columns `in_idx`."""
-    w = m.weight.T if isinstance(m, Conv1D) else m.weight  # (out, in)
-    out_idx = torch.arange(w.shape[0]) if out_idx is None else out_idx
-    in_idx = torch.arange(w.shape[1]) if in_idx is None else in_idx
-    w = w[out_idx][:, in_idx]
-    b = m.bias[out_idx] if m.bias is not None else None
-    if isinstance(m, Conv1D):
-        new = Conv1D(len(out_idx), len(in_idx))
-        new.weight.data, new.bias.data = w.T.contiguous(), b
-        return new
-    new = nn.Linear(len(in_idx), len(out_idx), bias=b is not None)
-    new.weight.data = w.clone()
-    if b is not None:
-        new.bias.data = b.clone()
-    return new
 
 
 def heads_idx(heads, hd):

@@ -14,7 +14,7 @@ import torch
 
 from ..core.errors import ModelLoadError
 from ..models.wrapper import Pooling
-from .onnx import MODEL_FILE, ONNX_META_FILE
+from .options import MODEL_FILE, ONNX_META_FILE
 
 
 class _OrtModule:
@@ -72,7 +72,7 @@ class OnnxSlimModel:
     """
 
     def __init__(self, folder, threads: int | None = None, spin: bool = True):
-        from .onnx import require_onnx
+        from .options import require_onnx
 
         require_onnx()
         import onnxruntime as ort
