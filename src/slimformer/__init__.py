@@ -9,6 +9,8 @@ from .recipes import compress, CompressionResult, StepRecord, load_recipe, Compr
 from .quantize import (quantize_, Int8DynamicConfig, Int8StaticConfig, WeightOnlyConfig, SmoothQuantConfig,
                        MixedPrecisionConfig, AwqConfig, RotateConfig)  # also registers the methods
 from .export import ExportConfig  # registers the onnx step and the exported-folder loader
+from .prune import (prune_, MagnitudeConfig, WandaConfig, SparseGPTConfig, HeadPruningConfig, FFNPruningConfig,
+                    LayerDropConfig)  # registers the pruning methods
 
 __all__ = [
     "__version__", "SlimformerError", "ConfigError", "DataError", "UnsupportedArchitectureError", "MethodConfig",
@@ -16,5 +18,7 @@ __all__ = [
     "evaluate", "EvalResult", "EvalOptions", "TaskOptions", "TimingOptions",
     "quantize_", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig", "SmoothQuantConfig",
     "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "ExportConfig",
+    "prune_", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "HeadPruningConfig", "FFNPruningConfig",
+    "LayerDropConfig",
     "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
 ]

@@ -86,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "sample)")
     p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config)")
 
+    p = sub.add_parser("prune", help="prune a model: sparsity (--method) or structure (--structure), and save it",
+                       description="Sparsity (--method magnitude|wanda|sparsegpt) zeroes weights and stores them "
+                       "compactly: a smaller file, the same speed on CPU. Structure (--structure heads|ffn|layers) "
+                       "removes attention heads, FFN neurons or whole layers: fewer parameters, faster. The folder "
+                       "also gets result.json (per-layer details).")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"],
+                   help="sparsity: magnitude (no data), wanda (|W| x input norm), sparsegpt (reconstructs the layer's "
+                   "output; --bits 4/8 also quantizes in the same pass)")
+    g.add_argument("--structure", choices=["heads", "ffn", "layers"], help="structured removal")
+    p.add_argument("--amount", type=float, help="fraction pruned, in [0, 1) (default 0.5 for sparsity, 0.25 for "
+                   "heads/ffn); for --structure layers the fraction of layers (or use --count)")
+    p.add_argument("--count", type=int, help="--structure layers: number of layers to remove")
+    p.add_argument("--pattern", default="", help="N:M semi-structured sparsity, e.g. 2:4 (default: unstructured)")
+    p.add_argument("--scope", choices=["layer", "global"], default="layer",
+                   help="per layer (default) or over the whole model (magnitude, heads, ffn)")
+    p.add_argument("--importance", help="--structure heads/ffn: magnitude (default), activation, taylor, random; "
+                   "layers: block_influence (default), last")
+    p.add_argument("--bits", type=int, choices=[0, 4, 8], default=0, help="--method sparsegpt: also quantize the "
+                   "kept weights to int4/int8 (joint mode)")
+    p.add_argument("--data", help="calibration text (one text per line; wanda, sparsegpt and data-based importance "
+                   "need it; default: the packaged sample sentences)")
+    p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
+    p.add_argument("--out", required=True, help="output folder")
+
     sub.add_parser("recipes", help="list the built-in recipes")
     return ap
 
@@ -206,6 +232,25 @@ def cmd_export(a) -> None:
           "or onnxruntime)")
 
 
+def cmd_prune(a) -> None:
+    from . import CompressOptions, compress, load
+    from .models.saving import check_out_dir
+    from .prune import prune_config
+
+    cfg = prune_config(method=a.method, structure=a.structure, amount=a.amount, count=a.count, pattern=a.pattern,
+                       scope=a.scope, importance=a.importance, bits=a.bits)
+    check_out_dir(a.out)
+    model = load(a.model)
+    res = compress(model, [cfg], None, a.out, CompressOptions(evaluation=False, calibration_samples=a.calibration_samples,
+                                                              calibration_source=a.data))
+    for st in res.steps:
+        for w in st.warnings:
+            print(f"note: {w}", file=sys.stderr)
+    st = res.steps[-1]
+    print(f"wrote {a.out} ({cfg.method}: {st.params_before:,} -> {st.params_after:,} params, "
+          f"{st.bytes_before / 1e6:.1f} -> {st.bytes_after / 1e6:.1f} MB; result.json has the per-layer details)")
+
+
 def cmd_recipes(a) -> None:
     from .recipes import builtin_recipes, load_recipe
 
@@ -215,7 +260,7 @@ def cmd_recipes(a) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "evaluate": cmd_evaluate, "compress": cmd_compress, "recipes": cmd_recipes,
-            "quantize": cmd_quantize, "export": cmd_export}
+            "quantize": cmd_quantize, "export": cmd_export, "prune": cmd_prune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,7 +170,7 @@ def test_block_quantization_math():
     of Gaussian data where 4-bit theory puts it (~23 dB at block 16: step ~ range/15, range of 16
     samples ~ 3.5 sigma)."""
     from slimformer.export.embedding import dequantize_blocks, quantize_blocks
-    from slimformer.quantize.qmath import sqnr
+    from slimformer.core.qmath import sqnr
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(64, 40, generator=g)  # blocks of 16: 16 + 16 + 8

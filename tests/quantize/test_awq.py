@@ -8,7 +8,7 @@ from slimformer.quantize.awq import scale_groups, search_scale
 from slimformer.core import step_details
 from slimformer.quantize.handlers import linear_targets
 from slimformer.quantize.modules import GroupQuantLinear
-from slimformer.quantize.qmath import dequantize_groupwise, quantize_groupwise, sqnr
+from slimformer.core.qmath import dequantize_groupwise, quantize_groupwise, sqnr
 from slimformer.testing import tiny_output, tiny_slim
 
 TEXTS = sf.sample_sentences()[:48]

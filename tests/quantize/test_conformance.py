@@ -11,7 +11,7 @@ from slimformer.core.errors import ConfigError
 from slimformer.quantize.modules import GroupQuantLinear, Int8Embedding, Int8Linear
 from slimformer.models.loading import SLIM_WEIGHTS
 from slimformer.quantize import SCHEMES, final_config
-from slimformer.quantize.qmath import sqnr
+from slimformer.core.qmath import sqnr
 from slimformer.recipes import run_steps, load_recipe
 from slimformer.testing import tiny_output, tiny_slim
 from slimformer.testing.conformance import check_method

@@ -15,8 +15,8 @@ from slimformer.quantize.gptq import (
     refit_gptq,
 )
 from slimformer.quantize.observers import OBSERVERS, RunningObserver, get_observer
-from slimformer.quantize.packing import pack_int4, unpack_int4
-from slimformer.quantize.qmath import (
+from slimformer.core.packing import pack_int4, unpack_int4
+from slimformer.core.qmath import (
     dequantize,
     dequantize_groupwise,
     fake_quantize,

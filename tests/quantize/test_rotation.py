@@ -12,7 +12,7 @@ from slimformer.quantize import SCHEMES
 from slimformer.models.activations import observe_inputs
 from slimformer.core import step_details
 from slimformer.quantize.modules import GroupQuantLinear
-from slimformer.quantize.qmath import sqnr
+from slimformer.core.qmath import sqnr
 from slimformer.quantize.rotation import Rotation, RotatedLinear, RotatedNorm, hadamard_factors
 from slimformer.testing import tiny_output, tiny_slim
 

@@ -51,7 +51,7 @@ def dequantize_blocks(q: Tensor, scale: Tensor, zero: Tensor, block_size: int) -
 
 def pack_nibbles(q: Tensor) -> Tensor:
     """uint8 codes 0..15 (..., n) -> (..., ceil(n / 2)), low nibble = even index (ORT's layout)."""
-    from .packing import pack_int4
+    from ..core.packing import pack_int4
 
     return pack_int4(q)
 

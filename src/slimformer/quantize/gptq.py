@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..models.activations import HessianAccumulator  # noqa: F401  (shared with pruning; was defined here)
-from .qmath import dequantize_groupwise, group_qparams, quantize_codes, resolve_group_size
+from ..core.qmath import dequantize_groupwise, group_qparams, quantize_codes, resolve_group_size
 
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .packing import pack_int4, unpack_int4
-from .qmath import quantize_per_channel_symmetric, quantize_per_token
+from ..core.packing import pack_int4, unpack_int4
+from ..core.qmath import quantize_per_channel_symmetric, quantize_per_token
 
 
 from ..adapters.base import linear_weight  # noqa: E402

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from slimformer.core.registry import Registry
 
-from .qmath import dequantize, qparams_from_minmax, quantize
+from ..core.qmath import dequantize, qparams_from_minmax, quantize
 
 Observer = Callable[..., tuple[Tensor, Tensor]]
 OBSERVERS: Registry[Observer] = Registry("observer")

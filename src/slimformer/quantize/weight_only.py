@@ -22,7 +22,7 @@ from .configs import AwqConfig, RotateConfig, WeightOnlyConfig
 from .gptq import coordinate_descent, gptq_quantize, refit_gptq
 from .handlers import _is_linear, _record, _replace_linear, head_name, linear_targets, quantize_embedding, tied_head
 from .modules import GroupQuantLinear, linear_weight
-from .qmath import dequantize_groupwise, quantize_groupwise, resolve_group_size
+from ..core.qmath import dequantize_groupwise, quantize_groupwise, resolve_group_size
 from .rotation import RotatedLinear, RotatedNorm, rotate_
 
 

@@ -1,0 +1,161 @@
+"""Handlers for unstructured and N:M sparsity: choose the layers, calibrate where the method
+needs it (layer by layer), compute masks (masks.py, sparsegpt.py), swap in SparseLinear."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapters import get_adapter
+from ..adapters.base import is_linear, linear_classes, linear_weight
+from ..core.config import Applied
+from ..core.errors import ConfigError, DataError
+from ..core.targets import select_modules
+from ..data import model_batches
+from ..models.activations import hessian_collector, hessians, observe_inputs
+from ..models.sequential import run_sequential, sequential_supported
+from ..models.surgery import module_names, set_module
+from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig, parse_pattern
+from .masks import global_threshold, magnitude_scores, mask_layer, mask_nm, mask_rows, wanda_scores
+from .modules import SparseLinear
+from .sparsegpt import sparsegpt as sparsegpt_math
+
+META_KEY = "sparsity"
+
+
+def layer_linears(sm) -> list[tuple[str, nn.Module]]:
+    """The linear layers inside the Transformer layers (q/k/v/o, FFN), by the adapter."""
+    model = sm.model
+    names = module_names(model)
+    out = []
+    for li in get_adapter(model).layers(model):
+        for a in (li.attention, li.cross_attention):
+            if a is not None:
+                out += [m for m in (a.q, a.k, a.v, a.qkv, a.o) if m is not None]
+        out += [m for m in (li.ffn.gate, li.ffn.up, li.ffn.down) if m is not None]
+    return [(names[id(m)], m) for m in out if is_linear(m)]
+
+
+def sparse_targets(sm, cfg) -> list[tuple[str, nn.Module]]:
+    """cfg.targets (names, classes, 're:' patterns) or, by default, the layers' linear layers
+    (never the LM head, embeddings or a task head), minus cfg.ignore."""
+    if cfg.targets:
+        picked = select_modules(sm.model, cfg.targets, cfg.ignore, default=linear_classes())
+    else:
+        ignored = {n for n, _ in select_modules(sm.model, cfg.ignore)} if cfg.ignore else set()
+        picked = [(n, m) for n, m in layer_linears(sm) if n not in ignored]
+    picked = [(n, m) for n, m in picked if is_linear(m)]
+    if not picked:
+        raise ConfigError(f"{cfg.method}: no linear layer to prune (targets={list(cfg.targets)}, ignore={list(cfg.ignore)})")
+    n, m = parse_pattern(cfg.pattern)
+    if m:
+        bad = [name for name, mod in picked if linear_weight(mod).shape[1] % m]
+        if bad:
+            raise ConfigError(f"{cfg.method}: pattern {cfg.pattern} needs input widths divisible by {m}; "
+                              f"{bad[0]} has {linear_weight(dict(picked)[bad[0]]).shape[1]}")
+    return picked
+
+
+def _keep(scores: torch.Tensor, cfg, per_row: bool) -> torch.Tensor:
+    n, m = parse_pattern(cfg.pattern)
+    if m:
+        return mask_nm(scores, n, m)
+    return mask_rows(scores, cfg.amount) if per_row else mask_layer(scores, cfg.amount)
+
+
+def _swap(sm, name: str, mod: nn.Module, weight: torch.Tensor, keep: torch.Tensor, **quant) -> dict:
+    new = SparseLinear.from_dense(mod, weight * keep, keep, **quant)
+    set_module(sm.model, name, new)
+    info = {"type": "sparse_linear", "in": new.in_features, "out": new.out_features, "bias": new.bias is not None,
+            "nnz": new.nnz, "bits": new.bits, "group_size": new.group_size}
+    sm.meta.setdefault("modules", {}).setdefault(META_KEY, {})[name] = info
+    return {"sparsity": round(1 - new.nnz / (new.in_features * new.out_features), 4)}
+
+
+def _summary(per_layer: dict, cfg) -> dict:
+    total = sum(1 for _ in per_layer)
+    mean = sum(v["sparsity"] for v in per_layer.values()) / max(total, 1)
+    return {"layers": total, "pattern": cfg.pattern or "unstructured", "mean_sparsity": round(mean, 4),
+            "per_layer": per_layer}
+
+
+def magnitude(sm, cfg: MagnitudeConfig, data) -> Applied:
+    targets = sparse_targets(sm, cfg)
+    scores = {n: magnitude_scores(linear_weight(m)) for n, m in targets}
+    per_layer = {}
+    if cfg.scope == "global":
+        thr = global_threshold(list(scores.values()), cfg.amount)
+        for name, mod in targets:
+            keep = scores[name] > thr
+            per_layer[name] = _swap(sm, name, mod, linear_weight(mod).float(), keep)
+    else:
+        for name, mod in tqdm(targets, desc="magnitude pruning", leave=False):
+            per_layer[name] = _swap(sm, name, mod, linear_weight(mod).float(), _keep(scores[name], cfg, per_row=False))
+    return Applied([], _summary(per_layer, cfg))
+
+
+def _batches(sm, cfg, data):
+    if not data:
+        raise DataError(f"{cfg.method} needs calibration data (texts); none was given (pass data=..., or --data PATH)")
+    return model_batches(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
+
+
+def wanda(sm, cfg: WandaConfig, data) -> Applied:
+    targets = sparse_targets(sm, cfg)
+    batches = _batches(sm, cfg, data)
+    sq: dict[str, torch.Tensor] = {}
+    per_layer = {}
+
+    def observe(name, x, raw=None):
+        s = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+        sq[name] = s if name not in sq else sq[name] + s
+
+    def prune(items):
+        for name, mod in items:
+            w = linear_weight(mod).float()
+            keep = _keep(wanda_scores(w, sq.pop(name).sqrt()), cfg, per_row=True)
+            per_layer[name] = _swap(sm, name, mod, w, keep)
+
+    if cfg.sequential and sequential_supported(sm):
+        run_sequential(sm, targets, batches, observe, prune, desc="wanda (layer by layer)", true_sequential=False)
+    else:
+        observe_inputs(sm, targets, batches, observe, "wanda calibration")
+        prune(targets)
+    return Applied([], _summary(per_layer, cfg))
+
+
+def sparsegpt(sm, cfg: SparseGPTConfig, data) -> Applied:
+    targets = sparse_targets(sm, cfg)
+    batches = _batches(sm, cfg, data)
+    n, m = parse_pattern(cfg.pattern)
+    per_layer = {}
+    warnings = []
+
+    def prune_one(name, mod, H):
+        w = linear_weight(mod).float()
+        r = sparsegpt_math(w, H, amount=cfg.amount, n=n, m=m, blocksize=cfg.blocksize, damp=cfg.damp,
+                           bits=cfg.bits or None, group_size=cfg.group_size)
+        quant = dict(codes=r.codes, scales=r.scales, zeros=r.zeros, bits=cfg.bits, group_size=cfg.group_size) \
+            if cfg.bits else {}
+        per_layer[name] = {**_swap(sm, name, mod, r.weight, r.mask, **quant), "relative_error": round(r.error, 6)}
+
+    if cfg.sequential and sequential_supported(sm):
+        hs, observe = hessian_collector()
+
+        def prune(items):
+            for name, mod in items:
+                prune_one(name, mod, hs.pop(name).H)
+            observe.seen.clear()
+
+        run_sequential(sm, targets, batches, observe, prune, desc="sparsegpt (layer by layer)", true_sequential=False)
+    else:
+        if cfg.sequential:
+            warnings.append("sparsegpt: layer-by-layer calibration does not apply to this architecture; Hessians "
+                            "come from one pass of the dense model")
+        hs = hessians(sm, targets, batches, "sparsegpt calibration")
+        for name, mod in tqdm(targets, desc="sparsegpt", leave=False):
+            prune_one(name, mod, hs.pop(name).H)
+    details = _summary(per_layer, cfg)
+    if cfg.bits:
+        details["values"] = f"int{cfg.bits} g{cfg.group_size}"
+    return Applied(warnings, details)
