@@ -279,3 +279,13 @@ def test_export_auto_keeps_the_faster_graph(tmp_path):
     assert sf.load(folder).embed(["the cat"]).shape == (1, 32)
     with pytest.raises(ConfigError, match="optimize='fast'"):
         export_onnx(tiny_slim("bert", "embedding"), tmp_path / "b", optimize="fast")
+
+
+def test_reduce_range_auto_follows_the_cpu(monkeypatch):
+    import slimformer.export.options as opts
+
+    monkeypatch.setattr(opts, "has_vnni", lambda: True)
+    assert opts._options("int8", None, {})["reduce_range"] == ()
+    monkeypatch.setattr(opts, "has_vnni", lambda: False)
+    assert opts._options("int8", None, {})["reduce_range"] == ("qkv", "o")
+    assert opts._options("int8", None, {"reduce_range": True})["reduce_range"][:2] == ("qkv", "o")

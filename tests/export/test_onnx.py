@@ -254,7 +254,8 @@ def test_causal_lm_int8_export(tmp_path, family):
     """Roles are found (GPT-2's Conv1D after ORT's renaming fusions too), smoothing applies, and
     the logits stay close (tolerance: cosine > 0.98 per position on a random tiny model)."""
     sm = tiny_slim(family, "causal-lm")
-    folder = export_onnx(sm, tmp_path / "m", quantize="int8", smooth_roles=("qkv", "up", "down"))
+    folder = export_onnx(sm, tmp_path / "m", quantize="int8", smooth_roles=("qkv", "up", "down"),
+                         reduce_range=("qkv", "o"))
     steps = _steps(folder)
     assert steps["smooth_graph"]["groups"] == 6  # 3 smoothed inputs x 2 layers
     assert steps["quantize_dynamic"]["reduce_range_matmuls"] > 0
