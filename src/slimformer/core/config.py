@@ -5,6 +5,7 @@ name the method and give its fields; unknown fields are errors that name the fie
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import typing
 from typing import Any, Callable, ClassVar
@@ -78,6 +79,10 @@ class _MethodEntry(typing.NamedTuple):
 
 
 METHODS: Registry[_MethodEntry] = Registry("method")
+
+# the model as it was before the recipe started (compress sets it): a `distill` step that
+# recovers a pruned model uses it as the teacher
+ORIGINAL_MODEL: contextvars.ContextVar = contextvars.ContextVar("slimformer_original_model", default=None)
 
 
 @dataclasses.dataclass

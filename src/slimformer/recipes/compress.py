@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.config import apply_method
+from ..core.config import ORIGINAL_MODEL, apply_method
 from ..core.errors import ConfigError
 from ..evaluate.api import EvalOptions, evaluate
 from ..evaluate.efficiency import saved_bytes
@@ -90,13 +90,18 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     if out is not None:
         check_out_dir(out)
     exports = bool(rec.steps) and rec.steps[-1].method in ARTIFACT_METHODS
-    reference = copy.deepcopy(model) if opts.evaluation else None
+    trains = any(s.method == "distill" for s in rec.steps)
+    reference = copy.deepcopy(model) if opts.evaluation or trains else None
     baseline = evaluate(model, task, None, opts.evaluate) if opts.evaluation else None
     calib = calibration_texts_for(task, opts.calibration_samples, opts.seed, opts.calibration_source)
     work = Path(tempfile.mkdtemp(prefix=".slimformer-work-", dir=_work_parent(out)))
     try:
-        with artifact_dir(work):
-            steps, final = run_steps_to_artifact(model, rec, calib)
+        token = ORIGINAL_MODEL.set(reference)
+        try:
+            with artifact_dir(work):
+                steps, final = run_steps_to_artifact(model, rec, calib)
+        finally:
+            ORIGINAL_MODEL.reset(token)
         compressed = evaluate(final, task, reference, opts.evaluate) if opts.evaluation else None
         result = CompressionResult(rec.to_dict(), steps, baseline, compressed,
                                    recovery(baseline, compressed) if opts.evaluation else {}, model=model.source)

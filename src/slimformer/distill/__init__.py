@@ -1,0 +1,14 @@
+"""Knowledge distillation and fine-tuning: losses (a registry), layer maps, students, and the
+`distill` recipe step, all training through the shared trainer (slimformer.train)."""
+from __future__ import annotations
+
+from ..core.config import register_method
+from .api import distill, distill_step, finetune, model_outputs, to_classifier
+from .configs import DistillConfig, FinetuneConfig
+from .losses import LOSSES, LossContext, Outputs, layer_map
+from .students import shrink_layers
+
+register_method(DistillConfig, distill_step)
+
+__all__ = ["distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "LOSSES", "LossContext",
+           "Outputs", "layer_map", "model_outputs", "to_classifier"]

@@ -1,0 +1,285 @@
+"""distill(student, teacher, data, config) and finetune(model, task, config), on the shared trainer."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapters import get_adapter
+from ..core.config import ORIGINAL_MODEL, Applied
+from ..core.errors import ConfigError, DataError
+from ..train import TrainConfig, Trainer
+from .configs import DistillConfig, FinetuneConfig
+from .losses import LOSSES, LossContext, Outputs, layer_map
+
+_NEEDS = {"soft": "logits", "hard": "logits", "kd": "logits", "hidden_mse": "hidden", "attention_kl": "attentions",
+          "minilm_relation": "qkv", "embedding_mse": "embedding", "embedding_cosine": "embedding"}
+
+
+def model_outputs(sm, enc: dict, needs: set[str]) -> Outputs:
+    """Run `sm` on a batch and collect what the losses need (logits, hidden states, attention
+    probabilities, q/k/v projections, the pooled sentence embedding)."""
+    model = sm.model
+    kw = {}
+    if "hidden" in needs or ("embedding" in needs and sm.kind != "embedding"):
+        kw["output_hidden_states"] = True
+    if "attentions" in needs:
+        kw["output_attentions"] = True
+    if sm.kind in ("causal-lm", "seq2seq-lm"):
+        kw["use_cache"] = False
+    qkv, hooks = [], []
+    if "qkv" in needs:
+        for li in get_adapter(model).layers(model):
+            a, slot = li.attention, [None, None, None]
+            qkv.append(slot)
+            if a.qkv is not None:
+                q, kv = a.fused_qkv_split[0], a.fused_qkv_split[1]
+
+                def f(m, i, o, slot=slot, q=q, kv=kv):
+                    slot[0], slot[1], slot[2] = o[..., :q], o[..., q:q + kv], o[..., q + kv:]
+                hooks.append(a.qkv.register_forward_hook(f))
+            else:
+                for j, mod in enumerate((a.q, a.k, a.v)):
+                    hooks.append(mod.register_forward_hook(lambda m, i, o, slot=slot, j=j: slot.__setitem__(j, o)))
+    try:
+        enc = {k: v for k, v in enc.items() if k != "labels"}
+        out = model(**enc, **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    hidden = list(out.hidden_states) if getattr(out, "hidden_states", None) is not None else None
+    emb = None
+    if "embedding" in needs:
+        last = out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else hidden[-1]
+        pool = sm.pooling
+        emb = pool(last, enc["attention_mask"]) if pool is not None else last.mean(1)
+    return Outputs(logits=getattr(out, "logits", None), hidden=hidden,
+                   attentions=list(out.attentions) if getattr(out, "attentions", None) is not None else None,
+                   qkv=[tuple(s) for s in qkv] if qkv else None, embedding=emb)
+
+
+def _load_teacher(spec, original):
+    from ..models import load
+
+    if spec:
+        return load(spec)
+    if original is None:
+        raise ConfigError("distill: no teacher: give teacher=PATH (or 'default'), or run the step inside a recipe "
+                          "(the teacher is then the model before the recipe)")
+    return original
+
+
+def _texts_from(path: str) -> list[str]:
+    from ..data.readers import read_text
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{path}: no such file (unlabeled sentences: a text file, one sentence a line)")
+    return [t.strip() for t in read_text(p).split("\n") if t.strip()]
+
+
+def distill(student, teacher, data, config: DistillConfig | None = None, out_dir=None, eval_task=None):
+    """Train `student` (a SlimModel, changed in place) to match `teacher` on `data`: a list of
+    texts (unlabeled) or a classification Task (labels feed the hard part of "kd"). eval_task:
+    measured after each epoch; the best weights are kept. Returns the trainer's TrainResult."""
+    cfg = config or DistillConfig()
+    if student.kind != teacher.kind:
+        raise ConfigError(f"distill: the student is a {student.kind} model and the teacher a {teacher.kind} model; "
+                          "they must do the same task")
+    texts, labels = _examples(data)
+    losses = cfg.loss_weights(student.kind)
+    needs = {_NEEDS[name] for name, _ in losses}
+    token_level = needs & {"hidden", "attentions", "qkv"} or (needs & {"logits"} and student.kind != "classification")
+    if token_level and student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
+        raise ConfigError("distill: the losses " + ", ".join(n for n, _ in losses) + " compare token positions, and "
+                          "the student and teacher tokenizers differ; use embedding_mse / embedding_cosine")
+    if "attentions" in needs:
+        for m in (student.model, teacher.model):
+            m.config._attn_implementation = "eager"  # attention probabilities are only returned by eager attention
+    n_s = len(get_adapter(student.model).layers(student.model))
+    n_t = len(get_adapter(teacher.model).layers(teacher.model))
+    lmap = layer_map(cfg.layer_map, n_s, n_t)
+    projections = _projections(student, teacher, needs, lmap)
+    teacher.model.eval()
+    for p in teacher.model.parameters():
+        p.requires_grad_(False)
+    tok = student.tokenizer
+
+    def collate(idx):
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
+                  return_tensors="pt")
+        enc = dict(enc)
+        if "token_type_ids" in enc and "token_type_ids" not in _forward_args(student.model):
+            enc.pop("token_type_ids")
+        if labels is not None:
+            enc["labels"] = torch.tensor([labels[i] for i in idx])
+        return enc
+
+    module = nn.ModuleDict({"student": student.model, "projections": projections})
+    ctx = LossContext(temperature=cfg.temperature, beta=cfg.beta, layer_map=lmap, projections=projections,
+                      relation_heads=_relation_heads(student, teacher))
+
+    def loss_fn(batch):
+        with torch.no_grad():
+            t = model_outputs(teacher, batch, needs)
+        s = model_outputs(student, batch, needs)
+        ctx.labels = batch.get("labels")
+        ctx.mask = batch.get("attention_mask")
+        parts = {name: LOSSES.get(name)(s, t, ctx) for name, _ in losses}
+        total = sum(w * parts[name] for name, w in losses)
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    trainer = Trainer(module, loss_fn, list(range(len(texts))), collate,
+                      TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                                  seed=cfg.seed, warmup=0.1), out_dir=out_dir, eval_fn=_eval_fn(student, eval_task))
+    result = trainer.fit()
+    if eval_task is not None:
+        trainer.load_best()
+    student.model.eval()
+    return result
+
+
+def _relation_heads(student, teacher) -> int:
+    """MiniLM relation heads: the teacher's head count, lowered until it divides both q widths."""
+    a_s = get_adapter(student.model).layers(student.model)[0].attention
+    a_t = get_adapter(teacher.model).layers(teacher.model)[0].attention
+    ws, wt = a_s.num_heads * a_s.head_dim, a_t.num_heads * a_t.head_dim
+    h = a_t.num_heads
+    while ws % h or wt % h:
+        h -= 1
+    return h
+
+
+def _examples(data):
+    from ..data import Task
+
+    if isinstance(data, Task):
+        if data.kind == "classification":
+            return [e[0] for e in data.examples], [int(e[1]) for e in data.examples]
+        return data.texts(), None
+    if isinstance(data, (str, Path)):
+        return _texts_from(str(data)), None
+    texts = [t for t in (data or []) if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise DataError("distill needs training texts (a list of sentences, a text file or a task); none were given")
+    return texts, None
+
+
+def _forward_args(model) -> set:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _projections(student, teacher, needs, lmap) -> nn.ModuleDict:
+    proj = nn.ModuleDict()
+    hs = student.model.config.hidden_size if hasattr(student.model.config, "hidden_size") else None
+    ht = teacher.model.config.hidden_size if hasattr(teacher.model.config, "hidden_size") else None
+    if hs and ht and hs != ht:
+        if "hidden" in needs:
+            for si, _ in lmap:
+                proj[f"hidden{si}"] = nn.Linear(hs, ht)
+        if "embedding" in needs:
+            proj["embedding"] = nn.Linear(hs, ht)
+    return proj
+
+
+def _eval_fn(sm, task):
+    if task is None:
+        return None
+    from ..evaluate.runners import RUNNERS, TaskOptions
+
+    key = {"stsb": "spearman", "classification": "accuracy"}.get(task.kind)
+
+    def f(_module):
+        sm.model.eval()
+        metrics = RUNNERS[task.kind](sm, task, TaskOptions(progress=False))[0]
+        sm.model.train()
+        return {**metrics, "score": metrics.get(key, 0.0)}
+    return f
+
+
+def distill_step(sm, cfg: DistillConfig, data) -> Applied:
+    """Recipe step: recover the model by distillation from the teacher (default: the model as it
+    was before the recipe, so `prune -> distill` recipes work)."""
+    teacher = _load_teacher(cfg.teacher, ORIGINAL_MODEL.get())
+    texts = _texts_from(cfg.unlabeled) if cfg.unlabeled else list(data or [])
+    res = distill(sm, teacher, texts, cfg)
+    return Applied([f"distill: {res.steps} steps ({res.epochs:.2f} epochs) in {res.seconds:.0f} s, final loss "
+                    f"{res.final_loss:.4g}"],
+                   {"steps": res.steps, "epochs": res.epochs, "seconds": res.seconds, "final_loss": res.final_loss,
+                    "curve": [h for h in res.history if "loss" in h]})
+
+
+# ------------------------------------------------------------------ fine-tuning
+
+
+def finetune(model, task, config: FinetuneConfig | None = None, out_dir=None, eval_task=None):
+    """Fine-tune `model` on a labeled `task` (classification or stsb). An embedding model trained
+    on classification becomes a classifier (a new head on its encoder); on stsb it stays a
+    sentence encoder (cosine of a pair fit to score / 5). Returns the model (a new SlimModel for
+    a new classifier) and the TrainResult."""
+    cfg = config or FinetuneConfig()
+    if task.kind == "classification":
+        sm = model if model.kind == "classification" else to_classifier(model, task)
+        texts = [e[0] for e in task.examples]
+        labels = [int(e[1]) for e in task.examples]
+        tok = sm.tokenizer
+
+        def collate(idx):
+            enc = dict(tok([texts[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
+                           return_tensors="pt"))
+            enc["labels"] = torch.tensor([labels[i] for i in idx])
+            return enc
+
+        def loss_fn(batch):
+            return sm.model(**batch).loss
+        n = len(texts)
+    elif task.kind == "stsb":
+        if model.kind != "embedding":
+            raise ConfigError(f"finetune on stsb trains sentence embeddings; the model is a {model.kind} model")
+        sm = model
+        pairs = [(e[0], e[1], float(e[2]) / 5.0) for e in task.examples]
+
+        def collate(idx):
+            a = dict(sm.tokenize([pairs[i][0] for i in idx], cfg.max_length))
+            b = dict(sm.tokenize([pairs[i][1] for i in idx], cfg.max_length))
+            return {"a": a, "b": b, "score": torch.tensor([pairs[i][2] for i in idx])}
+
+        def loss_fn(batch):
+            ea = model_outputs(sm, batch["a"], {"embedding"}).embedding
+            eb = model_outputs(sm, batch["b"], {"embedding"}).embedding
+            return torch.nn.functional.mse_loss(torch.nn.functional.cosine_similarity(ea, eb), batch["score"])
+        n = len(pairs)
+    else:
+        raise ConfigError(f"finetune: task {task.kind!r} is not supported; accepted: classification, stsb")
+    trainer = Trainer(sm.model, loss_fn, list(range(n)), collate,
+                      TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                                  warmup=cfg.warmup, seed=cfg.seed), out_dir=out_dir, eval_fn=_eval_fn(sm, eval_task))
+    result = trainer.fit()
+    if eval_task is not None:
+        trainer.load_best()
+    sm.model.eval()
+    return sm, result
+
+
+def to_classifier(model, task):
+    """A classifier on `model`'s encoder (its weights), with a new head for the task's labels."""
+    import transformers as tf
+
+    from ..models.wrapper import SlimModel
+
+    labels = sorted({int(e[1]) for e in task.examples})
+    if labels[0] < 0:
+        raise DataError(f"{task.source}: classification labels must be 0..N-1; got {labels[:5]}")
+    config = copy.deepcopy(model.model.config)
+    config.num_labels = labels[-1] + 1
+    config.architectures = None
+    clf = tf.AutoModelForSequenceClassification.from_config(config)
+    missing, unexpected = clf.base_model.load_state_dict(model.model.state_dict(), strict=False)
+    if unexpected:
+        raise ConfigError(f"to_classifier: the encoder's weights do not fit the classifier ({unexpected[:3]})")
+    return SlimModel(clf, model.tokenizer, "classification", None, source=f"{model.source} (+ classifier head)",
+                     meta={"steps": [{"method": "to_classifier", "num_labels": config.num_labels}]})

@@ -1,0 +1,82 @@
+"""Distillation and fine-tuning configs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.config import MethodConfig
+from ..core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistillConfig(MethodConfig):
+    """Train the model (the student) to match a teacher on unlabeled (or labeled) texts.
+
+    losses / weights: names from `slimformer.distill.LOSSES` and their weights (default by model
+    kind: embedding models "embedding_mse"; classifiers "kd"; LMs "soft"). temperature, beta: the
+    soft loss's temperature and the hard-label weight of "kd". layer_map: "uniform" | "last" for
+    hidden / attention / relation losses. teacher: "" = the model as it was before the recipe ran
+    (a recipe that prunes, then recovers), or a model path / hub id / "default". unlabeled: a text
+    file (one sentence a line) to train on; "" = the step's data. epochs / max_steps, lr,
+    batch_size, max_length: training (the shared trainer, train.TrainConfig)."""
+
+    method = "distill"
+    losses: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+    temperature: float = 2.0
+    beta: float = 0.5
+    layer_map: str = "uniform"
+    teacher: str = ""
+    unlabeled: str = ""
+    epochs: float = 1.0
+    max_steps: int = 0
+    lr: float = 1e-4
+    batch_size: int = 64
+    max_length: int = 128
+    seed: int = 0
+
+    def validate(self) -> None:
+        from .losses import LOSSES
+
+        for name in self.losses:
+            LOSSES.get(name)  # a clear error listing the accepted names
+        if self.weights and len(self.weights) != len(self.losses):
+            raise ConfigError(f"DistillConfig.weights has {len(self.weights)} values for {len(self.losses)} losses")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ConfigError(f"DistillConfig.temperature={self.temperature!r}; accepted: a number > 0")
+        self._check_range("beta", 0.0, 1.0)
+        self._check_choice("layer_map", ("uniform", "last"))
+        if not (self.epochs > 0 or self.max_steps > 0):
+            raise ConfigError("DistillConfig: epochs or max_steps must be > 0")
+        self._check_range("max_steps", 0, 10**9)
+        self._check_range("lr", 0.0, 1.0, lo_open=True, hi_open=True)
+        self._check_range("batch_size", 1, 65536)
+        self._check_range("max_length", 8, 8192)
+
+    def loss_weights(self, kind: str) -> list[tuple[str, float]]:
+        losses = self.losses or {"embedding": ("embedding_mse",), "classification": ("kd",)}.get(kind, ("soft",))
+        weights = self.weights or (1.0,) * len(losses)
+        return list(zip(losses, weights))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(MethodConfig):
+    """Fine-tune a model on a labeled task with the shared trainer: classification (cross-entropy;
+    an encoder gets a classification head) or stsb (sentence embeddings trained so that the
+    cosine of a pair matches score / 5, sentence-transformers' CosineSimilarityLoss)."""
+
+    method = "finetune"
+    epochs: float = 3.0
+    max_steps: int = 0
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    warmup: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not (self.epochs > 0 or self.max_steps > 0):
+            raise ConfigError("FinetuneConfig: epochs or max_steps must be > 0")
+        self._check_range("lr", 0.0, 1.0, lo_open=True, hi_open=True)
+        self._check_range("batch_size", 1, 65536)
+        self._check_range("max_length", 8, 8192)
+        self._check_range("warmup", 0.0, 1.0, hi_open=True)

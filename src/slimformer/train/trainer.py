@@ -1,0 +1,377 @@
+"""The one trainer: distillation, fine-tuning, training-time pruning and the reference Transformer
+all train through it.
+
+    trainer = Trainer(module, loss_fn, examples, collate, TrainConfig(epochs=2), out_dir="out/run")
+    result = trainer.fit()          # resumes from out/run/checkpoints if a previous run was cut off
+
+Built on Hugging Face `accelerate`: `accelerate launch` or `torchrun` runs the same code
+data-parallel (each process takes its share of every global batch; gradients are averaged over
+processes after each backward, as DDP does, so 2 processes on a global batch give what 1 process
+gives on it). The module is not wrapped (the loss closes over it), so FSDP / DeepSpeed sharding
+is not supported yet. AdamW, warmup then linear / cosine
+decay, gradient accumulation, clipping, bf16 autocast where asked, evaluation every N steps keeping
+the best weights, checkpoints every N steps (atomic; a killed run resumes from the last one and
+ends with the weights an uninterrupted run ends with), a progress bar with loss and rate, metrics
+as JSON lines (and TensorBoard when installed), callbacks (pruning masks and schedules).
+
+`loss_fn(batch) -> loss tensor` or `(loss, {name: float})`; it closes over the modules it uses.
+`examples` is a sequence; each epoch visits a permutation seeded by (seed, epoch), cut into global
+batches of `batch_size` that `collate(list of examples) -> batch` turns into tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.errors import ConfigError, SlimformerError
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """epochs (may be fractional) or max_steps (> 0 wins): how long. batch_size: examples per
+    optimizer step over all processes (x grad_accum micro-batches of batch_size / grad_accum).
+    lr, weight_decay: AdamW. warmup: fraction of the steps with a linear warm-up; schedule: linear,
+    cosine or constant decay after it. clip_norm: gradient norm clipping (0: off).
+    eval_every: evaluate every N steps (0: once per epoch, and at the end). save_every: checkpoint
+    every N steps (0: only at the end of each epoch). keep: checkpoints kept. mixed_precision: "no",
+    "bf16" (autocast on CPUs/GPUs that support it) or "fp16" (GPU). log_every: steps between log lines."""
+
+    epochs: float = 1.0
+    max_steps: int = 0
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    schedule: str = "linear"
+    clip_norm: float = 1.0
+    eval_every: int = 0
+    save_every: int = 500
+    keep: int = 2
+    seed: int = 0
+    mixed_precision: str = "no"
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        def bad(name, accepted):
+            raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} is not accepted; accepted: {accepted}")
+
+        if not (isinstance(self.epochs, (int, float)) and self.epochs > 0) and self.max_steps <= 0:
+            bad("epochs", "a number > 0 (or max_steps > 0)")
+        for name in ("max_steps", "eval_every", "save_every", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(name, "an integer >= 0")
+        for name in ("batch_size", "grad_accum", "keep"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        if self.batch_size % self.grad_accum:
+            bad("grad_accum", f"a divisor of batch_size={self.batch_size}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            bad("lr", "a number in (0, 1)")
+        if not 0 <= self.warmup < 1:
+            bad("warmup", "a fraction in [0, 1)")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            bad("schedule", "linear, cosine, constant")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            bad("mixed_precision", "no, bf16, fp16")
+        if self.clip_norm < 0 or self.weight_decay < 0:
+            bad("clip_norm" if self.clip_norm < 0 else "weight_decay", "a number >= 0")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    seconds: float
+    final_loss: float | None
+    best: dict | None = None
+    history: list = field(default_factory=list)
+    resumed_from: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Callback:
+    """Hooks into training: on_step_end after each optimizer step (e.g. re-apply pruning masks,
+    update a sparsity schedule), on_train_end once."""
+
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        pass
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        pass
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        p = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * p)) if schedule == "cosine" else 1.0 - p
+    return f
+
+
+class Trainer:
+    def __init__(self, module: nn.Module, loss_fn: Callable, examples: Sequence, collate: Callable,
+                 config: TrainConfig, out_dir=None, eval_fn: Callable | None = None,
+                 callbacks: Sequence[Callback] = ()):
+        """module: every trainable parameter (the student and e.g. loss projections, in one
+        nn.Module or ModuleDict). eval_fn(module) -> {name: value, "score": higher is better}."""
+        from accelerate import Accelerator
+
+        if len(examples) == 0:
+            raise SlimformerError("the trainer got no training examples")
+        self.config = config
+        self.examples = examples
+        self.collate = collate
+        self.loss_fn = loss_fn
+        self.eval_fn = eval_fn
+        self.callbacks = list(callbacks)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        world = self.accelerator.num_processes
+        if config.batch_size % (world * config.grad_accum):
+            raise ConfigError(f"TrainConfig.batch_size={config.batch_size} must split evenly over {world} processes "
+                              f"x grad_accum={config.grad_accum}")
+        self.steps_per_epoch = max(1, len(examples) // config.batch_size)
+        self.total_steps = config.max_steps or max(1, int(round(config.epochs * self.steps_per_epoch)))
+        params = [p for p in module.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        warm = int(round(config.warmup * self.total_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config.schedule, warm, self.total_steps))
+        self.raw_module = module
+        self.module = module.to(self.accelerator.device)
+        # the module is not wrapped (loss_fn closes over it): gradients are averaged over processes
+        # after each backward (data parallel, as DDP does); optimizer, scheduler and the module are
+        # registered so checkpoints hold them and the RNG states
+        # (the scheduler is not prepared: accelerate would step it once per process per step)
+        self.optimizer = self.accelerator.prepare(opt)
+        self.scheduler = sched
+        self.accelerator.register_for_checkpointing(module, sched)
+        self._params = params
+        self.step = 0
+        self.best: dict | None = None
+        self.history: list[dict] = []
+        self.fingerprint = self._fingerprint(module)
+
+    # ------------------------------------------------------------------ data
+
+    def _batch_indices(self, step: int) -> list[int]:
+        """The global batch of optimizer step `step` (deterministic: seed, epoch, position)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
+        perm = torch.randperm(len(self.examples), generator=g)
+        b = self.config.batch_size
+        return perm[pos * b:(pos + 1) * b].tolist()
+
+    def _micro_batches(self, step: int):
+        idx = self._batch_indices(step)
+        acc = self.accelerator
+        mine = idx[acc.process_index::acc.num_processes]  # this process's share of the global batch
+        n = self.config.grad_accum
+        size = len(mine) // n
+        for i in range(n):
+            yield self._to_device(self.collate([self.examples[j] for j in mine[i * size:(i + 1) * size]]))
+
+    def _to_device(self, batch):
+        dev = self.accelerator.device
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(v) for v in batch)
+        return batch.to(dev) if isinstance(batch, torch.Tensor) else batch
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _fingerprint(self, module: nn.Module) -> str:
+        shapes = [(n, tuple(p.shape)) for n, p in module.named_parameters()]
+        cfg = {k: v for k, v in asdict(self.config).items() if k not in ("eval_every", "save_every", "keep", "log_every")}
+        text = json.dumps({"shapes": shapes, "config": cfg, "examples": len(self.examples)}, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _ckpt_root(self) -> Path | None:
+        return self.out_dir / CHECKPOINTS if self.out_dir is not None else None
+
+    def latest_checkpoint(self) -> Path | None:
+        root = self._ckpt_root()
+        if root is None or not root.exists():
+            return None
+        done = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).exists()),
+                      key=lambda p: int(p.name.split("-")[1]))
+        return done[-1] if done else None
+
+    def save_checkpoint(self) -> Path | None:
+        root = self._ckpt_root()
+        if root is None:
+            return None
+        acc = self.accelerator
+        final = root / f"step-{self.step}"
+        tmp = root / f".tmp-step-{self.step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=False)
+        if acc.is_main_process:
+            state = {"step": self.step, "best": self.best, "history": self.history, "fingerprint": self.fingerprint,
+                     "python_rng": repr(random.getstate())}
+            (tmp / STATE_FILE).write_text(json.dumps(state, default=str))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            old = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-self.config.keep]
+            for p in old:
+                shutil.rmtree(p, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = json.loads((path / STATE_FILE).read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            raise SlimformerError(f"{path}: a checkpoint of another run (different model, data size or training "
+                                  "settings); use a new output folder, or delete its checkpoints folder to start over")
+        self.accelerator.load_state(str(path))
+        self.step = int(state["step"])
+        self.best = state.get("best")
+        self.history = state.get("history", [])
+
+    # ------------------------------------------------------------------ loop
+
+    def _evaluate(self) -> dict | None:
+        if self.eval_fn is None:
+            return None
+        self.module.eval()
+        with torch.no_grad():
+            res = dict(self.eval_fn(self.raw_module))
+        self.module.train()
+        res["step"] = self.step
+        self.history.append({"eval": res})
+        if "score" in res and (self.best is None or res["score"] > self.best["score"]):
+            self.best = res
+            if self.out_dir is not None and self.accelerator.is_main_process:
+                best = self.out_dir / "best.pt"
+                torch.save(self.module.state_dict(), str(best) + ".tmp")
+                os.replace(str(best) + ".tmp", best)
+        return res
+
+    def fit(self) -> TrainResult:
+        cfg, acc = self.config, self.accelerator
+        resumed = 0
+        ck = self.latest_checkpoint()
+        if ck is not None:
+            self.load_checkpoint(ck)
+            resumed = self.step
+        else:
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+        logger = _Logger(self.out_dir, acc.is_main_process)
+        self.module.train()
+        t0 = time.perf_counter()
+        last = None
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", disable=not acc.is_main_process,
+                   leave=False)
+        try:
+            while self.step < self.total_steps:
+                logs: dict = {}
+                total = 0.0
+                for batch in self._micro_batches(self.step):
+                    with acc.autocast():
+                        out = self.loss_fn(batch)
+                    loss, parts = (out if isinstance(out, tuple) else (out, {}))
+                    acc.backward(loss / cfg.grad_accum)
+                    total += float(loss.detach()) / cfg.grad_accum
+                    for k, v in parts.items():
+                        logs[k] = logs.get(k, 0.0) + float(v) / cfg.grad_accum
+                if acc.num_processes > 1:
+                    for p in self._params:
+                        if p.grad is not None:
+                            p.grad = acc.reduce(p.grad, reduction="mean")
+                if cfg.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(self._params, cfg.clip_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                last = total
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.4f}")
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    rec = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], **logs}
+                    self.history.append(rec)
+                    logger.log(rec)
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or \
+                        (not cfg.eval_every and end_of_epoch) or self.step == self.total_steps:
+                    ev = self._evaluate()
+                    if ev is not None:
+                        logger.log({"step": self.step, **{f"eval/{k}": v for k, v in ev.items() if k != "step"}})
+                if (cfg.save_every and self.step % cfg.save_every == 0) or end_of_epoch or self.step == self.total_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            logger.close()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return TrainResult(self.step, self.step / self.steps_per_epoch, time.perf_counter() - t0, last, self.best,
+                           self.history, resumed)
+
+    def load_best(self) -> bool:
+        """Put the best evaluated weights back into the module (if any were kept)."""
+        if self.out_dir is None or not (self.out_dir / "best.pt").exists():
+            return False
+        self.module.load_state_dict(torch.load(self.out_dir / "best.pt"))
+        return True
+
+
+class _Logger:
+    """metrics.jsonl in the output folder, plus TensorBoard event files when tensorboard is installed."""
+
+    def __init__(self, out_dir: Path | None, main: bool):
+        self.file = self.tb = None
+        if out_dir is None or not main:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(out_dir / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def log(self, rec: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(rec, default=str) + "\n")
+            self.file.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, rec["step"])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,102 @@
+"""Students, distillation and fine-tuning on tiny models; the distill recipe step."""
+import pytest
+import torch
+
+import slimformer as sf
+from slimformer.core.errors import ConfigError
+from slimformer.testing import tiny_output, tiny_slim
+
+TEXTS = sf.sample_sentences()[:64]
+
+
+def test_shrink_layers_keeps_the_chosen_layers_and_leaves_the_teacher():
+    t = tiny_slim("bert", "embedding")
+    s = sf.shrink_layers(t, [1])
+    assert len(s.model.encoder.layer) == 1 and len(t.model.encoder.layer) == 2
+    assert torch.equal(s.model.encoder.layer[0].output.dense.weight, t.model.encoder.layer[1].output.dense.weight)
+    assert s.model.config.num_hidden_layers == 1 and s.pooling == t.pooling
+    with pytest.raises(ConfigError, match=r"layers \[5\] out of range; accepted: 0..1"):
+        sf.shrink_layers(t, [0, 5])
+
+
+@pytest.mark.parametrize("losses", [("embedding_mse",), ("embedding_cosine", "hidden_mse"), ("minilm_relation",),
+                                    ("attention_kl",)])
+def test_distill_embedding_student_gets_closer(tmp_path, losses):
+    teacher = tiny_slim("bert", "embedding")
+    student = tiny_slim("bert", "embedding", seed=1, num_hidden_layers=1)  # fresh, far from the teacher
+    ref = teacher.embed(TEXTS[:16])
+    before = torch.nn.functional.cosine_similarity(student.embed(TEXTS[:16]), ref).mean()
+    res = sf.distill(student, teacher, TEXTS, sf.DistillConfig(losses=losses, max_steps=40, lr=2e-3, batch_size=16),
+                     out_dir=tmp_path / "d")
+    after = torch.nn.functional.cosine_similarity(student.embed(TEXTS[:16]), ref).mean()
+    assert res.steps == 40 and (tmp_path / "d" / "metrics.jsonl").exists()
+    if "embedding_mse" in losses or "embedding_cosine" in losses:
+        assert after > before
+    first = next(h for h in res.history if "loss" in h)["loss"]
+    assert res.final_loss < first
+
+
+def test_kd_on_a_classifier_with_labels(tmp_path):
+    teacher = tiny_slim("bert", "classification")
+    student = sf.shrink_layers(teacher, [0])
+    p = tmp_path / "c.tsv"
+    p.write_text("\n".join(f"{t}\t{i % 2}" for i, t in enumerate(TEXTS)))
+    task = sf.load_task("classification", p)
+    res = sf.distill(student, teacher, task, sf.DistillConfig(losses=("kd",), max_steps=10, batch_size=16),
+                     eval_task=task, out_dir=tmp_path / "o")
+    assert res.best is not None and "accuracy" in res.best
+
+
+def test_different_tokenizers_are_refused_for_token_level_losses():
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    t = tiny_slim("bert", "embedding")
+    s = sf.shrink_layers(t, [0])
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "x": 2}, unk_token="[UNK]"))
+    s.tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    with pytest.raises(ConfigError, match="tokenizers differ"):
+        sf.distill(s, t, TEXTS, sf.DistillConfig(losses=("hidden_mse",), max_steps=1))
+
+
+def test_bad_distill_configs():
+    with pytest.raises(ConfigError, match="temperature=0"):
+        sf.DistillConfig(temperature=0)
+    with pytest.raises(ConfigError, match="unknown distillation loss 'mse'"):
+        sf.DistillConfig(losses=("mse",))
+
+
+def test_recipe_prunes_then_recovers_from_the_original(tmp_path):
+    sm = tiny_slim("bert", "embedding", intermediate_size=64)
+    data = tmp_path / "u.txt"
+    data.write_text("\n".join(sf.sample_sentences()))
+    recipe = {"name": "prune-recover", "steps": [
+        {"method": "prune_ffn", "amount": 0.5},
+        {"method": "distill", "unlabeled": str(data), "max_steps": 20, "lr": 1e-3, "batch_size": 16}]}
+    ref = tiny_output(sm)
+    res = sf.compress(sm, recipe, None, tmp_path / "o", sf.CompressOptions(evaluate=sf.EvalOptions(efficiency=False)))
+    assert [s.method for s in res.steps] == ["prune_ffn", "distill"]
+    assert res.steps[1].details["steps"] == 20 and res.steps[1].details["curve"]
+    assert sf.load(tmp_path / "o").model.config.intermediate_size == 32
+    assert tiny_output(sm).shape == ref.shape
+
+
+def test_finetune_makes_a_classifier_and_trains_stsb_embeddings(tmp_path):
+    enc = tiny_slim("bert", "embedding")
+    p = tmp_path / "c.tsv"
+    p.write_text("\n".join(f"{t}\t{i % 2}" for i, t in enumerate(TEXTS)))
+    task = sf.load_task("classification", p)
+    from slimformer.distill import to_classifier
+
+    fresh = to_classifier(enc, task)  # the encoder's weights under a new head
+    torch.testing.assert_close(fresh.model.base_model.encoder.layer[0].output.dense.weight,
+                               enc.model.encoder.layer[0].output.dense.weight)
+    clf, res = sf.finetune(enc, task, sf.FinetuneConfig(max_steps=5, batch_size=8))
+    assert clf.kind == "classification" and clf.model.config.num_labels == 2 and res.steps == 5
+    s = tmp_path / "s.csv"
+    import csv
+
+    with open(s, "w", newline="") as f:
+        csv.writer(f).writerows([a, b, i % 5] for i, (a, b) in enumerate(zip(TEXTS, TEXTS[1:])))
+    model, r2 = sf.finetune(enc, sf.load_task("stsb", s), sf.FinetuneConfig(max_steps=3, batch_size=8))
+    assert model is enc and r2.steps == 3

@@ -1,0 +1,114 @@
+"""The shared trainer: schedules, resume after an interruption (same final weights), a checkpoint
+of another run refused, and 2 processes (gloo, CPU) matching 1 process on the same global batch."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from slimformer.core.errors import ConfigError, SlimformerError
+from slimformer.train import Callback, TrainConfig, Trainer
+from slimformer.train.trainer import lr_lambda
+
+
+def _data(n=96):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    y = x @ torch.randn(6, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+    return [(x[i], y[i]) for i in range(n)]
+
+
+def _model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+
+
+def _collate(items):
+    return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+
+
+def _trainer(model, out, cfg, callbacks=()):
+    def loss_fn(batch):
+        x, y = batch
+        return nn.functional.mse_loss(model(x), y)
+    return Trainer(model, loss_fn, _data(), _collate, cfg, out_dir=out, callbacks=callbacks)
+
+
+class _Die(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, trainer, step):
+        if step == self.at:
+            raise KeyboardInterrupt  # as if the process were killed right after this step
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
+    cfg = TrainConfig(max_steps=20, batch_size=16, lr=1e-2, save_every=5, warmup=0.2, log_every=1)
+    ref = _model()
+    r = _trainer(ref, tmp_path / "a", cfg).fit()
+    assert r.steps == 20 and r.final_loss < r.history[0]["loss"]
+    cut = _model()
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(cut, tmp_path / "b", cfg, [_Die(12)]).fit()  # checkpoint at 10 survives
+    again = _model()  # a fresh process: new model object, same init
+    res = _trainer(again, tmp_path / "b", cfg).fit()
+    assert res.resumed_from == 10 and res.steps == 20
+    for p, q in zip(ref.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+    assert len(list((tmp_path / "b" / "checkpoints").glob("step-*"))) == cfg.keep
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    _trainer(_model(), tmp_path / "a", TrainConfig(max_steps=4, batch_size=16, save_every=2)).fit()
+    with pytest.raises(SlimformerError, match="a checkpoint of another run"):
+        _trainer(_model(), tmp_path / "a", TrainConfig(max_steps=4, batch_size=16, lr=1e-3, save_every=2)).fit()
+
+
+def test_schedules_and_bad_configs():
+    f = lr_lambda("linear", 2, 10)
+    assert [round(f(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    c = lr_lambda("cosine", 0, 10)
+    assert c(0) == pytest.approx(1.0) and c(5) == pytest.approx(0.5) and c(10) == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="grad_accum=3"):
+        TrainConfig(batch_size=32, grad_accum=3)
+    with pytest.raises(ConfigError, match="schedule='step'"):
+        TrainConfig(schedule="step")
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from torch import nn
+    sys.path.insert(0, {tests!r})
+    from test_trainer import _data, _collate, _model
+    from slimformer.train import TrainConfig, Trainer
+    model = _model()
+    model[2].p = 0.0  # no dropout: compare processes exactly
+    def loss_fn(batch):
+        x, y = batch
+        return nn.functional.mse_loss(model(x), y)
+    t = Trainer(model, loss_fn, _data(), _collate, TrainConfig(max_steps=6, batch_size=16, lr=1e-2, warmup=0.0))
+    t.fit()
+    w = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.save(w, sys.argv[1] + f"-{{t.accelerator.process_index}}.pt")
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    import os
+
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29533", str(script), str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1 = torch.load(tmp_path / "one-0.pt")
+    a, b = torch.load(tmp_path / "two-0.pt"), torch.load(tmp_path / "two-1.pt")
+    assert torch.equal(a, b)  # replicas identical
+    torch.testing.assert_close(a, w1, rtol=1e-5, atol=1e-6)  # = 1 process on the same global batch
