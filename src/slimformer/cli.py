@@ -112,6 +112,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = sub.add_parser("distill", help="train a smaller student to match a teacher (default: the default model)",
+                       description="Distill a teacher into a student: --keep-layers makes the student from the "
+                       "teacher's own layers (DistilBERT-style), --student gives one. Trains on --unlabeled sentences "
+                       "(a text file, one a line; or a task file whose texts are used), measures on --data each "
+                       "epoch and keeps the best. Resumable: re-run with the same --out after an interruption.")
+    p.add_argument("--teacher", default=None, help=MODEL_HELP)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--student", help="a student model (folder, .gguf, hub id)")
+    g.add_argument("--keep-layers", help="student = the teacher's layers with these indices, e.g. 0,2,4 (default: "
+                   "every other layer)")
+    p.add_argument("--task", choices=TASKS, help="the evaluation task of --data")
+    p.add_argument("--data", help="evaluation data for --task")
+    p.add_argument("--unlabeled", help="training sentences: a text file (one a line), or several joined with ','")
+    p.add_argument("--loss", action="append", help="loss name (repeatable): embedding_mse (default for sentence "
+                   "encoders), embedding_cosine, kd (classifiers), soft, hidden_mse, attention_kl, minilm_relation")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training sentences (default 1)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per step (default 64)")
+    p.add_argument("--out", required=True, help="output folder: the student, result.json, checkpoints, metrics")
+
+    p = sub.add_parser("finetune", help="fine-tune a model on a labeled task (a teacher, or a student afterwards)")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("--task", choices=["classification", "stsb"], required=True)
+    p.add_argument("--data", required=True, help="training data of the task")
+    p.add_argument("--eval-data", help="evaluation data (measured each epoch; the best weights are kept)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="output folder")
+
     sub.add_parser("recipes", help="list the built-in recipes")
     return ap
 
@@ -251,6 +283,68 @@ def cmd_prune(a) -> None:
           f"{st.bytes_before / 1e6:.1f} -> {st.bytes_after / 1e6:.1f} MB; result.json has the per-layer details)")
 
 
+def cmd_distill(a) -> None:
+    from .core.errors import SlimformerError
+
+    from . import DistillConfig, distill, evaluate, load, load_task, save, shrink_layers
+    from .distill.api import training_texts
+    from .models.saving import check_out_dir
+
+    check_out_dir(a.out)
+    if not a.unlabeled:
+        raise SlimformerError("distill needs --unlabeled SENTENCES (a text file, one sentence a line)")
+    texts = training_texts(a.unlabeled)
+    task = _task_from_args(a)
+    teacher = load(a.teacher)
+    if a.student:
+        student = load(a.student)
+    else:
+        keep = _layers_arg(a.keep_layers, teacher)
+        student = shrink_layers(teacher, keep)
+    cfg = DistillConfig(losses=tuple(a.loss or ()), epochs=a.epochs, max_steps=a.max_steps, lr=a.lr,
+                        batch_size=a.batch_size)
+    work = Path(a.out).expanduser().resolve().parent / f".{Path(a.out).name}.training"
+    res = distill(student, teacher, texts, cfg, out_dir=work, eval_task=task)
+    student.meta.setdefault("steps", []).append({**cfg.to_dict(), "details": {"steps": res.steps,
+                                                 "seconds": res.seconds, "best": res.best}})
+    report = {"training": res.to_dict()}
+    if task is not None:
+        report["teacher"] = evaluate(teacher, task).to_dict()
+        report["student"] = evaluate(student, task).to_dict()
+    save(student, a.out, extra_files={"result.json": json.dumps(report, indent=2, default=str)})
+    print(f"wrote {a.out}: {res.steps} steps in {res.seconds:.0f} s" +
+          (f"; best {res.best}" if res.best else "") + f" (checkpoints and metrics in {work})")
+
+
+def _layers_arg(text, teacher) -> list[int]:
+    from .adapters import get_adapter
+    from .core.errors import ConfigError
+
+    n = len(get_adapter(teacher.model).layers(teacher.model))
+    if not text:
+        return list(range(0, n, 2))
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--keep-layers {text!r}: expected layer indices like 0,2,4 (0..{n - 1})") from None
+
+
+def cmd_finetune(a) -> None:
+    from . import FinetuneConfig, finetune, load, load_task, save
+    from .models.saving import check_out_dir
+
+    check_out_dir(a.out)
+    model = load(a.model)
+    task = load_task(a.task, a.data)
+    ev = load_task(a.task, a.eval_data) if a.eval_data else None
+    cfg = FinetuneConfig(epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, batch_size=a.batch_size)
+    work = Path(a.out).expanduser().resolve().parent / f".{Path(a.out).name}.training"
+    sm, res = finetune(model, task, cfg, out_dir=work, eval_task=ev)
+    sm.meta.setdefault("steps", []).append({**cfg.to_dict(), "details": {"steps": res.steps, "best": res.best}})
+    save(sm, a.out, extra_files={"result.json": json.dumps({"training": res.to_dict()}, indent=2, default=str)})
+    print(f"wrote {a.out}: {res.steps} steps in {res.seconds:.0f} s" + (f"; best {res.best}" if res.best else ""))
+
+
 def cmd_recipes(a) -> None:
     from .recipes import builtin_recipes, load_recipe
 
@@ -260,7 +354,8 @@ def cmd_recipes(a) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "evaluate": cmd_evaluate, "compress": cmd_compress, "recipes": cmd_recipes,
-            "quantize": cmd_quantize, "export": cmd_export, "prune": cmd_prune}
+            "quantize": cmd_quantize, "export": cmd_export, "prune": cmd_prune, "distill": cmd_distill,
+            "finetune": cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:

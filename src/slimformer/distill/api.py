@@ -71,6 +71,27 @@ def _load_teacher(spec, original):
     return original
 
 
+def training_texts(spec: str) -> list[str]:
+    """Sentences from one or several (comma-separated) files: a text file gives its lines; a task
+    file (.tsv classification, .csv STS-B pairs) gives its texts."""
+    out: list[str] = []
+    for part in str(spec).split(","):
+        p = Path(part.strip()).expanduser()
+        if p.suffix in (".tsv", ".csv"):
+            from ..data import load_task
+
+            kind = "classification" if p.suffix == ".tsv" else "stsb"
+            out += load_task(kind, p).texts()
+        else:
+            out += _texts_from(str(p))
+    seen, uniq = set(), []
+    for t in out:
+        if t not in seen:
+            seen.add(t)
+            uniq.append(t)
+    return uniq
+
+
 def _texts_from(path: str) -> list[str]:
     from ..data.readers import read_text
 
@@ -107,10 +128,13 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
         p.requires_grad_(False)
     tok = student.tokenizer
 
+    cached = _teacher_cache(teacher, texts, cfg, out_dir) if needs == {"embedding"} else None
+
     def collate(idx):
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
                   return_tensors="pt")
         enc = dict(enc)
+        enc["idx"] = torch.tensor(idx)
         if "token_type_ids" in enc and "token_type_ids" not in _forward_args(student.model):
             enc.pop("token_type_ids")
         if labels is not None:
@@ -122,8 +146,12 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
                       relation_heads=_relation_heads(student, teacher))
 
     def loss_fn(batch):
-        with torch.no_grad():
-            t = model_outputs(teacher, batch, needs)
+        idx = batch.pop("idx")
+        if cached is not None:  # the teacher ran once, before training
+            t = Outputs(embedding=cached[idx.cpu()].to(idx.device))
+        else:
+            with torch.no_grad():
+                t = model_outputs(teacher, batch, needs)
         s = model_outputs(student, batch, needs)
         ctx.labels = batch.get("labels")
         ctx.mask = batch.get("attention_mask")
@@ -139,6 +167,30 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
         trainer.load_best()
     student.model.eval()
     return result
+
+
+@torch.no_grad()
+def _teacher_cache(teacher, texts, cfg, out_dir) -> torch.Tensor:
+    """The teacher's sentence embeddings of every training text, computed once (and kept in
+    out_dir/teacher_embeddings.pt, so a resumed run does not recompute them)."""
+    path = Path(out_dir) / "teacher_embeddings.pt" if out_dir is not None else None
+    if path is not None and path.exists():
+        cached = torch.load(path)
+        if cached.shape[0] == len(texts):
+            return cached
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: less padding
+    out = torch.empty(len(texts), teacher.model.config.hidden_size)
+    from tqdm.auto import tqdm
+
+    for b in tqdm(range(0, len(order), 256), desc="teacher embeddings", leave=False):
+        idx = order[b:b + 256]
+        enc = teacher.tokenize([texts[i] for i in idx], cfg.max_length)
+        out[idx] = model_outputs(teacher, enc, {"embedding"}).embedding.float()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, str(path) + ".tmp")
+        Path(str(path) + ".tmp").replace(path)
+    return out
 
 
 def _relation_heads(student, teacher) -> int:
@@ -205,7 +257,7 @@ def distill_step(sm, cfg: DistillConfig, data) -> Applied:
     """Recipe step: recover the model by distillation from the teacher (default: the model as it
     was before the recipe, so `prune -> distill` recipes work)."""
     teacher = _load_teacher(cfg.teacher, ORIGINAL_MODEL.get())
-    texts = _texts_from(cfg.unlabeled) if cfg.unlabeled else list(data or [])
+    texts = training_texts(cfg.unlabeled) if cfg.unlabeled else list(data or [])
     res = distill(sm, teacher, texts, cfg)
     return Applied([f"distill: {res.steps} steps ({res.epochs:.2f} epochs) in {res.seconds:.0f} s, final loss "
                     f"{res.final_loss:.4g}"],
