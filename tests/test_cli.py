@@ -143,3 +143,28 @@ def test_export_int8_static_command(tmp_path, capsys):
     meta = json.loads((tmp_path / "o" / "slimformer_onnx.json").read_text())
     step = next(s for s in meta["steps"] if s["step"] == "quantize_static")
     assert step["calibration_texts"] == 128  # the 12 lines, cycled to calibration_samples
+
+
+def test_prune_distill_and_finetune_commands(tmp_path, capsys):
+    import slimformer as sf
+
+    folder = save(tiny_slim("bert", "embedding", intermediate_size=64), tmp_path / "m")
+    assert main(["prune", str(folder), "--structure", "ffn", "--amount", "0.5", "--out", str(tmp_path / "p")]) == 0
+    assert sf.load(tmp_path / "p").model.config.intermediate_size == 32
+    assert (tmp_path / "p" / "result.json").exists()
+    assert main(["prune", str(folder), "--method", "magnitude", "--amount", "1.3", "--out", str(tmp_path / "x")]) == 2
+    assert "amount=1.3 is out of range" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    sents = tmp_path / "s.txt"
+    sents.write_text("\n".join(sf.sample_sentences()[:64]))
+    assert main(["distill", "--teacher", str(folder), "--keep-layers", "1", "--unlabeled", str(sents),
+                 "--max-steps", "4", "--batch-size", "16", "--out", str(tmp_path / "d")]) == 0
+    student = sf.load(tmp_path / "d")
+    assert len(student.model.encoder.layer) == 1
+    assert main(["distill", "--teacher", str(folder), "--keep-layers", "0,9", "--unlabeled", str(sents),
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "out of range; accepted: 0..1" in capsys.readouterr().err
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("\n".join(f"{t}\t{i % 2}" for i, t in enumerate(sf.sample_sentences()[:40])))
+    assert main(["finetune", str(folder), "--task", "classification", "--data", str(tsv), "--max-steps", "3",
+                 "--batch-size", "8", "--out", str(tmp_path / "f")]) == 0
+    assert sf.load(tmp_path / "f").kind == "classification"

@@ -286,7 +286,7 @@ def cmd_prune(a) -> None:
 def cmd_distill(a) -> None:
     from .core.errors import SlimformerError
 
-    from . import DistillConfig, distill, evaluate, load, load_task, save, shrink_layers
+    from . import DistillConfig, distill, evaluate, load, save, shrink_layers
     from .distill.api import training_texts
     from .models.saving import check_out_dir
 
@@ -307,6 +307,8 @@ def cmd_distill(a) -> None:
     res = distill(student, teacher, texts, cfg, out_dir=work, eval_task=task)
     student.meta.setdefault("steps", []).append({**cfg.to_dict(), "details": {"steps": res.steps,
                                                  "seconds": res.seconds, "best": res.best}})
+    if not _main_process():
+        return
     report = {"training": res.to_dict()}
     if task is not None:
         report["teacher"] = evaluate(teacher, task).to_dict()
@@ -314,6 +316,13 @@ def cmd_distill(a) -> None:
     save(student, a.out, extra_files={"result.json": json.dumps(report, indent=2, default=str)})
     print(f"wrote {a.out}: {res.steps} steps in {res.seconds:.0f} s" +
           (f"; best {res.best}" if res.best else "") + f" (checkpoints and metrics in {work})")
+
+
+def _main_process() -> bool:
+    """Under torchrun / accelerate launch only rank 0 writes the result."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _layers_arg(text, teacher) -> list[int]:
@@ -341,6 +350,8 @@ def cmd_finetune(a) -> None:
     work = Path(a.out).expanduser().resolve().parent / f".{Path(a.out).name}.training"
     sm, res = finetune(model, task, cfg, out_dir=work, eval_task=ev)
     sm.meta.setdefault("steps", []).append({**cfg.to_dict(), "details": {"steps": res.steps, "best": res.best}})
+    if not _main_process():
+        return
     save(sm, a.out, extra_files={"result.json": json.dumps({"training": res.to_dict()}, indent=2, default=str)})
     print(f"wrote {a.out}: {res.steps} steps in {res.seconds:.0f} s" + (f"; best {res.best}" if res.best else ""))
 
