@@ -100,3 +100,19 @@ def test_finetune_makes_a_classifier_and_trains_stsb_embeddings(tmp_path):
         csv.writer(f).writerows([a, b, i % 5] for i, (a, b) in enumerate(zip(TEXTS, TEXTS[1:])))
     model, r2 = sf.finetune(enc, sf.load_task("stsb", s), sf.FinetuneConfig(max_steps=3, batch_size=8))
     assert model is enc and r2.steps == 3
+
+
+def test_several_teachers_average_their_soft_targets(tmp_path):
+    from slimformer.distill.api import Ensemble, model_outputs
+
+    a, b = tiny_slim("bert", "classification", seed=0), tiny_slim("bert", "classification", seed=1)
+    enc = a.tokenize(TEXTS[:4])
+    with torch.no_grad():
+        out = model_outputs(Ensemble([a, b]), dict(enc), {"logits"})
+        pa, pb = a.model(**enc).logits.softmax(-1), b.model(**enc).logits.softmax(-1)
+    torch.testing.assert_close(out.logits.softmax(-1), (pa + pb) / 2)
+    student = sf.shrink_layers(a, [0])
+    res = sf.distill(student, [a, b], TEXTS, sf.DistillConfig(losses=("soft",), max_steps=3, batch_size=16))
+    assert res.steps == 3
+    with pytest.raises(ConfigError, match="different kinds"):
+        Ensemble([a, tiny_slim("bert", "embedding")])

@@ -21,6 +21,8 @@ _NEEDS = {"soft": "logits", "hard": "logits", "kd": "logits", "hidden_mse": "hid
 def model_outputs(sm, enc: dict, needs: set[str]) -> Outputs:
     """Run `sm` on a batch and collect what the losses need (logits, hidden states, attention
     probabilities, q/k/v projections, the pooled sentence embedding)."""
+    if isinstance(sm, Ensemble):
+        return _ensemble_outputs(sm, enc, needs)
     model = sm.model
     kw = {}
     if "hidden" in needs or ("embedding" in needs and sm.kind != "embedding"):
@@ -103,9 +105,12 @@ def _texts_from(path: str) -> list[str]:
 
 def distill(student, teacher, data, config: DistillConfig | None = None, out_dir=None, eval_task=None):
     """Train `student` (a SlimModel, changed in place) to match `teacher` on `data`: a list of
-    texts (unlabeled) or a classification Task (labels feed the hard part of "kd"). eval_task:
+    texts (unlabeled) or a classification Task (labels feed the hard part of "kd"). `teacher` may
+    be a list of teachers: their soft targets (probabilities) and embeddings are averaged. eval_task:
     measured after each epoch; the best weights are kept. Returns the trainer's TrainResult."""
     cfg = config or DistillConfig()
+    if isinstance(teacher, (list, tuple)):
+        teacher = Ensemble(list(teacher))
     if student.kind != teacher.kind:
         raise ConfigError(f"distill: the student is a {student.kind} model and the teacher a {teacher.kind} model; "
                           "they must do the same task")
@@ -117,15 +122,16 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
         raise ConfigError("distill: the losses " + ", ".join(n for n, _ in losses) + " compare token positions, and "
                           "the student and teacher tokenizers differ; use embedding_mse / embedding_cosine")
     if "attentions" in needs:
-        for m in (student.model, teacher.model):
+        for m in [student.model] + [t.model for t in getattr(teacher, "teachers", [teacher])]:
             m.config._attn_implementation = "eager"  # attention probabilities are only returned by eager attention
     n_s = len(get_adapter(student.model).layers(student.model))
     n_t = len(get_adapter(teacher.model).layers(teacher.model))
     lmap = layer_map(cfg.layer_map, n_s, n_t)
     projections = _projections(student, teacher, needs, lmap)
-    teacher.model.eval()
-    for p in teacher.model.parameters():
-        p.requires_grad_(False)
+    for t in getattr(teacher, "teachers", [teacher]):
+        t.model.eval()
+        for p in t.model.parameters():
+            p.requires_grad_(False)
     tok = student.tokenizer
 
     cached = _teacher_cache(teacher, texts, cfg, out_dir) if needs == {"embedding"} else None
@@ -191,6 +197,36 @@ def _teacher_cache(teacher, texts, cfg, out_dir) -> torch.Tensor:
         torch.save(out, str(path) + ".tmp")
         Path(str(path) + ".tmp").replace(path)
     return out
+
+
+class Ensemble:
+    """Several teachers behind one teacher's interface (same kind and tokenizer): outputs are
+    averaged (class / token probabilities, sentence embeddings); hidden-state losses use the first."""
+
+    def __init__(self, teachers: list):
+        if not teachers:
+            raise ConfigError("distill: an empty list of teachers")
+        kinds = {t.kind for t in teachers}
+        if len(kinds) > 1:
+            raise ConfigError(f"distill: teachers of different kinds {sorted(kinds)}")
+        self.teachers = teachers
+        first = teachers[0]
+        self.kind, self.tokenizer, self.pooling, self.model = first.kind, first.tokenizer, first.pooling, first.model
+        self.source = " + ".join(t.source for t in teachers)
+
+    def tokenize(self, *args, **kw):
+        return self.teachers[0].tokenize(*args, **kw)
+
+
+def _ensemble_outputs(ens: Ensemble, enc, needs) -> Outputs:
+    outs = [model_outputs(t, enc, needs) for t in ens.teachers]
+    first = outs[0]
+    if first.logits is not None:
+        probs = torch.stack([o.logits.float().softmax(-1) for o in outs]).mean(0)
+        first.logits = probs.clamp_min(1e-12).log()  # log of the averaged probabilities: softmax gives them back
+    if first.embedding is not None:
+        first.embedding = torch.stack([o.embedding.float() for o in outs]).mean(0)
+    return first
 
 
 def _relation_heads(student, teacher) -> int:
