@@ -27,3 +27,21 @@ def write(name: str, payload: dict, markdown: str, out: Path = RESULTS) -> None:
     (out / f"{name}.md").write_text(markdown)
     print(markdown)
     print(f"\nwrote {out / (name + '.json')} and .md")
+
+
+def interleaved_speedup(base, other, enc: dict, rounds: int = 5) -> float:
+    """base time / other time for one forward of `enc` (batch of token ids), timed interleaved
+    (base, other, base, other, ...) after one warm-up each; medians. > 1: `other` is faster."""
+    import statistics
+
+    import torch
+
+    tb, to = [], []
+    with torch.inference_mode():
+        base.model(**enc), other.model(**enc)
+        for _ in range(rounds):
+            for m, acc in ((base, tb), (other, to)):
+                t0 = time.perf_counter()
+                m.model(**enc)
+                acc.append(time.perf_counter() - t0)
+    return statistics.median(tb) / statistics.median(to)

@@ -10,9 +10,7 @@ timed interleaved with it, medians). Calibration for data-based scores: 64 SST-2
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
+from common import base_parser, interleaved_speedup, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
@@ -44,18 +42,6 @@ def rows() -> dict:
                                                                            bias_compensation=True)]
     out["2 of 6 layers (block influence)"] = [sf.LayerDropConfig(count=2)]
     return out
-
-
-@torch.inference_mode()
-def ratio(base, m, enc, rounds: int = 3) -> float:
-    tb, tm = [], []
-    base.model(**enc), m.model(**enc)
-    for _ in range(rounds):
-        for who, ts in ((base, tb), (m, tm)):
-            t0 = time.perf_counter()
-            who.model(**enc)
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(tb) / statistics.median(tm)
 
 
 def main() -> None:
@@ -83,7 +69,7 @@ def main() -> None:
         sp = run_stsb(m, task, TaskOptions(progress=False))[0]["spearman"]
         cos = torch.nn.functional.cosine_similarity(m.embed(texts[:512]), ref).mean().item()
         v = {"spearman": sp, "cosine": cos, "bytes": saved_bytes(m)["bytes"], "params": m.num_params(),
-             "throughput_x": ratio(base, m, enc)}
+             "throughput_x": interleaved_speedup(base, m, enc, rounds=3)}
         payload["rows"][name] = v
         table_rows.append([name, sp, sp - sp0, cos, v["bytes"] / 1e6, v["throughput_x"]])
         print(table_rows[-1], flush=True)

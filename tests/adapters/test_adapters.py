@@ -225,28 +225,20 @@ def test_remove_first_decoder_layer_keeps_cache_and_layer_types(family):
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_fix_config_after_head_removal(family):
     """Drop the last head (GQA: the last kv head and its query group) in every layer."""
+    from slimformer.models.surgery import remove_heads_
+
     model = tiny_model(family, "seq2seq-lm" if family in SEQ2SEQ else "base")
     ad = get_adapter(model)
-    done = set()
-    for li in ad.layers(model):
-        for a in (li.attention, li.cross_attention):
-            if a is None:
-                continue
-            group = a.num_heads // a.num_kv_heads
-            kv_keep = heads_idx(range(a.num_kv_heads - 1), a.head_dim)
-            q_keep = heads_idx(range((a.num_kv_heads - 1) * group), a.head_dim)
-            if a.qkv is not None:
-                q, kv = a.fused_qkv_split[0], a.fused_qkv_split[1]
-                keep = torch.cat([q_keep, q + kv_keep, q + kv + kv_keep])
-                replace(model, a.qkv, sliced(a.qkv, out_idx=keep))
-            else:
-                replace(model, a.q, sliced(a.q, out_idx=q_keep))
-                replace(model, a.k, sliced(a.k, out_idx=kv_keep))
-                replace(model, a.v, sliced(a.v, out_idx=kv_keep))
-            replace(model, a.o, sliced(a.o, in_idx=q_keep))
-            if a.rel_bias is not None and id(a.rel_bias) not in done:  # shared (buckets, heads)
-                done.add(id(a.rel_bias))
-                a.rel_bias.weight.data = a.rel_bias.weight.data[:, : a.num_heads - group].clone()
+    layers = ad.layers(model)
+    remove_heads_(model, {i: [li.attention.num_kv_heads - 1] for i, li in enumerate(layers)}, fix_config=False)
+    for li in layers:  # cross-attention: the surgery helper does self-attention; slice it here
+        a = li.cross_attention
+        if a is None:
+            continue
+        keep = heads_idx(range(a.num_kv_heads - 1), a.head_dim)
+        for m in (a.q, a.k, a.v):
+            replace(model, m, sliced(m, out_idx=keep))
+        replace(model, a.o, sliced(a.o, in_idx=keep))
     ad.fix_config(model)
     cfg = model.config
     heads, kv = (2, 1) if family in GQA else (3, 3)

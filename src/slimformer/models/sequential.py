@@ -169,3 +169,30 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
         observe_inputs(sm, [(n, sm.model.get_submodule(n)) for n in outside], batches, None, "",
                        consume_raw=observe)
         process_layer([(n, sm.model.get_submodule(n)) for n in outside])
+
+
+def with_hessians(sm, targets: list[tuple[str, nn.Module]], batches: list[dict], fn: Callable,
+                  sequential: bool = True, true_sequential: bool = False, name: str = "calibration") -> list[str]:
+    """Call fn(layer name, module, H) for every target, H = X^T X of its calibration inputs (GPTQ,
+    SparseGPT): layer by layer on the outputs of the already-processed layers where the model has
+    one layer stack (and `sequential`), else from one pass of the unchanged model. Returns warnings."""
+    from .activations import hessian_collector, hessians
+
+    if sequential and sequential_supported(sm):
+        hs, observe = hessian_collector()
+
+        def process(items):
+            for n, mod in items:
+                fn(n, mod, hs.pop(n).H)
+            observe.seen.clear()
+
+        run_sequential(sm, targets, batches, observe, process, desc=f"{name} (layer by layer)",
+                       true_sequential=true_sequential)
+        return []
+    hs = hessians(sm, targets, batches, f"{name} calibration")
+    for n, mod in tqdm(targets, desc=name, leave=False):
+        fn(n, mod, hs.pop(n).H)
+    if sequential:
+        return [f"{name}: layer-by-layer calibration does not apply to this architecture; Hessians come from one "
+                "pass of the unchanged model"]
+    return []

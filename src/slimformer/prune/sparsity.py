@@ -12,8 +12,8 @@ from ..core.config import Applied
 from ..core.errors import ConfigError, DataError
 from ..core.targets import select_modules
 from ..data import model_batches
-from ..models.activations import hessian_collector, hessians, observe_inputs
-from ..models.sequential import run_sequential, sequential_supported
+from ..models.activations import observe_inputs
+from ..models.sequential import run_sequential, sequential_supported, with_hessians
 from ..models.surgery import module_names, set_module
 from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig, parse_pattern
 from .masks import global_threshold, magnitude_scores, mask_layer, mask_nm, mask_rows, wanda_scores
@@ -139,22 +139,7 @@ def sparsegpt(sm, cfg: SparseGPTConfig, data) -> Applied:
             if cfg.bits else {}
         per_layer[name] = {**_swap(sm, name, mod, r.weight, r.mask, **quant), "relative_error": round(r.error, 6)}
 
-    if cfg.sequential and sequential_supported(sm):
-        hs, observe = hessian_collector()
-
-        def prune(items):
-            for name, mod in items:
-                prune_one(name, mod, hs.pop(name).H)
-            observe.seen.clear()
-
-        run_sequential(sm, targets, batches, observe, prune, desc="sparsegpt (layer by layer)", true_sequential=False)
-    else:
-        if cfg.sequential:
-            warnings.append("sparsegpt: layer-by-layer calibration does not apply to this architecture; Hessians "
-                            "come from one pass of the dense model")
-        hs = hessians(sm, targets, batches, "sparsegpt calibration")
-        for name, mod in tqdm(targets, desc="sparsegpt", leave=False):
-            prune_one(name, mod, hs.pop(name).H)
+    warnings += with_hessians(sm, targets, batches, prune_one, cfg.sequential, name="sparsegpt")
     details = _summary(per_layer, cfg)
     if cfg.bits:
         details["values"] = f"int{cfg.bits} g{cfg.group_size}"

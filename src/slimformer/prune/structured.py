@@ -3,14 +3,13 @@ least important, and remove them physically through the shared surgery (models/s
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..adapters import get_adapter
 from ..adapters.base import linear_weight
 from ..core.config import Applied
 from ..core.errors import ConfigError, DataError
 from ..data import model_batches
-from ..models.surgery import remove_ffn_neurons_, remove_heads_, remove_layers_, replace_module, slice_linear
+from ..models.surgery import remove_ffn_neurons_, remove_heads_, remove_layers_
 from .configs import FFNPruningConfig, HeadPruningConfig, LayerDropConfig
 from .importance import IMPORTANCE, block_influence, input_means
 

@@ -13,8 +13,7 @@ from ..core.config import Applied
 from ..core.errors import ConfigError, DataError
 from ..core.targets import select_modules
 from ..data import model_batches
-from ..models.activations import hessian_collector, hessians
-from ..models.sequential import run_sequential, sequential_supported
+from ..models.sequential import with_hessians
 from ..models.surgery import set_module as _set_module
 from .awq import awq_scale_
 from .awq import summary as awq_summary
@@ -49,23 +48,10 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> Applied:
         if not data:
             raise DataError("GPTQ needs calibration data (texts); none was given (pass data=..., or --data PATH)")
         batches = model_batches(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
-        if cfg.sequential and sequential_supported(sm):
-            hs, observe = hessian_collector()
+        def quantize_one(name, mod, H):
+            errors[name] = _group_quantize(sm, name, mod, cfg, H, layer_of(name))
 
-            def quantize_layer(items):
-                for name, mod in items:
-                    errors[name] = _group_quantize(sm, name, mod, cfg, hs.pop(name).H, layer_of(name))
-                observe.seen.clear()
-
-            run_sequential(sm, body, batches, observe, quantize_layer, desc="gptq (layer by layer)",
-                           true_sequential=cfg.true_sequential)
-        else:
-            if cfg.sequential:
-                warnings.append("GPTQ: layer-by-layer calibration does not apply to this architecture; "
-                                "Hessians come from one pass of the float model")
-            hs = hessians(sm, body, batches, "gptq calibration")
-            for name, mod in tqdm(body, desc="gptq", leave=False):
-                errors[name] = _group_quantize(sm, name, mod, cfg, hs.pop(name).H, layer_of(name))
+        warnings += with_hessians(sm, body, batches, quantize_one, cfg.sequential, cfg.true_sequential, name="gptq")
     else:
         for name, mod in tqdm(body, desc=f"int{cfg.bits} rtn", leave=False):
             _group_quantize(sm, name, mod, cfg, None, layer_of(name))
