@@ -10,6 +10,7 @@ from .importance import IMPORTANCE
 from .modules import SparseLinear, restore_sparse_linear
 from .sparsity import magnitude, sparsegpt, wanda
 from .structured import drop_layers, prune_ffn, prune_heads
+from .training import GradualMagnitude, GroupLasso, MovementPruning, cubic_sparsity
 
 register_method(MagnitudeConfig, magnitude)
 register_method(WandaConfig, wanda)
@@ -58,4 +59,5 @@ def prune_(model, config: MethodConfig, data=None) -> list[str]:
 
 
 __all__ = ["prune_", "prune_config", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "HeadPruningConfig", "FFNPruningConfig",
-           "LayerDropConfig", "SparseLinear", "IMPORTANCE"]
+           "LayerDropConfig", "SparseLinear", "IMPORTANCE", "GradualMagnitude", "MovementPruning", "GroupLasso",
+           "cubic_sparsity"]

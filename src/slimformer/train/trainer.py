@@ -108,8 +108,12 @@ class TrainResult:
 
 
 class Callback:
-    """Hooks into training: on_step_end after each optimizer step (e.g. re-apply pruning masks,
-    update a sparsity schedule), on_train_end once."""
+    """Hooks into training: on_before_optimizer_step after the gradients of a step are complete
+    (e.g. accumulate movement scores, add a sparsity penalty's gradient), on_step_end after each
+    optimizer step (e.g. re-apply pruning masks, update a sparsity schedule), on_train_end once."""
+
+    def on_before_optimizer_step(self, trainer: "Trainer", step: int) -> None:
+        pass
 
     def on_step_end(self, trainer: "Trainer", step: int) -> None:
         pass
@@ -306,6 +310,8 @@ class Trainer:
                     for p in self._params:
                         if p.grad is not None:
                             p.grad = acc.reduce(p.grad, reduction="mean")
+                for cb in self.callbacks:
+                    cb.on_before_optimizer_step(self, self.step + 1)
                 if cfg.clip_norm:
                     torch.nn.utils.clip_grad_norm_(self._params, cfg.clip_norm)
                 self.optimizer.step()
