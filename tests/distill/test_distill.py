@@ -116,3 +116,24 @@ def test_several_teachers_average_their_soft_targets(tmp_path):
     assert res.steps == 3
     with pytest.raises(ConfigError, match="different kinds"):
         Ensemble([a, tiny_slim("bert", "embedding")])
+
+
+def test_sequence_level_kd_on_a_tiny_lm():
+    from slimformer.distill import sequence_kd_texts
+
+    teacher = tiny_slim("llama", "causal-lm")
+    texts = sequence_kd_texts(teacher, TEXTS[:8], max_new_tokens=4, num_beams=2)
+    assert len(texts) == 8 and all(t.startswith(p.split()[0].lower()) or t for t, p in zip(texts, TEXTS))
+    student = sf.shrink_layers(teacher, [0])
+    enc = student.tokenize(texts)
+
+    def nll():
+        with torch.no_grad():
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            return student.model(**enc, labels=labels).loss.item()
+
+    before = nll()
+    sf.distill(student, teacher, texts * 4, sf.DistillConfig(losses=("lm",), max_steps=20, lr=3e-3, batch_size=8))
+    assert nll() < before  # the student learned the teacher's sequences
+    with pytest.raises(ConfigError, match="generates with a causal LM"):
+        sequence_kd_texts(tiny_slim("bert", "embedding"), TEXTS[:2])

@@ -79,3 +79,11 @@ def test_layer_maps():
     assert layer_map("explicit", 2, 6, [1, 6]) == [(1, 1), (2, 6)]
     with pytest.raises(ValueError, match="out of range; accepted: 1..6"):
         layer_map("explicit", 2, 6, [0, 7])
+
+
+def test_lm_loss_is_next_token_cross_entropy_on_real_tokens():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])
+    ids = torch.tensor([[0, 1, 2]])
+    ctx = LossContext(input_ids=ids, mask=torch.tensor([[1, 1, 0]]))
+    want = torch.nn.functional.cross_entropy(logits[0, :1], ids[0, 1:2]).item()  # the last target is padding
+    assert LOSSES.get("lm")(Outputs(logits=logits), Outputs(), ctx).item() == pytest.approx(want)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.config import register_method
-from .api import distill, distill_step, finetune, model_outputs, to_classifier
+from .api import distill, distill_step, finetune, model_outputs, sequence_kd_texts, to_classifier
 from .configs import DistillConfig, FinetuneConfig
 from .losses import LOSSES, LossContext, Outputs, layer_map
 from .students import shrink_layers
@@ -11,4 +11,4 @@ from .students import shrink_layers
 register_method(DistillConfig, distill_step)
 
 __all__ = ["distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "LOSSES", "LossContext",
-           "Outputs", "layer_map", "model_outputs", "to_classifier"]
+           "Outputs", "layer_map", "model_outputs", "to_classifier", "sequence_kd_texts"]

@@ -14,7 +14,7 @@ from ..train import TrainConfig, Trainer
 from .configs import DistillConfig, FinetuneConfig
 from .losses import LOSSES, LossContext, Outputs, layer_map
 
-_NEEDS = {"soft": "logits", "hard": "logits", "kd": "logits", "hidden_mse": "hidden", "attention_kl": "attentions",
+_NEEDS = {"soft": "logits", "hard": "logits", "kd": "logits", "lm": "logits", "hidden_mse": "hidden", "attention_kl": "attentions",
           "minilm_relation": "qkv", "embedding_mse": "embedding", "embedding_cosine": "embedding"}
 
 
@@ -161,6 +161,7 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
         s = model_outputs(student, batch, needs)
         ctx.labels = batch.get("labels")
         ctx.mask = batch.get("attention_mask")
+        ctx.input_ids = batch.get("input_ids")
         parts = {name: LOSSES.get(name)(s, t, ctx) for name, _ in losses}
         total = sum(w * parts[name] for name, w in losses)
         return total, {k: float(v.detach()) for k, v in parts.items()}
@@ -287,6 +288,28 @@ def _eval_fn(sm, task):
         sm.model.train()
         return {**metrics, "score": metrics.get(key, 0.0)}
     return f
+
+
+@torch.no_grad()
+def sequence_kd_texts(teacher, prompts: list[str], max_new_tokens: int = 64, num_beams: int = 4,
+                      batch_size: int = 8) -> list[str]:
+    """Sequence-level KD targets: the teacher's beam-search continuation of each prompt, returned
+    as prompt + continuation texts to train a student on with the "lm" loss."""
+    if teacher.kind != "causal-lm":
+        raise ConfigError(f"sequence-level KD generates with a causal LM; the teacher is a {teacher.kind} model")
+    tok = teacher.tokenizer
+    old = getattr(tok, "padding_side", "right")
+    tok.padding_side = "left"  # generation continues from the last real token
+    out = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+            gen = teacher.model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                         pad_token_id=tok.pad_token_id)
+            out += tok.batch_decode(gen, skip_special_tokens=True)
+    finally:
+        tok.padding_side = old
+    return out
 
 
 def distill_step(sm, cfg: DistillConfig, data) -> Applied:

@@ -42,6 +42,7 @@ class LossContext:
     layer_map: list[tuple[int, int]] = field(default_factory=list)  # (student layer, teacher layer), 1-based
     projections: nn.ModuleDict | None = None  # "hidden{i}" -> Linear(student width, teacher width)
     relation_heads: int = 12  # MiniLM relation heads (any number dividing both widths)
+    input_ids: Tensor | None = None  # (B, T) the batch's tokens ("lm": next-token targets)
 
 
 def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -73,6 +74,18 @@ def hard(s: Outputs, t: Outputs, ctx: LossContext) -> Tensor:
     if s.logits.shape[-1] == 1:
         return F.mse_loss(s.logits.squeeze(-1).float(), ctx.labels.float())
     return F.cross_entropy(s.logits.float(), ctx.labels.long())
+
+
+@LOSSES.register("lm")
+def lm(s: Outputs, t: Outputs, ctx: LossContext) -> Tensor:
+    """Next-token cross-entropy of a causal LM on the batch's own tokens (real tokens only): with
+    the teacher's generated sequences as the texts this is sequence-level KD (Kim & Rush 2016;
+    see distill.sequence_kd_texts)."""
+    logits = s.logits[:, :-1].float()
+    target = ctx.input_ids[:, 1:].clone()
+    if ctx.mask is not None:
+        target[ctx.mask[:, 1:] == 0] = -100
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
 
 @LOSSES.register("kd")
