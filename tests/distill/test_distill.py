@@ -137,3 +137,26 @@ def test_sequence_level_kd_on_a_tiny_lm():
     assert nll() < before  # the student learned the teacher's sequences
     with pytest.raises(ConfigError, match="generates with a causal LM"):
         sequence_kd_texts(tiny_slim("bert", "embedding"), TEXTS[:2])
+
+
+def test_multitask_student_learns_both_tasks():
+    from slimformer.distill import TaskSpec, distill_multitask
+
+    emb_teacher = tiny_slim("bert", "embedding")
+    clf_teacher = tiny_slim("bert", "classification", seed=2)
+    with torch.no_grad():  # a decisive teacher: its classes differ clearly between texts
+        clf_teacher.model.classifier.weight.mul_(50)
+    student = tiny_slim("bert", "embedding", seed=5, num_hidden_layers=1)
+    ref = emb_teacher.embed(TEXTS[:16])
+    before = torch.nn.functional.cosine_similarity(student.embed(TEXTS[:16]), ref).mean()
+    heads = distill_multitask(student, [TaskSpec("sts", emb_teacher, TEXTS), TaskSpec("clf", clf_teacher, TEXTS)],
+                              sf.DistillConfig(max_steps=80, lr=3e-3, batch_size=16))
+    after = torch.nn.functional.cosine_similarity(student.embed(TEXTS[:16]), ref).mean()
+    assert after > before and set(heads) == {"clf"}
+    with torch.no_grad():
+        enc = student.tokenize(TEXTS[:16])
+        pt = clf_teacher.model(**enc).logits.softmax(-1)
+        ps = heads["clf"](student.embed(TEXTS[:16])).softmax(-1)
+    assert (pt.argmax(-1) == ps.argmax(-1)).float().mean() >= 0.75
+    with pytest.raises(ConfigError, match="distinct names"):
+        distill_multitask(student, [TaskSpec("a", emb_teacher, TEXTS), TaskSpec("a", emb_teacher, TEXTS)])
