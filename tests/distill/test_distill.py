@@ -160,3 +160,15 @@ def test_multitask_student_learns_both_tasks():
     assert (pt.argmax(-1) == ps.argmax(-1)).float().mean() >= 0.75
     with pytest.raises(ConfigError, match="distinct names"):
         distill_multitask(student, [TaskSpec("a", emb_teacher, TEXTS), TaskSpec("a", emb_teacher, TEXTS)])
+
+
+def test_fresh_narrower_student_from_config():
+    from slimformer.distill import student_from_config
+
+    t = tiny_slim("bert", "embedding")
+    s = student_from_config(t, hidden_size=16, num_attention_heads=2, intermediate_size=20, num_hidden_layers=1)
+    assert s.model.config.hidden_size == 16 and len(s.model.encoder.layer) == 1 and s.tokenizer is t.tokenizer
+    res = sf.distill(s, t, TEXTS, sf.DistillConfig(max_steps=5, batch_size=16))  # embedding widths differ: projection
+    assert res.steps == 5 and s.embed(["the cat"]).shape == (1, 16)
+    with pytest.raises(ConfigError, match="has no 'depth'"):
+        student_from_config(t, depth=3)

@@ -7,10 +7,10 @@ from .api import distill, distill_step, finetune, model_outputs, sequence_kd_tex
 from .configs import DistillConfig, FinetuneConfig
 from .losses import LOSSES, LossContext, Outputs, layer_map
 from .multitask import TaskSpec, distill_multitask
-from .students import shrink_layers
+from .students import shrink_layers, student_from_config
 
 register_method(DistillConfig, distill_step)
 
-__all__ = ["distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "LOSSES", "LossContext",
+__all__ = ["distill", "finetune", "shrink_layers", "student_from_config", "DistillConfig", "FinetuneConfig", "LOSSES", "LossContext",
            "Outputs", "layer_map", "model_outputs", "to_classifier", "sequence_kd_texts", "TaskSpec",
            "distill_multitask"]

@@ -29,3 +29,26 @@ def shrink_layers(model, keep) -> object:
     student.meta = {k: v for k, v in model.meta.items() if k not in ("result", "recipe")}
     student.meta.setdefault("steps", []).append({"method": "shrink_layers", "keep": keep})
     return student
+
+
+def student_from_config(teacher, **sizes):
+    """A fresh (randomly initialized) student of the teacher's architecture with other sizes, e.g.
+    `student_from_config(teacher, hidden_size=256, num_hidden_layers=3, num_attention_heads=4,
+    intermediate_size=1024)`: same tokenizer, pooling and task. Keys are the model config's own."""
+    from ..models.wrapper import SlimModel
+
+    cfg = copy.deepcopy(teacher.model.config)
+    for k, v in sizes.items():
+        if not hasattr(cfg, k):
+            raise ConfigError(f"student_from_config: {type(cfg).__name__} has no {k!r}")
+        setattr(cfg, k, v)
+    for k in ("slimformer_layer_sizes", "slimformer_quantization"):
+        if hasattr(cfg, k):
+            delattr(cfg, k)
+    try:
+        model = type(teacher.model)(cfg)
+    except Exception as e:  # transformers validates sizes (hidden % heads, ...)
+        raise ConfigError(f"student_from_config: {type(e).__name__}: {e}") from None
+    model.eval()
+    return SlimModel(model, teacher.tokenizer, teacher.kind, copy.deepcopy(teacher.pooling),
+                     source=f"fresh {type(model).__name__} ({', '.join(f'{k}={v}' for k, v in sizes.items())})")
