@@ -138,6 +138,7 @@ STRUCT = [
     sf.FFNPruningConfig(amount=0.5, importance="activation", calibration_tokens=16),
     sf.FFNPruningConfig(amount=0.25, importance="taylor", calibration_tokens=16),
     sf.FFNPruningConfig(amount=0.25, importance="random"),
+    sf.FFNPruningConfig(amount=0.25, importance="energy", calibration_tokens=16),
     sf.LayerDropConfig(count=1, calibration_tokens=16),
 ]
 

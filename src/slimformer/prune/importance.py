@@ -115,6 +115,28 @@ def activation(sm, kind: str, batches) -> dict[int, Tensor]:
     return out
 
 
+@IMPORTANCE.register("energy")
+def energy(sm, kind: str, batches) -> dict[int, Tensor]:
+    """E[x^2] of each input channel of o / down times the squared norm of the weight column it
+    multiplies: the expected squared change of the output when the channel is removed (set to 0,
+    with no bias to compensate). Unlike "activation" (a variance), it keeps channels with large,
+    nearly constant activations, which LLMs such as SmolLM2 have and cannot lose."""
+    if not batches:
+        raise ValueError("importance 'energy' needs calibration data")
+    layers = get_adapter(sm.model).layers(sm.model)
+    out = {}
+    for i, (s, s2, n) in _input_stats(sm, kind, batches).items():
+        li = layers[i]
+        w = linear_weight(li.attention.o if kind == "heads" else li.ffn.down).float()
+        ch = (s2 / n) * w.pow(2).sum(0)
+        if kind == "heads":
+            a = li.attention
+            out[i] = torch.stack([ch[_unit_cols(a, u)].sum() for u in range(a.num_kv_heads)])
+        else:
+            out[i] = ch
+    return out
+
+
 @IMPORTANCE.register("taylor")
 def taylor(sm, kind: str, batches) -> dict[int, Tensor]:
     """First-order Taylor (Molchanov et al. 2019; head importance of Michel et al. 2019):

@@ -13,7 +13,7 @@ from ..models.surgery import remove_ffn_neurons_, remove_heads_, remove_layers_
 from .configs import FFNPruningConfig, HeadPruningConfig, LayerDropConfig
 from .importance import IMPORTANCE, block_influence, input_means
 
-_NEEDS_DATA = ("activation", "taylor")
+_NEEDS_DATA = ("activation", "energy", "taylor")
 
 
 def _batches(sm, cfg, data, needed: bool):
