@@ -45,3 +45,14 @@ def interleaved_speedup(base, other, enc: dict, rounds: int = 5) -> float:
                 m.model(**enc)
                 acc.append(time.perf_counter() - t0)
     return statistics.median(tb) / statistics.median(to)
+
+
+UNLABELED = ("sst2/train.tsv", "multi30k/train.en", "stsb/stsb-en-train.csv")
+
+
+def unlabeled_sentences(data: Path) -> list[str]:
+    """The ~106k unlabeled English training sentences of the distillation benchmarks (SST-2 train,
+    Multi30k en train, STS-B train; never STS-B dev), deduplicated."""
+    from slimformer.distill.api import training_texts
+
+    return training_texts(",".join(str(data / p) for p in UNLABELED))

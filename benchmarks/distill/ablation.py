@@ -20,8 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
-from slimformer.distill.api import training_texts  # noqa: E402
+from common import base_parser, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
@@ -37,8 +36,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     teacher = sf.load()
     task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
-    texts = training_texts(",".join(str(a.data / p) for p in ("sst2/train.tsv", "multi30k/train.en",
-                                                                "stsb/stsb-en-train.csv")))
+    texts = unlabeled_sentences(a.data)
     student = sf.shrink_layers(teacher, [0, 2, 4])
     t0 = time.perf_counter()
     sf.distill(student, teacher, texts, sf.DistillConfig(losses=tuple(a.loss.split("+")), lr=a.lr, max_steps=a.steps),

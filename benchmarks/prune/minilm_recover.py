@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
-from slimformer.distill.api import training_texts  # noqa: E402
+from common import base_parser, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
@@ -47,8 +46,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     teacher = sf.load()
     task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
-    texts = training_texts(",".join(str(a.data / p) for p in ("sst2/train.tsv", "multi30k/train.en",
-                                                                "stsb/stsb-en-train.csv")))
+    texts = unlabeled_sentences(a.data)
     calib = sf.calibration_texts(sf.load_task("classification", a.data / "sst2" / "dev.tsv"), n=64)
     sp_t = run_stsb(teacher, task, TaskOptions(progress=False))[0]["spearman"]
     enc = make_inputs(teacher, task.texts(), 32, 128)

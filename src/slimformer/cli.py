@@ -327,16 +327,15 @@ def _main_process() -> bool:
 
 
 def _layers_arg(text, teacher) -> list[int]:
-    from .adapters import get_adapter
     from .core.errors import ConfigError
+    from .distill.students import every_other_layer
 
-    n = len(get_adapter(teacher.model).layers(teacher.model))
     if not text:
-        return list(range(0, n, 2))
+        return every_other_layer(teacher)
     try:
         return [int(x) for x in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--keep-layers {text!r}: expected layer indices like 0,2,4 (0..{n - 1})") from None
+        raise ConfigError(f"--keep-layers {text!r}: expected layer indices like 0,2,4") from None
 
 
 def cmd_finetune(a) -> None:

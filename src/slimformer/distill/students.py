@@ -9,6 +9,12 @@ from ..core.errors import ConfigError
 from ..models.surgery import remove_layers_
 
 
+def every_other_layer(model) -> list[int]:
+    """The default student layers: 0, 2, 4, ... of the model's (single) layer stack."""
+    n = len(get_adapter(model.model).layers(model.model))
+    return list(range(0, n, 2))
+
+
 def shrink_layers(model, keep) -> object:
     """A copy of `model` (a SlimModel) keeping only the layers `keep` (indices into its layer stack;
     for encoder-decoders {"encoder": [...], "decoder": [...]}), initialized from those layers. The

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import get_adapter
-from ..adapters.base import linear_weight
+from ..adapters.base import is_conv1d, linear_weight
 from ..core.registry import Registry
 from ..models.activations import calibration_forward
 
@@ -98,21 +98,7 @@ def activation(sm, kind: str, batches) -> dict[int, Tensor]:
     """FLAP (An et al. 2024) fluctuation: the variance of each input channel of o / down over the
     calibration tokens times the squared norm of the weight column it multiplies, summed over the
     unit's channels: how much the output moves when the channel is replaced by its mean."""
-    if not batches:
-        raise ValueError("importance 'activation' needs calibration data")
-    layers = get_adapter(sm.model).layers(sm.model)
-    out = {}
-    for i, (s, s2, n) in _input_stats(sm, kind, batches).items():
-        var = (s2 / n - (s / n).pow(2)).clamp_min(0)
-        li = layers[i]
-        w = linear_weight(li.attention.o if kind == "heads" else li.ffn.down).float()
-        ch = var * w.pow(2).sum(0)  # (in,)
-        if kind == "heads":
-            a = li.attention
-            out[i] = torch.stack([ch[_unit_cols(a, u)].sum() for u in range(a.num_kv_heads)])
-        else:
-            out[i] = ch
-    return out
+    return _channel_scores(sm, kind, batches, "activation", lambda s, s2, n: (s2 / n - (s / n).pow(2)).clamp_min(0))
 
 
 @IMPORTANCE.register("energy")
@@ -121,14 +107,20 @@ def energy(sm, kind: str, batches) -> dict[int, Tensor]:
     multiplies: the expected squared change of the output when the channel is removed (set to 0,
     with no bias to compensate). Unlike "activation" (a variance), it keeps channels with large,
     nearly constant activations, which LLMs such as SmolLM2 have and cannot lose."""
+    return _channel_scores(sm, kind, batches, "energy", lambda s, s2, n: s2 / n)
+
+
+def _channel_scores(sm, kind: str, batches, name: str, stat) -> dict[int, Tensor]:
+    """stat(sum x, sum x^2, count) per input channel of o / down, times the squared norm of the
+    weight column it multiplies, summed over each unit's channels (heads) or per neuron (ffn)."""
     if not batches:
-        raise ValueError("importance 'energy' needs calibration data")
+        raise ValueError(f"importance {name!r} needs calibration data")
     layers = get_adapter(sm.model).layers(sm.model)
     out = {}
     for i, (s, s2, n) in _input_stats(sm, kind, batches).items():
         li = layers[i]
         w = linear_weight(li.attention.o if kind == "heads" else li.ffn.down).float()
-        ch = (s2 / n) * w.pow(2).sum(0)
+        ch = stat(s, s2, n) * w.pow(2).sum(0)  # (in,)
         if kind == "heads":
             a = li.attention
             out[i] = torch.stack([ch[_unit_cols(a, u)].sum() for u in range(a.num_kv_heads)])
@@ -194,7 +186,7 @@ def _wg(m) -> Tensor:
     """w * dL/dw as an (out, in) view (Conv1D stores (in, out))."""
     g = m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight)
     t = (m.weight.detach() * g).float()
-    return t.t() if type(m).__name__ == "Conv1D" else t
+    return t.t() if is_conv1d(m) else t
 
 
 def _unit_taylor(li, kind: str) -> Tensor:

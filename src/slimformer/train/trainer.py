@@ -238,8 +238,7 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=False)
         if acc.is_main_process:
-            state = {"step": self.step, "best": self.best, "history": self.history, "fingerprint": self.fingerprint,
-                     "python_rng": repr(random.getstate())}
+            state = {"step": self.step, "best": self.best, "history": self.history, "fingerprint": self.fingerprint}
             (tmp / STATE_FILE).write_text(json.dumps(state, default=str))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
