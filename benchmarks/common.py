@@ -53,6 +53,6 @@ UNLABELED = ("sst2/train.tsv", "multi30k/train.en", "stsb/stsb-en-train.csv")
 def unlabeled_sentences(data: Path) -> list[str]:
     """The ~106k unlabeled English training sentences of the distillation benchmarks (SST-2 train,
     Multi30k en train, STS-B train; never STS-B dev), deduplicated."""
-    from slimformer.distill.api import training_texts
+    from slimformer.data import training_texts
 
     return training_texts(",".join(str(data / p) for p in UNLABELED))

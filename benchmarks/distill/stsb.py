@@ -70,7 +70,7 @@ def main() -> None:
         tx = throughput_ratio(teacher, student, enc)
         v = {"layers": keep, "spearman_before": sp0, "spearman": sp, "cosine": cos, "throughput_x": tx,
              "bytes": saved_bytes(student)["bytes"], "seconds": secs, "seconds_per_epoch": secs / max(res.epochs, 1e-9),
-             "steps": res.steps, "best": res.best, "curve": [h for h in res.history if "eval" in h]}
+             "steps": res.steps, "precision": res.precision, "best": res.best, "curve": [h for h in res.history if "eval" in h]}
         payload["students"][name] = v
         rows.append([f"student: layers {keep} of the teacher, distilled", sp, sp - sp_t, cos, v["bytes"] / 1e6, tx,
                      f"{v['seconds_per_epoch'] / 60:.1f} min/epoch (before: {sp0:.2f})"])
@@ -80,7 +80,8 @@ def main() -> None:
         f"`python benchmarks/distill/stsb.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU "
         f"{payload['cpu'].get('cpu_model', '?')}, {payload['cpu'].get('cpu_capability')}). Students keep layers of "
         f"the teacher and are trained to reproduce its sentence embeddings ({a.loss}) on {len(texts):,} unlabeled sentences "
-        f"(SST-2 train, Multi30k en train, STS-B train; batch {a.batch_size}, lr {a.lr:g}, warm-up 10%, linear decay). "
+        f"(SST-2 train, Multi30k en train, STS-B train; batch {a.batch_size}, lr {a.lr:g}, warm-up 10%, linear decay, "
+        f"{a.epochs:g} epoch(s), training precision {', '.join(sorted({v['precision'] for v in payload['students'].values()}))}). "
         "STS-B dev Spearman x100 of the best epoch; cosine to the teacher's embeddings on 512 dev sentences; "
         "throughput at batch 32 x 128 as a ratio to the teacher, interleaved in this run.", "",
         table(["model", "spearman", "change", "cosine", "MB", "throughput x", "notes"], rows),

@@ -11,7 +11,7 @@ from .quantize import (quantize_, Int8DynamicConfig, Int8StaticConfig, WeightOnl
 from .export import ExportConfig  # registers the onnx step and the exported-folder loader
 from .prune import (prune_, MagnitudeConfig, WandaConfig, SparseGPTConfig, HeadPruningConfig, FFNPruningConfig,
                     LayerDropConfig)  # registers the pruning methods
-from .distill import distill, finetune, shrink_layers, DistillConfig, FinetuneConfig  # registers the distill step
+from .distill import distill, finetune, shrink_layers, DistillConfig, FinetuneConfig, ShrinkConfig  # registers the distill step
 from .train import Trainer, TrainConfig
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
     "quantize_", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig", "SmoothQuantConfig",
     "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "ExportConfig",
     "prune_", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "HeadPruningConfig", "FFNPruningConfig",
-    "LayerDropConfig", "distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "Trainer",
+    "LayerDropConfig", "distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "ShrinkConfig", "Trainer",
     "TrainConfig",
     "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
 ]

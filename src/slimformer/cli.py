@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="run a recipe, evaluate before and after, save model + report")
     _add_eval_args(p, need_task=False)
     p.add_argument("--recipe", required=True, help="a built-in recipe name (see `slimformer recipes`) or a YAML file")
-    p.add_argument("--out", required=True, help="output folder: model, result.json, report.md")
+    p.add_argument("--unlabeled", help="training sentences for recipes that train (encoder-fast, classifier-fast: the "
+                   "distill step): a text file (one a line) or task files, several joined with ','")
+    p.add_argument("--out", required=True, help="output folder: model, result.json, report.md. A recipe that trains "
+                   "keeps checkpoints in .OUT.slimformer-work beside it: re-run the same command to resume")
 
     p = sub.add_parser("quantize", help="quantize a model and save it (reloadable with slimformer.load)")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
@@ -132,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4 for sentence encoders, "
                    "1e-4 otherwise)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per step (default 64)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto",
+                   help="training precision (default auto: bf16 autocast where the CPU has AMX-BF16 / AVX512-BF16 or "
+                   "the GPU supports bf16; else fp32)")
     p.add_argument("--out", required=True, help="output folder: the student, result.json, checkpoints, metrics")
 
     p = sub.add_parser("finetune", help="fine-tune a model on a labeled task (a teacher, or a student afterwards)")
@@ -143,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto",
+                   help="training precision (default auto: bf16 autocast where the CPU has AMX-BF16 / AVX512-BF16 or "
+                   "the GPU supports bf16; else fp32)")
     p.add_argument("--out", required=True, help="output folder")
 
     sub.add_parser("recipes", help="list the built-in recipes")
@@ -232,7 +241,8 @@ def cmd_compress(a) -> None:
     if task is None:
         print("no --task/--data given: calibrating and measuring fidelity on the packaged sample sentences; "
               "task metrics (e.g. STS-B Spearman) need real data via --task/--data", file=sys.stderr)
-    res = compress(model, a.recipe, task, a.out, CompressOptions(evaluate=_eval_options(a)))
+    res = compress(model, a.recipe, task, a.out, CompressOptions(evaluate=_eval_options(a), unlabeled=a.unlabeled,
+                                                                  progress=True))
     print(render_markdown(res))
     print(f"\nwrote {a.out} (model, result.json, report.md)")
 
@@ -288,7 +298,7 @@ def cmd_distill(a) -> None:
     from .core.errors import SlimformerError
 
     from . import DistillConfig, distill, evaluate, load, save, shrink_layers
-    from .distill.api import training_texts
+    from .data import training_texts
     from .models.saving import check_out_dir
 
     check_out_dir(a.out)
@@ -303,7 +313,7 @@ def cmd_distill(a) -> None:
         keep = _layers_arg(a.keep_layers, teacher)
         student = shrink_layers(teacher, keep)
     cfg = DistillConfig(losses=tuple(a.loss or ()), epochs=a.epochs, max_steps=a.max_steps, lr=a.lr,
-                        batch_size=a.batch_size)
+                        batch_size=a.batch_size, mixed_precision=a.precision)
     work = Path(a.out).expanduser().resolve().parent / f".{Path(a.out).name}.training"
     res = distill(student, teacher, texts, cfg, out_dir=work, eval_task=task)
     student.meta.setdefault("steps", []).append({**cfg.to_dict(), "details": {"steps": res.steps,
@@ -346,7 +356,8 @@ def cmd_finetune(a) -> None:
     model = load(a.model)
     task = load_task(a.task, a.data)
     ev = load_task(a.task, a.eval_data) if a.eval_data else None
-    cfg = FinetuneConfig(epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, batch_size=a.batch_size)
+    cfg = FinetuneConfig(epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, batch_size=a.batch_size,
+                         mixed_precision=a.precision)
     work = Path(a.out).expanduser().resolve().parent / f".{Path(a.out).name}.training"
     sm, res = finetune(model, task, cfg, out_dir=work, eval_task=ev)
     sm.meta.setdefault("steps", []).append({**cfg.to_dict(), "details": {"steps": res.steps, "best": res.best}})

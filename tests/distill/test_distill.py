@@ -172,3 +172,11 @@ def test_fresh_narrower_student_from_config():
     assert res.steps == 5 and s.embed(["the cat"]).shape == (1, 16)
     with pytest.raises(ConfigError, match="has no 'depth'"):
         student_from_config(t, depth=3)
+
+
+def test_precision_choice_is_checked():
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        sf.DistillConfig(mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        sf.FinetuneConfig(mixed_precision="half")
+    assert sf.DistillConfig().mixed_precision == "auto"

@@ -112,3 +112,27 @@ def test_two_processes_match_one(tmp_path):
     a, b = torch.load(tmp_path / "two-0.pt"), torch.load(tmp_path / "two-1.pt")
     assert torch.equal(a, b)  # replicas identical
     torch.testing.assert_close(a, w1, rtol=1e-5, atol=1e-6)  # = 1 process on the same global batch
+
+
+def test_bf16_autocast_trains_and_auto_follows_the_cpu(monkeypatch):
+    from slimformer.core import hardware
+
+    seen = []
+
+    def loss_fn(batch):
+        x, y = batch
+        out = model(x)
+        seen.append(out.dtype)
+        return nn.functional.mse_loss(out.float(), y)
+
+    model = _model()
+    res = Trainer(model, loss_fn, _data(), _collate, TrainConfig(max_steps=6, batch_size=16, lr=1e-2,
+                                                                 mixed_precision="bf16")).fit()
+    assert res.precision == "bf16" and seen[0] == torch.bfloat16 and res.final_loss < res.history[0]["loss"] * 2
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
+    assert hardware.resolve_precision("auto") == "no"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert hardware.resolve_precision("auto") == "bf16"
+    assert hardware.resolve_precision("no") == "no"
+    with pytest.raises(ConfigError, match="mixed_precision='fp8'.*no, bf16, fp16, auto"):
+        TrainConfig(mixed_precision="fp8")

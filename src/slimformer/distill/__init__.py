@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ..core.config import register_method
 from .api import distill, distill_step, finetune, model_outputs, sequence_kd_texts, to_classifier
-from .configs import DistillConfig, FinetuneConfig
+from .configs import DistillConfig, FinetuneConfig, ShrinkConfig
 from .losses import LOSSES, LossContext, Outputs, layer_map
 from .multitask import TaskSpec, distill_multitask
-from .students import shrink_layers, student_from_config
+from .students import shrink_layers, shrink_step, student_from_config
 
 register_method(DistillConfig, distill_step)
+register_method(ShrinkConfig, shrink_step)
 
-__all__ = ["distill", "finetune", "shrink_layers", "student_from_config", "DistillConfig", "FinetuneConfig", "LOSSES", "LossContext",
+__all__ = ["distill", "finetune", "shrink_layers", "student_from_config", "DistillConfig", "FinetuneConfig", "ShrinkConfig", "LOSSES", "LossContext",
            "Outputs", "layer_map", "model_outputs", "to_classifier", "sequence_kd_texts", "TaskSpec",
            "distill_multitask"]

@@ -10,6 +10,7 @@ from torch import nn
 from ..adapters import get_adapter
 from ..core.config import ORIGINAL_MODEL, Applied
 from ..core.errors import ConfigError, DataError
+from ..data.unlabeled import training_texts
 from ..train import TrainConfig, Trainer
 from .configs import DistillConfig, FinetuneConfig
 from .losses import LOSSES, LossContext, Outputs, layer_map
@@ -73,36 +74,6 @@ def _load_teacher(spec, original):
     return original
 
 
-def training_texts(spec: str) -> list[str]:
-    """Sentences from one or several (comma-separated) files: a text file gives its lines; a task
-    file (.tsv classification, .csv STS-B pairs) gives its texts."""
-    out: list[str] = []
-    for part in str(spec).split(","):
-        p = Path(part.strip()).expanduser()
-        if p.suffix in (".tsv", ".csv"):
-            from ..data import load_task
-
-            kind = "classification" if p.suffix == ".tsv" else "stsb"
-            out += load_task(kind, p).texts()
-        else:
-            out += _texts_from(str(p))
-    seen, uniq = set(), []
-    for t in out:
-        if t not in seen:
-            seen.add(t)
-            uniq.append(t)
-    return uniq
-
-
-def _texts_from(path: str) -> list[str]:
-    from ..data.readers import read_text
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"{path}: no such file (unlabeled sentences: a text file, one sentence a line)")
-    return [t.strip() for t in read_text(p).split("\n") if t.strip()]
-
-
 def distill(student, teacher, data, config: DistillConfig | None = None, out_dir=None, eval_task=None):
     """Train `student` (a SlimModel, changed in place) to match `teacher` on `data`: a list of
     texts (unlabeled) or a classification Task (labels feed the hard part of "kd"). `teacher` may
@@ -162,13 +133,16 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
         ctx.labels = batch.get("labels")
         ctx.mask = batch.get("attention_mask")
         ctx.input_ids = batch.get("input_ids")
-        parts = {name: LOSSES.get(name)(s, t, ctx) for name, _ in losses}
+        with torch.autocast(idx.device.type, enabled=False):  # losses in fp32 (projections included)
+            s, t = s.float(), t.float()
+            parts = {name: LOSSES.get(name)(s, t, ctx) for name, _ in losses}
         total = sum(w * parts[name] for name, w in losses)
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     trainer = Trainer(module, loss_fn, list(range(len(texts))), collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate(student.kind),
-                                  batch_size=cfg.batch_size, seed=cfg.seed, warmup=0.1), out_dir=out_dir, eval_fn=_eval_fn(student, eval_task))
+                                  batch_size=cfg.batch_size, seed=cfg.seed, warmup=0.1, mixed_precision=cfg.mixed_precision),
+                      out_dir=out_dir, eval_fn=_eval_fn(student, eval_task))
     result = trainer.fit()
     if eval_task is not None:
         trainer.load_best()
@@ -249,7 +223,7 @@ def _examples(data):
             return [e[0] for e in data.examples], [int(e[1]) for e in data.examples]
         return data.texts(), None
     if isinstance(data, (str, Path)):
-        return _texts_from(str(data)), None
+        return training_texts(str(data)), None
     texts = [t for t in (data or []) if isinstance(t, str) and t.strip()]
     if not texts:
         raise DataError("distill needs training texts (a list of sentences, a text file or a task); none were given")
@@ -315,12 +289,26 @@ def sequence_kd_texts(teacher, prompts: list[str], max_new_tokens: int = 64, num
 def distill_step(sm, cfg: DistillConfig, data) -> Applied:
     """Recipe step: recover the model by distillation from the teacher (default: the model as it
     was before the recipe, so `prune -> distill` recipes work)."""
+    from ..core.workspace import STEP_DIR, TRAINING_TEXTS
+
     teacher = _load_teacher(cfg.teacher, ORIGINAL_MODEL.get())
-    texts = training_texts(cfg.unlabeled) if cfg.unlabeled else list(data or [])
-    res = distill(sm, teacher, texts, cfg)
-    return Applied([f"distill: {res.steps} steps ({res.epochs:.2f} epochs) in {res.seconds:.0f} s, final loss "
-                    f"{res.final_loss:.4g}"],
+    warnings = []
+    if cfg.unlabeled:
+        texts = training_texts(cfg.unlabeled)
+    elif TRAINING_TEXTS.get():
+        texts = list(TRAINING_TEXTS.get())
+    else:
+        texts = list(data or [])
+        warnings.append(f"distill: trained on the {len(texts)} calibration texts; give unlabeled sentences "
+                        "(compress --unlabeled FILE, or the step's `unlabeled`) for a real recovery")
+    out_dir = STEP_DIR.get()  # inside compress: checkpoints there, so a re-run resumes
+    res = distill(sm, teacher, texts, cfg, out_dir=out_dir)
+    resumed = f", resumed at step {res.resumed_from}" if res.resumed_from else ""
+    loss = f"{res.final_loss:.4g}" if res.final_loss is not None else "(no step left to run)"
+    return Applied(warnings + [f"distill: {res.steps} steps ({res.epochs:.2f} epochs) on {len(texts):,} texts in "
+                               f"{res.seconds:.0f} s{resumed}, final loss {loss}"],
                    {"steps": res.steps, "epochs": res.epochs, "seconds": res.seconds, "final_loss": res.final_loss,
+                    "texts": len(texts), "precision": res.precision, "resumed_from": res.resumed_from,
                     "curve": [h for h in res.history if "loss" in h]})
 
 
@@ -368,7 +356,8 @@ def finetune(model, task, config: FinetuneConfig | None = None, out_dir=None, ev
         raise ConfigError(f"finetune: task {task.kind!r} is not supported; accepted: classification, stsb")
     trainer = Trainer(sm.model, loss_fn, list(range(n)), collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                                  warmup=cfg.warmup, seed=cfg.seed), out_dir=out_dir, eval_fn=_eval_fn(sm, eval_task))
+                                  warmup=cfg.warmup, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
+                      out_dir=out_dir, eval_fn=_eval_fn(sm, eval_task))
     result = trainer.fit()
     if eval_task is not None:
         trainer.load_best()

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 
+PRECISIONS = ("auto", "bf16", "fp16", "no")
+
 
 @dataclass(frozen=True)
 class DistillConfig(MethodConfig):
@@ -19,7 +21,8 @@ class DistillConfig(MethodConfig):
     hidden / attention / relation losses. teacher: "" = the model as it was before the recipe ran
     (a recipe that prunes, then recovers), or a model path / hub id / "default". unlabeled: a text
     file (one sentence a line) to train on; "" = the step's data. epochs / max_steps, lr,
-    batch_size, max_length: training (the shared trainer, train.TrainConfig)."""
+    batch_size, max_length: training (the shared trainer, train.TrainConfig). mixed_precision:
+    "auto" (bf16 autocast where the device runs bf16 natively), "bf16", "fp16" (GPU) or "no"."""
 
     method = "distill"
     losses: tuple[str, ...] = ()
@@ -35,10 +38,12 @@ class DistillConfig(MethodConfig):
     batch_size: int = 64
     max_length: int = 128
     seed: int = 0
+    mixed_precision: str = "auto"
 
     def validate(self) -> None:
         from .losses import LOSSES
 
+        self._check_choice("mixed_precision", PRECISIONS)
         for name in self.losses:
             LOSSES.get(name)  # a clear error listing the accepted names
         if self.weights and len(self.weights) != len(self.losses):
@@ -68,7 +73,8 @@ class DistillConfig(MethodConfig):
 class FinetuneConfig(MethodConfig):
     """Fine-tune a model on a labeled task with the shared trainer: classification (cross-entropy;
     an encoder gets a classification head) or stsb (sentence embeddings trained so that the
-    cosine of a pair matches score / 5, sentence-transformers' CosineSimilarityLoss)."""
+    cosine of a pair matches score / 5, sentence-transformers' CosineSimilarityLoss). mixed_precision:
+    as DistillConfig's."""
 
     method = "finetune"
     epochs: float = 3.0
@@ -78,11 +84,29 @@ class FinetuneConfig(MethodConfig):
     max_length: int = 128
     warmup: float = 0.1
     seed: int = 0
+    mixed_precision: str = "auto"
 
     def validate(self) -> None:
+        self._check_choice("mixed_precision", PRECISIONS)
         if not (self.epochs > 0 or self.max_steps > 0):
             raise ConfigError("FinetuneConfig: epochs or max_steps must be > 0")
         self._check_range("lr", 0.0, 1.0, lo_open=True, hi_open=True)
         self._check_range("batch_size", 1, 65536)
         self._check_range("max_length", 8, 8192)
         self._check_range("warmup", 0.0, 1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class ShrinkConfig(MethodConfig):
+    """Keep only some of the model's layers, initialized from them (a DistilBERT-style student),
+    in place: keep = indices into the layer stack; () = every other layer (0, 2, 4, ...). Follow it
+    with a `distill` step, whose teacher is the model as it was before the recipe."""
+
+    method = "shrink_layers"
+    keep: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        if any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in self.keep):
+            raise ConfigError(f"ShrinkConfig.keep={list(self.keep)!r}; accepted: layer indices (integers >= 0)")
+        if len(set(self.keep)) != len(self.keep):
+            raise ConfigError(f"ShrinkConfig.keep={list(self.keep)!r} repeats a layer")

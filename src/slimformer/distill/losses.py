@@ -32,6 +32,17 @@ class Outputs:
     qkv: list[tuple[Tensor, Tensor, Tensor]] | None = None
     embedding: Tensor | None = None
 
+    def float(self) -> "Outputs":
+        """Every tensor in fp32: losses are computed in full precision even when the forward ran in
+        bf16 / fp16 autocast (softmax relations and KL terms are too coarse in bf16)."""
+        def f(x):
+            if x is None:
+                return None
+            if isinstance(x, (list, tuple)):
+                return type(x)(f(v) for v in x)
+            return x.float()
+        return Outputs(**{k: f(getattr(self, k)) for k in ("logits", "hidden", "attentions", "qkv", "embedding")})
+
 
 @dataclass
 class LossContext:

@@ -3,12 +3,13 @@ own teacher, losses weighted; batches alternate between tasks (each batch is one
 
     student = sf.shrink_layers(sf.load(), [0, 2, 4])                      # a sentence encoder
     heads = distill_multitask(student, [
-        TaskSpec("stsb", teacher=sf.load(), texts=sentences),                        # embeddings (MSE)
+        TaskSpec("stsb", teacher=sf.load(), texts=sentences),                        # embeddings (cosine)
         TaskSpec("sst2", teacher=sst2_classifier, texts=sst2_texts, weight=1.0),      # logits (KD)
     ], sf.DistillConfig(epochs=1))
     logits = heads["sst2"](student.embed(["a fine film"]))
 
-A task whose teacher is an embedding model trains the student's pooled embedding (embedding_mse);
+A task whose teacher is an embedding model trains the student's pooled embedding (the config's
+embedding loss: embedding_cosine by default, or embedding_mse);
 a task whose teacher is a classifier trains a new Linear head on the student's pooled embedding
 against the teacher's logits (soft targets at the config's temperature).
 """
@@ -65,6 +66,7 @@ def distill_multitask(student, tasks: list[TaskSpec], config: DistillConfig | No
     if not specs:
         raise ConfigError(f"distill_multitask: every task needs at least batch_size={cfg.batch_size} texts")
     ctx = LossContext(temperature=cfg.temperature)
+    emb_loss = next((n for n, _ in cfg.loss_weights("embedding") if n.startswith("embedding_")), "embedding_cosine")
 
     def collate(items):
         ti, idx = items[0]
@@ -77,16 +79,17 @@ def distill_multitask(student, tasks: list[TaskSpec], config: DistillConfig | No
         with torch.no_grad():
             teacher = model_outputs(t.teacher, enc, {"logits"} if t.name in heads else {"embedding"})
         emb = model_outputs(student, enc, {"embedding"}).embedding
-        if t.name in heads:
-            loss = LOSSES.get("soft")(Outputs(logits=heads[t.name](emb)), teacher, ctx)
-        else:
-            loss = LOSSES.get("embedding_mse")(Outputs(embedding=emb), teacher, ctx)
+        with torch.autocast(emb.device.type, enabled=False):  # losses in fp32
+            if t.name in heads:
+                loss = LOSSES.get("soft")(Outputs(logits=heads[t.name](emb.float())), teacher.float(), ctx)
+            else:
+                loss = LOSSES.get(emb_loss)(Outputs(embedding=emb.float()), teacher.float(), ctx)
         return t.weight * loss, {t.name: float(loss.detach())}
 
     module = nn.ModuleDict({"student": student.model, "heads": heads})
     trainer = Trainer(module, loss_fn, specs, collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate("embedding"), batch_size=1,
-                                  seed=cfg.seed),
+                                  seed=cfg.seed, mixed_precision=cfg.mixed_precision),
                       out_dir=out_dir)
     trainer.fit()
     student.model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from ..adapters import get_adapter
+from ..core.config import Applied
 from ..core.errors import ConfigError
 from ..models.surgery import remove_layers_
 
@@ -15,10 +16,7 @@ def every_other_layer(model) -> list[int]:
     return list(range(0, n, 2))
 
 
-def shrink_layers(model, keep) -> object:
-    """A copy of `model` (a SlimModel) keeping only the layers `keep` (indices into its layer stack;
-    for encoder-decoders {"encoder": [...], "decoder": [...]}), initialized from those layers. The
-    original is untouched; the copy carries the same tokenizer, pooling and task head."""
+def _check_keep(model, keep):
     stacks = get_adapter(model.model).layer_containers(model.model)
     if not isinstance(keep, dict):
         keep = list(keep)
@@ -29,6 +27,23 @@ def shrink_layers(model, keep) -> object:
                 raise ConfigError(f"shrink_layers: layers {bad} out of range; accepted: 0..{n - 1}")
             if len(set(keep)) != len(keep):
                 raise ConfigError(f"shrink_layers: layer list {keep} repeats a layer")
+    return keep
+
+
+def shrink_step(sm, cfg, data=None) -> Applied:
+    """Recipe step `shrink_layers`: keep cfg.keep (default: every other layer) of `sm`, in place."""
+    before = len(get_adapter(sm.model).layers(sm.model))
+    keep = _check_keep(sm, list(cfg.keep) or every_other_layer(sm))
+    remove_layers_(sm.model, keep)
+    sm.source = f"{sm.source} (layers {keep})"
+    return Applied([f"shrink_layers: kept layers {keep} of {before}"], {"keep": keep, "layers_before": before})
+
+
+def shrink_layers(model, keep) -> object:
+    """A copy of `model` (a SlimModel) keeping only the layers `keep` (indices into its layer stack;
+    for encoder-decoders {"encoder": [...], "decoder": [...]}), initialized from those layers. The
+    original is untouched; the copy carries the same tokenizer, pooling and task head."""
+    keep = _check_keep(model, keep)
     student = copy.deepcopy(model)
     remove_layers_(student.model, keep)
     student.source = f"{model.source} (layers {keep})"

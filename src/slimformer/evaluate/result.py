@@ -5,6 +5,8 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 
+from ..core.hardware import cpu_info  # noqa: F401  (re-exported; recorded in every result)
+
 # metrics where a smaller number is better (recovery is baseline / compressed for these)
 LOWER_IS_BETTER = frozenset({"perplexity", "kl", "latency_ms_p50", "latency_ms_p95", "bytes", "params",
                              "peak_memory_mb"})
@@ -54,28 +56,6 @@ def environment(threads: int) -> dict:
         "device": "cpu",
         **cpu_info(),
     }
-
-
-_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_info() -> dict:
-    """What decides which kernels are fast: torch's CPU capability, the CPU model and its SIMD flags."""
-    import torch
-
-    out = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        if line.startswith("model name") and "cpu_model" not in out:
-            out["cpu_model"] = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            out["cpu_flags"] = [f for f in _FLAGS if f in flags]
-            break
-    return out
 
 
 def recovery(baseline: EvalResult, compressed: EvalResult) -> dict:

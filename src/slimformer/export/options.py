@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..core.errors import ConfigError, SlimformerError
+from ..core.hardware import has_vnni
 
 ONNX_META_FILE = "slimformer_onnx.json"
 MODEL_FILE = "model.onnx"
@@ -125,9 +126,3 @@ def input_names(sm) -> list[str]:
     return names
 
 
-def has_vnni() -> bool:
-    """Whether this CPU has an int8 dot-product instruction (AVX-512 VNNI or AVX-VNNI)."""
-    from ..evaluate.result import cpu_info
-
-    flags = set(cpu_info().get("cpu_flags", []))
-    return bool(flags & {"avx512_vnni", "avx_vnni"})

@@ -3,7 +3,9 @@ model, or the exported artifact the user will deploy), record everything."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from ..core.config import ORIGINAL_MODEL, apply_method
 from ..core.errors import ConfigError
+from ..core.workspace import step_dir, training_texts
 from ..evaluate.api import EvalOptions, evaluate
 from ..evaluate.efficiency import saved_bytes
 from ..evaluate.result import recovery
@@ -31,6 +34,9 @@ class CompressOptions:
     seed: int = 0
     evaluation: bool = True
     calibration_source: object = None  # texts or a text file to calibrate on instead of the task's texts
+    unlabeled: object = None  # texts, or text file(s) joined with ',': what steps that train (distill) train on
+    stage_evaluation: bool = True  # evaluate after every step of a multi-step recipe (one report row each)
+    progress: bool = False  # a line on stderr as each step starts (the CLI turns it on)
 
 
 def calibration_texts_for(task, n: int, seed: int, source=None) -> list[str]:
@@ -56,21 +62,29 @@ def run_steps(model, recipe, calibration: list[str]) -> list[StepRecord]:
     return records
 
 
-def run_steps_to_artifact(model, recipe, calibration: list[str]):
-    """(StepRecords, what the recipe ends with: `model` itself, or the artifact of an export step)."""
+def run_steps_to_artifact(model, recipe, calibration: list[str], work: Path | None = None, after_step=None,
+                          progress: bool = False):
+    """(StepRecords, what the recipe ends with: `model` itself, or the artifact of an export step).
+    work: a folder in which step i gets its own `NN-method` folder (a training step keeps its
+    checkpoints there). after_step(i, current): called after each step but the last."""
     check_recipe(recipe)
     records = []
     current = model
-    for cfg in recipe.steps:
+    for i, cfg in enumerate(recipe.steps, 1):
+        if progress:
+            print(f"[{i}/{len(recipe.steps)}] {cfg.method}", file=sys.stderr, flush=True)
         before = saved_bytes(current)["bytes"], current.num_params()
         t0 = time.perf_counter()
-        out = apply_method(current, cfg, calibration)
+        with step_dir(work / f"{i:02d}-{cfg.method}" if work is not None else None):
+            out = apply_method(current, cfg, calibration)
         secs = time.perf_counter() - t0
         if out.model is not None:
             current = out.model
         after = saved_bytes(current)["bytes"], current.num_params()
         records.append(StepRecord(cfg.method, cfg.to_dict(), before[1], after[1], before[0], after[0],
                                   round(secs, 3), list(out.warnings), dict(out.details)))
+        if after_step is not None and i < len(recipe.steps):
+            after_step(i, current)
     return records, current
 
 
@@ -89,22 +103,39 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     check_recipe(rec)
     if out is not None:
         check_out_dir(out)
+    unlabeled = _unlabeled(opts.unlabeled)  # a bad path fails here, before any work
     exports = bool(rec.steps) and rec.steps[-1].method in ARTIFACT_METHODS
     trains = any(s.method == "distill" for s in rec.steps)
     reference = copy.deepcopy(model) if opts.evaluation or trains else None
     baseline = evaluate(model, task, None, opts.evaluate) if opts.evaluation else None
     calib = calibration_texts_for(task, opts.calibration_samples, opts.seed, opts.calibration_source)
-    work = Path(tempfile.mkdtemp(prefix=".slimformer-work-", dir=_work_parent(out)))
+    work, resumed = _work_folder(out, rec, model, keep=trains)
+    if resumed and opts.progress:
+        print(f"resuming the interrupted run kept in {work}", file=sys.stderr, flush=True)
+    stages = []
+
+    def after_step(i, current):
+        if opts.evaluation and opts.stage_evaluation:
+            r = evaluate(current, task, None, opts.evaluate)
+            stages.append({"step": i, "method": rec.steps[i - 1].method, "metrics": r.metrics,
+                           "efficiency": r.efficiency})
+
+    ok = False
     try:
         token = ORIGINAL_MODEL.set(reference)
         try:
-            with artifact_dir(work):
-                steps, final = run_steps_to_artifact(model, rec, calib)
+            with artifact_dir(work), training_texts(unlabeled):
+                steps, final = run_steps_to_artifact(model, rec, calib, work=work, after_step=after_step,
+                                                     progress=opts.progress)
         finally:
             ORIGINAL_MODEL.reset(token)
         compressed = evaluate(final, task, reference, opts.evaluate) if opts.evaluation else None
+        if compressed is not None and stages:
+            stages.append({"step": len(rec.steps), "method": rec.steps[-1].method, "metrics": compressed.metrics,
+                           "efficiency": compressed.efficiency})
         result = CompressionResult(rec.to_dict(), steps, baseline, compressed,
-                                   recovery(baseline, compressed) if opts.evaluation else {}, model=model.source)
+                                   recovery(baseline, compressed) if opts.evaluation else {}, model=model.source,
+                                   stages=stages, resumed=resumed)
         model.meta["recipe"] = rec.to_dict()
         model.meta["result"] = result.to_dict()
         if out is not None:
@@ -117,9 +148,40 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
                 atomic_folder(out, write)
             else:
                 save(model, Path(out), extra_files=extra)
+        ok = True
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if ok or not trains or out is None:
+            shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _unlabeled(source) -> list[str] | None:
+    if source is None:
+        return None
+    if isinstance(source, (list, tuple)):
+        return [t for t in source if isinstance(t, str) and t.strip()]
+    from ..data import training_texts as read_texts
+
+    return read_texts(str(source))
+
+
+def _work_folder(out, rec, model, keep: bool) -> tuple[Path, bool]:
+    """The run's work folder: beside `out` (`.NAME.slimformer-work`) when the recipe trains, so
+    an interrupted run resumes from its checkpoints when re-run with the same `out` (and the same
+    recipe and model; another run's folder is replaced); else a temporary folder."""
+    if out is None or not keep:
+        return Path(tempfile.mkdtemp(prefix=".slimformer-work-", dir=_work_parent(out))), False
+    out = Path(out).expanduser().resolve()
+    work = out.parent / f".{out.name}.slimformer-work"
+    stamp = json.dumps({"recipe": rec.to_dict(), "model": model.source}, sort_keys=True, default=str)
+    marker = work / "run.json"
+    if work.is_dir() and marker.exists() and marker.read_text() == stamp:
+        return work, True
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    marker.write_text(stamp)
+    return work, False
 
 
 def _work_parent(out) -> str | None:

@@ -28,6 +28,8 @@ class CompressionResult:
     compressed: EvalResult | None
     recovery: dict = field(default_factory=dict)
     model: str = ""
+    stages: list = field(default_factory=list)  # per step of a multi-step recipe: {step, method, metrics, efficiency}
+    resumed: bool = False  # the run continued an interrupted one (its training checkpoints)
 
     def to_dict(self) -> dict:
         return {
@@ -37,6 +39,8 @@ class CompressionResult:
             "baseline": self.baseline.to_dict() if self.baseline is not None else None,
             "compressed": self.compressed.to_dict() if self.compressed is not None else None,
             "recovery": self.recovery,
+            "stages": self.stages,
+            "resumed": self.resumed,
         }
 
     @classmethod
@@ -48,6 +52,8 @@ class CompressionResult:
             compressed=EvalResult.from_dict(d["compressed"]) if d.get("compressed") else None,
             recovery=dict(d.get("recovery", {})),
             model=d.get("model", ""),
+            stages=list(d.get("stages", [])),
+            resumed=bool(d.get("resumed", False)),
         )
 
     def to_json(self, indent: int = 2) -> str:

@@ -62,6 +62,28 @@ def speed_summary(b: dict, c: dict) -> str:
             "`quantize: int8`), as the built-in `int8` recipe does.")
 
 
+def stage_table(d: dict) -> str:
+    """One row per stage of a multi-step recipe: the task metric, bytes, throughput and latency,
+    with speed and bytes as ratios to the original."""
+    b = d.get("baseline") or {"metrics": {}, "efficiency": {}}
+    be = b.get("efficiency", {})
+    keys = [k for k, v in b.get("metrics", {}).items() if isinstance(v, (int, float))][:2]
+
+    def row(name, m, e):
+        ratio = lambda k, inv=False: (  # noqa: E731
+            f"{(be[k] / e[k] if inv else e[k] / be[k]):.2f}x" if _num(e.get(k)) and _num(be.get(k)) and e[k] and be[k]
+            else "")
+        mb = e.get("bytes")
+        return ([name] + [m.get(k, "") for k in keys] +
+                [f"{mb / 1e6:.2f}" if _num(mb) else "", ratio("bytes"), ratio("throughput"),
+                 ratio("latency_ms_p50", inv=True)])
+
+    rows = [row("original", b.get("metrics", {}), be)]
+    for st in d["stages"]:
+        rows.append(row(f"{st['step']}. {st['method']}", st.get("metrics", {}), st.get("efficiency", {})))
+    return table(["stage"] + keys + ["MB", "bytes x", "throughput x", "latency speed-up"], rows)
+
+
 def render_markdown(result) -> str:
     d = result if isinstance(result, dict) else result.to_dict()
     empty = {"metrics": {}, "fidelity": {}, "efficiency": {}, "env": {}}
@@ -92,6 +114,8 @@ def render_markdown(result) -> str:
         said = speed_summary(b["efficiency"], c["efficiency"])
         if said:
             out += [said, ""]
+    if d.get("stages"):
+        out += ["## What each stage bought", "", stage_table(d), ""]
     if d["steps"]:
         rows = [[s["method"], s["params_before"], s["params_after"], s["bytes_before"], s["bytes_after"],
                  s["seconds"], "; ".join(s.get("warnings") or [])] for s in d["steps"]]
