@@ -9,10 +9,8 @@ bytes on disk. Speed is reported as a ratio to fp32 PyTorch eager measured in th
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,38 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
-from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
+from common import base_parser, timings, write  # noqa: E402
+from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
-
-
-def timings(models: dict, texts, rounds: int) -> dict:
-    """Interleaved timing: in each round every variant runs its batch-32 and batch-1 inputs
-    (one warm-up call, then `per_round` timed calls each), with a pause between variants so ONNX
-    Runtime's spinning worker threads are idle before the next one starts. Median over all timed
-    calls. Returns {name: {"throughput": sentences/s, "latency_ms_p50": ms}}."""
-    inputs = {}
-    for name, sm in models.items():
-        inputs[name] = {}
-        for b in (1, 32):
-            enc = make_inputs(sm, texts, b, 128)
-            enc.pop("token_type_ids", None)
-            inputs[name][b] = enc
-    ts = {name: {1: [], 32: []} for name in models}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for name, sm in models.items():
-                for b, per_round in ((32, 2), (1, 8)):
-                    enc = inputs[name][b]
-                    sm.model(**enc)
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        sm.model(**enc)
-                        ts[name][b].append(time.perf_counter() - t0)
-                time.sleep(0.3)
-    return {name: {"throughput": 32 / statistics.median(t[32]), "latency_ms_p50": statistics.median(t[1]) * 1e3}
-            for name, t in ts.items()}
 
 
 def torch_ao_dynamic(base):

@@ -1,0 +1,128 @@
+"""Fast encoders end to end: the encoder-fast recipes against fp32 PyTorch and the best peers.
+
+    python benchmarks/fast/minilm.py                     # runs the recipes (cached), then times everything
+    python benchmarks/fast/minilm.py --recipes encoder-fast
+
+Each recipe runs once through `slimformer.compress` on the default model (all-MiniLM-L6-v2), the
+training sentences of benchmarks/distill (SST-2 train, Multi30k en train, STS-B train; never STS-B
+dev) as --unlabeled, and STS-B dev as the task; its output folder is kept in .cache/bench/fast/
+(delete it to re-run). Its wall time is the whole compress call (training, export, the per-stage
+evaluations). Then, in one process and interleaved rounds, every variant is timed: throughput at
+batch 32 x 128 and latency at batch 1 x 128 as ratios to fp32 PyTorch; peers: plain bf16 PyTorch
+(`model.to(torch.bfloat16)`, fast on CPUs with AMX-BF16) and ONNX Runtime's quantize_dynamic per
+channel; slimformer's int8 recipe on the unpruned model for reference.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import slimformer as sf  # noqa: E402
+from common import base_parser, timings, unlabeled_sentences, write  # noqa: E402
+from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
+from slimformer.evaluate.result import cpu_info  # noqa: E402
+from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
+from slimformer.recipes import CompressOptions  # noqa: E402
+from slimformer.recipes.result import CompressionResult  # noqa: E402
+from slimformer.report.markdown import table  # noqa: E402
+
+CACHE = Path(__file__).resolve().parents[2] / ".cache" / "bench" / "fast"
+
+
+def run_recipe(name: str, task, texts, out: Path) -> dict:
+    """compress once (kept in the cache); {"seconds": wall time, "stages": ...}."""
+    if not (out / "result.json").exists():
+        t0 = time.perf_counter()
+        sf.compress(sf.load(), name, task, out, CompressOptions(unlabeled=texts, progress=True))
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+    res = CompressionResult.from_json((out / "result.json").read_text())
+    secs = float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").exists() else None
+    return {"seconds": secs, "stages": res.stages, "steps": [{"method": s.method, "seconds": s.seconds} for s in res.steps]}
+
+
+def peers(base, calib, tmp: Path):
+    """(name, model, bytes) of what a user would try without us."""
+    m = copy.deepcopy(base)
+    m.model.to(torch.bfloat16)
+    yield "peer: PyTorch bf16 (model.to(torch.bfloat16))", m, saved_bytes(base)["bytes"] // 2
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slimformer.export import export_onnx, load_onnx
+
+    plain = export_onnx(base, tmp / "ort-fp32", optimize=False)
+    qdir = tmp / "ort-int8"
+    qdir.mkdir()
+    for f in plain.iterdir():
+        if f.name != "model.onnx" and f.is_file():
+            (qdir / f.name).write_bytes(f.read_bytes())
+    quantize_dynamic(str(plain / "model.onnx"), str(qdir / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8)
+    yield "peer: ONNX Runtime quantize_dynamic per-channel", load_onnx(qdir), (qdir / "model.onnx").stat().st_size
+    from slimformer.export.step import artifact_dir
+    from slimformer.recipes.compress import run_steps_to_artifact
+
+    with artifact_dir(tmp / "recipe"):
+        _, art = run_steps_to_artifact(copy.deepcopy(base), sf.load_recipe("int8"), calib)
+    yield "slimformer recipe int8 (6 layers, for reference)", art, art.disk_bytes()["bytes"]
+
+
+def main() -> None:
+    ap = base_parser(__doc__)
+    ap.add_argument("--recipes", nargs="*", default=["encoder-fast", "encoder-fastest"])
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
+    texts = unlabeled_sentences(a.data)
+    runs = {name: run_recipe(name, task, texts, CACHE / name) for name in a.recipes}
+    base = sf.load()
+    calib = sf.calibration_texts(sf.load_task("classification", a.data / "sst2" / "dev.tsv"), n=128)
+    with tempfile.TemporaryDirectory() as d:
+        built, quality = {}, {}
+        variants = [("fp32 PyTorch (original)", base, saved_bytes(base)["bytes"]), *peers(base, calib, Path(d))]
+        for name in a.recipes:
+            art = sf.load(CACHE / name)
+            variants.append((f"slimformer recipe {name}", art, art.disk_bytes()["bytes"]))
+        for name, m, nbytes in variants:
+            sp = run_stsb(m, task, TaskOptions(progress=False))[0]["spearman"]
+            built[name], quality[name] = m, {"spearman": sp, "bytes": nbytes}
+            print(name, quality[name], flush=True)
+        speed = timings(built, task.texts(), a.rounds)
+    fp = {**quality["fp32 PyTorch (original)"], **speed["fp32 PyTorch (original)"]}
+    best_peer = max((n for n in speed if n.startswith("peer")), key=lambda n: speed[n]["throughput"])
+    payload = {"cpu": cpu_info(), "threads": a.threads, "rounds": a.rounds, "best_peer": best_peer,
+               "recipes": runs, "variants": {}}
+    rows = []
+    for name, q in quality.items():
+        t = speed[name]
+        v = {**q, **t, "throughput_x": t["throughput"] / fp["throughput"],
+             "latency_x": fp["latency_ms_p50"] / t["latency_ms_p50"],
+             "vs_best_peer": t["throughput"] / speed[best_peer]["throughput"]}
+        payload["variants"][name] = v
+        run = runs.get(name.replace("slimformer recipe ", ""))
+        wall = f"{run['seconds'] / 60:.0f} min" if run and run.get("seconds") else ""
+        rows.append([name, q["spearman"], q["spearman"] - fp["spearman"], q["bytes"] / 1e6, q["bytes"] / fp["bytes"],
+                     v["throughput_x"], v["latency_x"], v["vs_best_peer"], wall])
+    cpu = payload["cpu"]
+    md = "\n".join([
+        "# Fast encoders: all-MiniLM-L6-v2 on STS-B", "",
+        f"`python benchmarks/fast/minilm.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU {cpu.get('cpu_model', '?')}, "
+        f"{cpu.get('cpu_capability')}, flags {' '.join(cpu.get('cpu_flags', []))}). STS-B dev Spearman x100; bytes on "
+        "disk; throughput at batch 32 x 128 and latency at batch 1 x 128 as ratios to fp32 PyTorch, timed in "
+        f"{a.rounds} interleaved rounds in this run (medians); 'vs best peer': throughput over the fastest peer "
+        f"({best_peer}). Recipe wall time: the whole `compress` (training on {len(texts):,} sentences, export, "
+        "per-stage evaluations) on this machine.", "",
+        table(["variant", "spearman", "change", "MB", "bytes / fp32", "throughput x", "latency x", "vs best peer",
+               "recipe time"], rows),
+    ])
+    write("fast_minilm", payload, md, a.out)
+
+
+if __name__ == "__main__":
+    main()
