@@ -7,7 +7,7 @@ from .data import load_task, Task, calibration_texts, sample_sentences
 from .evaluate import evaluate, EvalResult, EvalOptions, TaskOptions, TimingOptions
 from .recipes import compress, CompressionResult, StepRecord, load_recipe, CompressOptions
 from .quantize import (quantize_, Int8DynamicConfig, Int8StaticConfig, WeightOnlyConfig, SmoothQuantConfig,
-                       MixedPrecisionConfig, AwqConfig, RotateConfig)  # also registers the methods
+                       MixedPrecisionConfig, AwqConfig, RotateConfig, CastConfig)  # also registers the methods
 from .export import ExportConfig  # registers the onnx step and the exported-folder loader
 from .prune import (prune_, MagnitudeConfig, WandaConfig, SparseGPTConfig, HeadPruningConfig, FFNPruningConfig,
                     LayerDropConfig)  # registers the pruning methods
@@ -19,7 +19,7 @@ __all__ = [
     "SlimModel", "load", "save", "summarize", "load_task", "Task", "calibration_texts", "sample_sentences",
     "evaluate", "EvalResult", "EvalOptions", "TaskOptions", "TimingOptions",
     "quantize_", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig", "SmoothQuantConfig",
-    "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "ExportConfig",
+    "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "CastConfig", "ExportConfig",
     "prune_", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "HeadPruningConfig", "FFNPruningConfig",
     "LayerDropConfig", "distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "ShrinkConfig", "Trainer",
     "TrainConfig",

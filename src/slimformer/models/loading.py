@@ -152,6 +152,8 @@ def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
             model = _load_restored(cls, config, folder, restore)
         else:
             model = cls.from_pretrained(folder, dtype=torch.float32)
+        if meta.get("dtype") in ("bfloat16", "float16"):  # saved by the `cast` step: run in that dtype
+            model.to(getattr(torch, meta["dtype"]))
         tokenizer = _load_tokenizer(folder)
     except ModelLoadError:
         raise

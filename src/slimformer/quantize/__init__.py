@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..core.config import MethodConfig, apply_method, register_method
 from . import restore as _restore  # noqa: F401  (registers the quantized module types for loading)
-from .configs import (AwqConfig, Int8DynamicConfig, Int8StaticConfig, RotateConfig, SmoothQuantConfig,
+from .cast import cast
+from .configs import (AwqConfig, CastConfig, Int8DynamicConfig, Int8StaticConfig, RotateConfig, SmoothQuantConfig,
                       WeightOnlyConfig)
 from .handlers import META_KEY, int8_dynamic, int8_static, smoothquant
 from .mixed import mixed_precision
@@ -17,6 +18,7 @@ register_method(WeightOnlyConfig, weight_only)
 register_method(AwqConfig, awq_step)
 register_method(RotateConfig, rotate_step)
 register_method(MixedPrecisionConfig, mixed_precision)
+register_method(CastConfig, cast)
 
 
 def scheme_config(name: str) -> MethodConfig:
@@ -32,4 +34,4 @@ def quantize_(model, config: MethodConfig, data=None) -> list[str]:
 
 
 __all__ = ["SCHEMES", "scheme_config", "scheme_steps", "quantize_steps", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig",
-           "SmoothQuantConfig", "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "quantize_", "META_KEY"]
+           "SmoothQuantConfig", "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "CastConfig", "quantize_", "META_KEY"]

@@ -187,3 +187,18 @@ class Int8StaticConfig(MethodConfig):
         self._check_choice("observer", ("minmax", "percentile", "mse"))
         self._check_range("percentile", 90.0, 100.0)
         self._check_range("calibration_tokens", 8, 8192)
+
+
+@dataclass(frozen=True)
+class CastConfig(MethodConfig):
+    """Run the model in a 16-bit float type: dtype "bf16", "fp16", or "auto" (bf16 where the
+    device runs it natively: CPUs with AMX-BF16 or AVX512-BF16, CUDA GPUs with bf16; elsewhere the
+    model stays float32 and the step says why: emulated bf16 is slower than float32). Halves the
+    bytes; on a 2-core AMX Xeon all-MiniLM-L6-v2 in bf16 ran 4.3x its float32 throughput at
+    Spearman 86.71 (float32 86.72). Saved in that dtype and reloaded in it."""
+
+    method = "cast"
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        self._check_choice("dtype", ("auto", "bf16", "fp16"))
