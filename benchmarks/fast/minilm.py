@@ -44,7 +44,8 @@ def run_recipe(name: str, task, texts, out: Path) -> dict:
         (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
     res = CompressionResult.from_json((out / "result.json").read_text())
     secs = float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").exists() else None
-    return {"seconds": secs, "stages": res.stages, "steps": [{"method": s.method, "seconds": s.seconds} for s in res.steps]}
+    return {"seconds": secs, "stages": res.stages, "deploy": res.steps[-1].details,
+            "steps": [{"method": s.method, "seconds": s.seconds} for s in res.steps]}
 
 
 def peers(base, calib, tmp: Path):
@@ -88,7 +89,7 @@ def main() -> None:
         variants = [("fp32 PyTorch (original)", base, saved_bytes(base)["bytes"]), *peers(base, calib, Path(d))]
         for name in a.recipes:
             art = sf.load(CACHE / name)
-            variants.append((f"slimformer recipe {name}", art, art.disk_bytes()["bytes"]))
+            variants.append((f"slimformer recipe {name}", art, saved_bytes(art)["bytes"]))
         for name, m, nbytes in variants:
             sp = run_stsb(m, task, TaskOptions(progress=False))[0]["spearman"]
             built[name], quality[name] = m, {"spearman": sp, "bytes": nbytes}

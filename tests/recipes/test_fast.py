@@ -41,7 +41,7 @@ def test_shrink_step_keeps_layers_in_place_and_defaults_to_every_other():
 def test_fast_recipes_parse_and_chain_shrink_distill_export():
     for name in ("encoder-fast", "encoder-fastest", "classifier-fast", "classifier-fastest"):
         methods = [s.method for s in load_recipe(name).steps]
-        assert methods == ["shrink_layers", "distill", "onnx"], name
+        assert methods == ["shrink_layers", "distill", "deploy"], name
 
 
 def test_compress_reports_each_stage_and_trains_on_the_unlabeled_texts(tmp_path):
@@ -113,5 +113,5 @@ def test_encoder_fast_builtin_recipe_ends_in_an_onnx_encoder(tmp_path):
     out = sf.load(tmp_path / "out")
     emb = out.embed(TEXTS[:4])
     assert emb.shape[1] == sm.model.config.hidden_size  # same embedding size as the original
-    assert [s["method"] for s in res.stages] == ["shrink_layers", "distill", "onnx"]
+    assert [s["method"] for s in res.stages] == ["shrink_layers", "distill", "deploy"]
     assert res.compressed.efficiency["bytes"] < res.baseline.efficiency["bytes"]

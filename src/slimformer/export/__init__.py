@@ -12,9 +12,11 @@ from ..core.config import register_method
 from ..models.loading import FOLDER_LOADERS
 from .onnx import EXPORT_OPTIONS, ONNX_META_FILE, export_onnx
 from .runtime import OnnxSlimModel, _load_folder, load_onnx
+from .deploy import DeployConfig, deploy_step
 from .step import ExportConfig, onnx_step
 
 register_method(ExportConfig, onnx_step)
+register_method(DeployConfig, deploy_step)
 FOLDER_LOADERS[ONNX_META_FILE] = _load_folder  # slimformer.load(DIR) opens an exported folder
 
-__all__ = ["export_onnx", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig"]
+__all__ = ["export_onnx", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig"]

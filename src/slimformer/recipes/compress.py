@@ -20,7 +20,7 @@ from ..evaluate.result import recovery
 from .recipe import load_recipe
 from .result import CompressionResult, StepRecord
 
-ARTIFACT_METHODS = ("onnx",)  # steps that turn the model into a deployable artifact: last in a recipe
+ARTIFACT_METHODS = ("onnx", "deploy")  # steps that may turn the model into a deployable artifact: last in a recipe
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,6 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     if out is not None:
         check_out_dir(out)
     unlabeled = _unlabeled(opts.unlabeled)  # a bad path fails here, before any work
-    exports = bool(rec.steps) and rec.steps[-1].method in ARTIFACT_METHODS
     trains = any(s.method == "distill" for s in rec.steps)
     reference = copy.deepcopy(model) if opts.evaluation or trains else None
     baseline = evaluate(model, task, None, opts.evaluate) if opts.evaluation else None
@@ -140,7 +139,7 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
         model.meta["result"] = result.to_dict()
         if out is not None:
             extra = {"result.json": result.to_json(), "report.md": render_markdown(result)}
-            if exports:  # the artifact folder, as written by the export, plus the result
+            if getattr(final, "folder", None) is not None:  # an exported artifact, as written, plus the result
                 def write(tmp: Path) -> None:
                     shutil.copytree(final.folder, tmp, dirs_exist_ok=True)
                     write_extra(tmp, extra)

@@ -1,0 +1,95 @@
+"""The `deploy` step: build the deployable the way this machine runs fastest.
+
+Candidates: "onnx-int8" (the int8 ONNX Runtime export of the `onnx` step) and "bf16" (the PyTorch
+model cast to bfloat16; a candidate only where the CPU runs bf16 natively: AMX-BF16 or
+AVX512-BF16). Each is timed on this machine (batch 32 x 128 of the step's texts, interleaved,
+medians) and the faster one is what the recipe ends with; the details keep both timings and the
+CPU flags, so the report says why. On a CPU without native bf16 the step is the int8 export."""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..core.config import Applied, MethodConfig
+from ..core.errors import ConfigError
+from ..core.hardware import cpu_info, fast_bf16
+
+CANDIDATES = ("onnx-int8", "bf16")
+
+
+@dataclass(frozen=True)
+class DeployConfig(MethodConfig):
+    """The last step of a recipe: the fastest of `candidates` on this machine (see the module
+    docstring). repeats: timed calls per candidate (after one warm-up each)."""
+
+    method = "deploy"
+    candidates: tuple[str, ...] = CANDIDATES
+    repeats: int = 4
+
+    def validate(self) -> None:
+        bad = [c for c in self.candidates if c not in CANDIDATES]
+        if bad or not self.candidates:
+            raise ConfigError(f"DeployConfig.candidates={list(self.candidates)!r}; accepted: a non-empty list of "
+                              f"{', '.join(CANDIDATES)}")
+        self._check_range("repeats", 1, 100)
+        if self.targets or self.ignore:
+            raise ConfigError("DeployConfig: targets/ignore do not apply (it deploys the whole model)")
+
+
+def _throughput(models: dict, enc: dict, repeats: int) -> dict:
+    times = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m.model(**enc)
+        for _ in range(repeats):
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                m.model(**enc)
+                times[k].append(time.perf_counter() - t0)
+                time.sleep(0.1)  # let ONNX Runtime's spinning threads settle before the next one
+    return {k: enc["input_ids"].shape[0] / statistics.median(v) for k, v in times.items()}
+
+
+def deploy_step(sm, cfg: DeployConfig, data) -> Applied:
+    from ..data import sample_sentences
+    from ..evaluate.efficiency import make_inputs
+    from ..quantize.cast import cast
+    from ..quantize.configs import CastConfig
+    from .runtime import OnnxSlimModel
+    from .step import ExportConfig, onnx_step
+
+    if isinstance(sm, OnnxSlimModel):
+        raise ConfigError("deploy: the model is an ONNX export already; deploy must be the last step of a recipe")
+    device = next(sm.model.parameters()).device.type
+    built, notes = {}, []
+    if "onnx-int8" in cfg.candidates:
+        built["onnx-int8"] = onnx_step(sm, ExportConfig(quantize="int8"), data).model
+    if "bf16" in cfg.candidates:
+        if fast_bf16(device):
+            m = copy.deepcopy(sm)
+            cast(m, CastConfig(dtype="bf16"))
+            built["bf16"] = m
+        else:
+            notes.append("bf16 not tried: no native bf16 on this CPU (AMX-BF16 / AVX512-BF16)")
+    if not built:
+        raise ConfigError("deploy: no candidate can run on this machine (" + "; ".join(notes) + "); add onnx-int8")
+    if len(built) == 1:
+        name = next(iter(built))
+        speed = {}
+    else:
+        enc = make_inputs(sm, list(data or []) or sample_sentences(), 32, 128)
+        enc.pop("token_type_ids", None)
+        speed = _throughput(built, enc, cfg.repeats)
+        name = max(speed, key=speed.get)
+    details = {"picked": name, "throughput": speed, "cpu_flags": cpu_info().get("cpu_flags", []),
+               "candidates": list(cfg.candidates)}
+    said = ", ".join(f"{k} {v:.1f}/s" for k, v in speed.items())
+    msg = [f"deploy: {name}" + (f" (faster here: {said} at batch 32 x 128)" if speed else "")] + notes
+    if name == "bf16":  # the PyTorch model itself, in bf16
+        cast(sm, CastConfig(dtype="bf16"))
+        return Applied(msg, details)
+    return Applied(msg, details, model=built[name])

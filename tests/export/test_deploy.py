@@ -1,0 +1,43 @@
+"""The `deploy` step: times the candidate runtimes on this machine and ends the recipe with the
+faster one (an int8 ONNX folder or the bf16 PyTorch model); both save and reload."""
+import pytest
+import torch
+
+import slimformer as sf
+from slimformer.core import hardware
+from slimformer.core.errors import ConfigError
+from slimformer.recipes import CompressOptions
+from slimformer.evaluate import EvalOptions, TaskOptions, TimingOptions
+from slimformer.testing import tiny_slim
+
+pytest.importorskip("onnxruntime")
+TEXTS = sf.sample_sentences()[:32]
+FAST = CompressOptions(evaluate=EvalOptions(
+    timing=TimingOptions(seq_len=16, batch_size=4, warmup=1, repeats=2, throughput_repeats=1),
+    task=TaskOptions(progress=False)), calibration_samples=16)
+
+
+def test_deploy_times_both_candidates_and_writes_the_faster(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    sm = tiny_slim("bert", "embedding")
+    res = sf.compress(sm, [sf.export.DeployConfig(repeats=2)], None, tmp_path / "out", FAST)
+    d = res.steps[0].details
+    assert set(d["throughput"]) == {"onnx-int8", "bf16"} and d["picked"] == max(d["throughput"], key=d["throughput"].get)
+    out = sf.load(tmp_path / "out")
+    if d["picked"] == "bf16":
+        assert next(out.model.parameters()).dtype == torch.bfloat16
+    else:
+        assert (tmp_path / "out" / "slimformer_onnx.json").exists()
+    assert out.embed(TEXTS[:2]).shape == (2, sm.model.config.hidden_size)
+
+
+def test_deploy_without_native_bf16_is_the_int8_export(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
+    sm = tiny_slim("bert", "embedding")
+    res = sf.compress(sm, [sf.export.DeployConfig()], None, tmp_path / "out", FAST)
+    assert res.steps[0].details["picked"] == "onnx-int8" and "bf16 not tried" in " ".join(res.steps[0].warnings)
+    assert (tmp_path / "out" / "slimformer_onnx.json").exists()
+    with pytest.raises(ConfigError, match="no candidate can run"):
+        sf.compress(tiny_slim(), [sf.export.DeployConfig(candidates=("bf16",))], None, None, FAST)
+    with pytest.raises(ConfigError, match="accepted: a non-empty list of onnx-int8, bf16"):
+        sf.export.DeployConfig(candidates=("tensorrt",))
