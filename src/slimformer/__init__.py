@@ -2,6 +2,7 @@
 from ._version import __version__
 from .core import SlimformerError, ConfigError, DataError, UnsupportedArchitectureError, MethodConfig
 from .models import SlimModel, load, save
+from .models.transformer import register_auto_classes as _register
 from .models.summary import summarize
 from .data import load_task, Task, calibration_texts, sample_sentences
 from .evaluate import evaluate, EvalResult, EvalOptions, TaskOptions, TimingOptions
@@ -25,3 +26,5 @@ __all__ = [
     "TrainConfig",
     "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
 ]
+
+_register()  # AutoConfig / AutoModelForSeq2SeqLM know the reference Transformer (models/transformer.py)

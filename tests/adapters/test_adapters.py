@@ -16,7 +16,7 @@ from slimformer.testing import TINY_FAMILIES, tasks_for, tiny_model
 
 CASES = [(f, t) for f in TINY_FAMILIES for t in tasks_for(f)]
 GQA = {"llama", "mistral", "qwen2", "gemma3"}
-SEQ2SEQ = {"t5", "bart", "marian"}
+SEQ2SEQ = {"t5", "bart", "marian", "slim-transformer"}
 POST_LN = {"bert", "roberta", "distilbert", "mpnet", "bart", "marian"}
 LM_TASKS = {"causal-lm", "seq2seq-lm", "masked-lm"}
 
@@ -80,7 +80,7 @@ def test_structure_and_forward(family, task):
         for key in ["attn", "ffn"] + (["cross"] if li.cross_attention is not None else []):
             assert tuple(li.norms[key].weight.shape) == (32,)
         assert li.norms["attn"] is not li.norms["ffn"]
-    assert ad.norm_position == ("post" if family in POST_LN else "pre")
+    assert ad.norm_position_for(model) == ("post" if family in POST_LN else "pre")
 
     emb = ad.embeddings(model)
     assert isinstance(emb, nn.Embedding) and tuple(emb.weight.shape) == (99, 32)
@@ -131,7 +131,7 @@ def test_norms_feed_the_blocks_they_claim(family):
     for h in hooks:
         h.remove()
     for n, li in enumerate(layers):
-        if ad.norm_position == "pre":
+        if ad.norm_position_for(model) == "pre":
             torch.testing.assert_close(seen[(n, "attn")], seen[(n, "attn_in")])
             torch.testing.assert_close(seen[(n, "ffn")], seen[(n, "ffn_in")])
             if "cross" in li.norms:
@@ -175,11 +175,11 @@ def test_fix_config_after_ffn_shrink(family):
 
 
 FFN_KEY = {"distilbert": "hidden_dim", "gpt2": "n_inner", "t5": "d_ff", "bart": "encoder_ffn_dim",
-           "marian": "encoder_ffn_dim"}
+           "marian": "encoder_ffn_dim", "slim-transformer": "encoder_ffn_dim"}
 
 
 def _intermediate(cfg):
-    if cfg.model_type in ("bart", "marian"):
+    if cfg.model_type in ("bart", "marian", "slim-transformer"):
         assert cfg.decoder_ffn_dim == cfg.encoder_ffn_dim
     return getattr(cfg, FFN_KEY.get(cfg.model_type, "intermediate_size"))
 

@@ -12,10 +12,10 @@ from .base import Adapter, AttentionBlock, FFNBlock, LayerInfo, unwrap
 from .bert import BertAdapter
 from .gpt2 import GPT2Adapter
 from .llama import Gemma3Adapter, LlamaAdapter
-from .seq2seq import BartAdapter, T5Adapter
+from .seq2seq import BartAdapter, SlimTransformerAdapter, T5Adapter
 
 ADAPTERS: tuple[Adapter, ...] = (BertAdapter(), LlamaAdapter(), Gemma3Adapter(), GPT2Adapter(),
-                                 T5Adapter(), BartAdapter())
+                                 T5Adapter(), BartAdapter(), SlimTransformerAdapter())
 
 # family name -> the `config.model_type` values its adapter handles
 SUPPORTED: dict[str, tuple[str, ...]] = {a.name: a.model_types for a in ADAPTERS}

@@ -85,6 +85,10 @@ class Adapter:
     # RMSNorm multiplies by (norm_weight_offset + weight): 0 for most, 1 for Gemma.
     norm_weight_offset: ClassVar[float] = 0.0
 
+    def norm_position_for(self, model: nn.Module) -> str:
+        """"pre" or "post" for this model (the family's, unless its config says otherwise)."""
+        return self.norm_position
+
     def base(self, model: nn.Module) -> nn.Module:
         """The bare transformer inside a task head wrapper (BertModel inside BertForX, ...)."""
         raise NotImplementedError

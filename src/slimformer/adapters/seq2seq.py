@@ -174,3 +174,15 @@ class BartAdapter(_Seq2SeqAdapter):
             uniform &= is_uniform(sizes) and len(set(heads)) <= 1
             uniform &= all(s["heads"] * s["head_dim"] == cfg.d_model for s in sizes)
         write_layer_sizes(cfg, by_stack["encoder"] + by_stack["decoder"], needed=not uniform)
+
+
+class SlimTransformerAdapter(BartAdapter):
+    """slimformer's own reference Transformer (models/transformer.py): BART's module and config
+    names; pre- or post-norm as its config says."""
+
+    name = "slim-transformer"
+    model_types = ("slim-transformer",)
+    norm_position = "pre"  # the default; norm_position_for reads the model's config
+
+    def norm_position_for(self, model: nn.Module) -> str:
+        return getattr(unwrap(model).config, "norm", "pre")

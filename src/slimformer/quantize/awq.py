@@ -112,7 +112,7 @@ def scale_groups(sm, names: set[str]) -> list[ScaleGroup]:
     model = sm.model
     adapter = get_adapter(model)
     mod_name = {id(m): n for n, m in model.named_modules()}
-    pre = getattr(adapter, "norm_position", "post") == "pre"
+    pre = adapter.norm_position_for(model) == "pre"
     groups: list[ScaleGroup] = []
 
     def add(prev, kind, mods, kv_repeat=None):

@@ -196,7 +196,7 @@ def unsupported_reason(sm) -> str | None:
     """Why rotate_ cannot apply to this model, or None."""
     model = sm.model
     adapter = get_adapter(model)
-    if getattr(adapter, "norm_position", "post") != "pre" or sm.kind == "seq2seq-lm":
+    if adapter.norm_position_for(model) != "pre" or sm.kind == "seq2seq-lm":
         return "needs a pre-norm model with one layer stack (Llama family)"
     if getattr(adapter, "norm_weight_offset", 0.0):
         return "its norms scale by (1 + weight) (Gemma)"

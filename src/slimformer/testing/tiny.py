@@ -43,6 +43,8 @@ _FAMILIES = {
     "bart": (T.BartConfig, _SEQ2SEQ, "seq2seq"),
     "marian": (T.MarianConfig, dict(_SEQ2SEQ, decoder_vocab_size=V, pad_token_id=0, eos_token_id=2,
                                     decoder_start_token_id=0, forced_eos_token_id=2), "seq2seq"),
+    "slim-transformer": (None, dict(_SEQ2SEQ, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                    decoder_start_token_id=1, dropout=0.0), "seq2seq"),
 }
 
 TINY_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
@@ -62,7 +64,7 @@ def tasks_for(family: str) -> tuple[str, ...]:
     """The tasks `tiny_model` accepts for a family."""
     _check_family(family)
     tasks = _TASKS[_FAMILIES[family][2]]
-    return tuple(t for t in tasks if not (family == "marian" and t == "classification"))
+    return tuple(t for t in tasks if not (family in ("marian", "slim-transformer") and t == "classification"))
 
 
 def tiny_model(family: str, task: str = "base", seed: int = 0, **overrides) -> torch.nn.Module:
@@ -77,6 +79,10 @@ def tiny_model(family: str, task: str = "base", seed: int = 0, **overrides) -> t
         raise ValueError(f"task {task!r} is not available for tiny {family!r}; "
                          f"accepted: {', '.join(accepted)}")
     config_cls, kwargs, _ = _FAMILIES[family]
+    if config_cls is None:  # slimformer's reference Transformer
+        from ..models.transformer import SlimTransformerConfig
+
+        config_cls = SlimTransformerConfig
     config = config_cls(**{**kwargs, **overrides})
     if task == "classification":
         config.num_labels = 2
