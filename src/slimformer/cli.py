@@ -154,6 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "the GPU supports bf16; else fp32)")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = sub.add_parser("train", help="train slimformer's reference Transformer (translation)",
+                       description="Train the reference encoder-decoder Transformer from scratch on parallel text: a "
+                       "joint BPE vocabulary, token-based batches, inverse-square-root schedule, label smoothing, "
+                       "checkpoint averaging. Resumable: re-run the same command after an interruption.")
+    p.add_argument("--task", choices=["translation"], default="translation")
+    p.add_argument("--data", required=True, help="training files prefix (PREFIX.SRC and PREFIX.TGT), e.g. "
+                   "../shared/data/multi30k/train")
+    p.add_argument("--valid", help="validation prefix (BLEU measured after each epoch, greedy, first 300 pairs)")
+    p.add_argument("--src", default="en")
+    p.add_argument("--tgt", default="de")
+    p.add_argument("--epochs", type=float, default=10.0)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each (default 3)")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--ffn", type=int, default=1024)
+    p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch (default 4096)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=1000)
+    p.add_argument("--out", required=True, help="output folder: the model, its tokenizer, result.json")
+
+    p = sub.add_parser("translate", help="translate a text file with a seq2seq model (one translation a line)")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--input", required=True, help="a text file, one sentence a line ('-': standard input)")
+    p.add_argument("--beams", type=int, default=5, help="beam size (1 = greedy; default 5)")
+    p.add_argument("--batch-size", type=int, default=32)
+
     sub.add_parser("recipes", help="list the built-in recipes")
     return ap
 
@@ -329,6 +357,50 @@ def cmd_distill(a) -> None:
           (f"; best {res.best}" if res.best else "") + f" (checkpoints and metrics in {work})")
 
 
+def cmd_train(a) -> None:
+    from . import load_task, save
+    from .models.saving import check_out_dir
+    from .train.translation import TranslationConfig, bleu_of, train_translation
+
+    check_out_dir(a.out)
+    pair = (a.src, a.tgt)
+    train = load_task("translation", a.data, pair=pair)
+    valid = load_task("translation", a.valid, pair=pair) if a.valid else None
+    cfg = TranslationConfig(vocab_size=a.vocab_size, d_model=a.d_model, layers=a.layers, heads=a.heads, ffn=a.ffn,
+                            max_tokens=a.max_tokens, epochs=a.epochs, max_steps=a.max_steps, lr=a.lr,
+                            warmup_steps=a.warmup_steps)
+    work = Path(a.out).expanduser().resolve().parent / f".{Path(a.out).name}.training"
+    sm, res = train_translation(train, valid, cfg, out_dir=work)
+    report = {"training": res.to_dict(), "config": cfg.__dict__, "pair": pair}
+    if valid is not None:
+        report["valid_greedy_averaged"] = bleu_of(sm, valid)
+    save(sm, a.out, extra_files={"result.json": json.dumps(report, indent=2, default=str)})
+    said = f"; valid BLEU {report['valid_greedy_averaged']['bleu']:.2f} (greedy)" if valid is not None else ""
+    print(f"wrote {a.out}: {res.steps} steps in {res.seconds / 60:.1f} min{said} (checkpoints in {work})")
+
+
+def cmd_translate(a) -> None:
+    from . import load
+    from .core.errors import DataError
+
+    sm = load(a.model)
+    if sm.kind != "seq2seq-lm":
+        raise DataError(f"{a.model}: a {sm.kind} model cannot translate; give an encoder-decoder (seq2seq) model")
+    if a.input == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        p = Path(a.input).expanduser()
+        if not p.is_file():
+            raise DataError(f"{a.input}: no such file (one sentence a line)")
+        lines = p.read_text(encoding="utf-8").splitlines()
+    for i in range(0, len(lines), a.batch_size):
+        chunk = lines[i:i + a.batch_size]
+        enc = sm.tokenize([t or " " for t in chunk], 128)
+        out = sm.model.generate(**enc, num_beams=a.beams, max_new_tokens=None, do_sample=False)
+        for t in sm.tokenizer.batch_decode(out, skip_special_tokens=True):
+            print(t.strip(), flush=True)
+
+
 def _main_process() -> bool:
     """Under torchrun / accelerate launch only rank 0 writes the result."""
     import os
@@ -377,7 +449,7 @@ def cmd_recipes(a) -> None:
 
 COMMANDS = {"inspect": cmd_inspect, "evaluate": cmd_evaluate, "compress": cmd_compress, "recipes": cmd_recipes,
             "quantize": cmd_quantize, "export": cmd_export, "prune": cmd_prune, "distill": cmd_distill,
-            "finetune": cmd_finetune}
+            "finetune": cmd_finetune, "train": cmd_train, "translate": cmd_translate}
 
 
 def main(argv: list[str] | None = None) -> int:

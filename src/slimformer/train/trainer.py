@@ -46,7 +46,8 @@ STATE_FILE = "trainer_state.json"
 class TrainConfig:
     """epochs (may be fractional) or max_steps (> 0 wins): how long. batch_size: examples per
     optimizer step over all processes (x grad_accum micro-batches of batch_size / grad_accum).
-    lr, weight_decay: AdamW. warmup: fraction of the steps with a linear warm-up; schedule: linear,
+    lr, weight_decay: AdamW. warmup: fraction of the steps with a linear warm-up (warmup_steps > 0:
+    that many steps instead); schedule: linear, inverse_sqrt (Vaswani et al.),
     cosine or constant decay after it. clip_norm: gradient norm clipping (0: off).
     eval_every: evaluate every N steps (0: once per epoch, and at the end). save_every: checkpoint
     every N steps (0: only at the end of each epoch). keep: checkpoints kept. mixed_precision: "no",
@@ -62,6 +63,7 @@ class TrainConfig:
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup: float = 0.1
+    warmup_steps: int = 0
     schedule: str = "linear"
     clip_norm: float = 1.0
     eval_every: int = 0
@@ -77,7 +79,7 @@ class TrainConfig:
 
         if not (isinstance(self.epochs, (int, float)) and self.epochs > 0) and self.max_steps <= 0:
             bad("epochs", "a number > 0 (or max_steps > 0)")
-        for name in ("max_steps", "eval_every", "save_every", "log_every"):
+        for name in ("max_steps", "eval_every", "save_every", "log_every", "warmup_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 bad(name, "an integer >= 0")
         for name in ("batch_size", "grad_accum", "keep"):
@@ -89,8 +91,8 @@ class TrainConfig:
             bad("lr", "a number in (0, 1)")
         if not 0 <= self.warmup < 1:
             bad("warmup", "a fraction in [0, 1)")
-        if self.schedule not in ("linear", "cosine", "constant"):
-            bad("schedule", "linear, cosine, constant")
+        if self.schedule not in ("linear", "cosine", "constant", "inverse_sqrt"):
+            bad("schedule", "linear, cosine, constant, inverse_sqrt")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             bad("mixed_precision", "no, bf16, fp16, auto")
         if self.clip_norm < 0 or self.weight_decay < 0:
@@ -133,6 +135,8 @@ def lr_lambda(schedule: str, warmup_steps: int, total: int) -> Callable[[int], f
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
+        if schedule == "inverse_sqrt":  # Vaswani et al.: peak at the end of warm-up, then 1/sqrt(step)
+            return math.sqrt(max(warmup_steps, 1) / (step + 1))
         p = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
         return 0.5 * (1 + math.cos(math.pi * p)) if schedule == "cosine" else 1.0 - p
     return f
@@ -172,7 +176,7 @@ class Trainer:
         no_decay = [p for p in params if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-        warm = int(round(config.warmup * self.total_steps))
+        warm = config.warmup_steps or int(round(config.warmup * self.total_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config.schedule, warm, self.total_steps))
         self.raw_module = module
         self.module = module.to(self.accelerator.device)
@@ -356,6 +360,27 @@ class Trainer:
             cb.on_train_end(self)
         return TrainResult(self.step, self.step / self.steps_per_epoch, time.perf_counter() - t0, last, self.best,
                            self.history, resumed, self.precision)
+
+    def average_checkpoints(self, last: int) -> dict | None:
+        """The element-wise mean of the module weights in the last `last` checkpoints (checkpoint
+        averaging, Vaswani et al.: smoother than the final weights), or None without checkpoints."""
+        root = self._ckpt_root()
+        if root is None or not root.exists():
+            return None
+        done = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).exists()),
+                      key=lambda p: int(p.name.split("-")[1]))[-last:]
+        if not done:
+            return None
+        avg = None
+        for p in done:
+            sd = torch.load(p / "custom_checkpoint_0.pkl", map_location="cpu")
+            if avg is None:
+                avg = {k: v.clone().double() if v.is_floating_point() else v.clone() for k, v in sd.items()}
+            else:
+                for k, v in sd.items():
+                    if v.is_floating_point():
+                        avg[k] += v.double()
+        return {k: (v / len(done)).to(torch.float32) if v.is_floating_point() else v for k, v in avg.items()}
 
     def load_best(self) -> bool:
         """Put the best evaluated weights back into the module (if any were kept)."""
