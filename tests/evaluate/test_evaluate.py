@@ -66,6 +66,11 @@ def test_classification_and_seq2seq_tasks():
     t = Task("translation", [("the cat sits", "the cat sits"), ("a dog runs", "a dog runs")], "mem")
     r = evaluate(s2s, t, None, EvalOptions(task=FAST.task, efficiency=False))
     assert 0 <= r.metrics["bleu"] <= 100 and 0 <= r.metrics["chrf"] <= 100
+    assert r.metrics["bleu_lowercase"] >= r.metrics["bleu"] - 1e-9
+    # the reference Transformer translates through the same runner (its own beam search)
+    ref = tiny_slim("slim-transformer", "seq2seq-lm")
+    r2 = evaluate(ref, t, None, EvalOptions(task=FAST.task, efficiency=False))
+    assert 0 <= r2.metrics["bleu"] <= 100
 
 
 def test_task_the_model_cannot_do():

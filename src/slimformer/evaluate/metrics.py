@@ -93,6 +93,23 @@ def bleu(hyps, refs) -> float:
     return float(sacrebleu.corpus_bleu(hyps, streams).score)
 
 
+def bleu_with_signature(hyps, refs, lowercase: bool = False) -> tuple[float, str]:
+    """sacrebleu corpus BLEU and its signature (how it was computed: tokenizer, case, version)."""
+    from sacrebleu.metrics import BLEU
+
+    hyps, streams = _refs(hyps, refs, "bleu")
+    m = BLEU(lowercase=lowercase)
+    return float(m.corpus_score(hyps, streams).score), str(m.get_signature())
+
+
+def chrf_with_signature(hyps, refs) -> tuple[float, str]:
+    from sacrebleu.metrics import CHRF
+
+    hyps, streams = _refs(hyps, refs, "chrf")
+    m = CHRF()
+    return float(m.corpus_score(hyps, streams).score), str(m.get_signature())
+
+
 def chrf(hyps, refs) -> float:
     """sacrebleu corpus chrF, 0-100."""
     hyps, streams = _refs(hyps, refs, "chrf")

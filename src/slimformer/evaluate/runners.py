@@ -120,8 +120,12 @@ def generate(sm, sources: list[str], opts: TaskOptions, desc: str) -> list[str]:
 def run_translation(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
     hyps = generate(sm, [e[0] for e in task.examples], opts, "translate")
     refs = [e[1] for e in task.examples]
-    return {"bleu": M.bleu(hyps, refs), "chrf": M.chrf(hyps, refs)}, {
-        "n": len(refs), "num_beams": opts.gen_num_beams, "max_new_tokens": opts.gen_max_new_tokens}
+    bleu, sig = M.bleu_with_signature(hyps, refs)
+    bleu_lc, sig_lc = M.bleu_with_signature(hyps, refs, lowercase=True)  # what published Multi30k figures use
+    chrf, sig_c = M.chrf_with_signature(hyps, refs)
+    return {"bleu": bleu, "bleu_lowercase": bleu_lc, "chrf": chrf}, {
+        "n": len(refs), "num_beams": opts.gen_num_beams, "max_new_tokens": opts.gen_max_new_tokens,
+        "bleu_signature": sig, "bleu_lowercase_signature": sig_lc, "chrf_signature": sig_c}
 
 
 def run_summarization(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
