@@ -22,6 +22,9 @@ def _add_eval_args(p: argparse.ArgumentParser, need_task: bool) -> None:
     p.add_argument("--ppl-window", type=int, default=1024, help="perplexity window in tokens (default 1024)")
     p.add_argument("--ppl-stride", type=int, default=512, help="perplexity stride in tokens (default 512)")
     p.add_argument("--ppl-max-tokens", type=int, default=16384, help="score the first N tokens (default 16384; 0 = all)")
+    p.add_argument("--beams", type=int, default=1, help="translation / summarization: beam size (default 1, greedy)")
+    p.add_argument("--pair", default="en,de", help="translation: source and target language suffixes of the data "
+                   "prefix (default en,de)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,14 +199,21 @@ def _task_from_args(a):
         return None
     if not a.data:
         raise SlimformerError(f"--task {a.task} needs --data PATH (e.g. ../shared/data/...)")
-    return load_task(a.task, a.data, limit=a.limit, split=a.split)
+    extra = {}
+    if a.task == "translation":
+        pair = tuple(x.strip() for x in str(getattr(a, "pair", "en,de")).split(","))
+        if len(pair) != 2 or not all(pair):
+            raise SlimformerError(f"--pair {a.pair!r}: give two language suffixes, e.g. en,de")
+        extra["pair"] = pair
+    return load_task(a.task, a.data, limit=a.limit, split=a.split, **extra)
 
 
 def _eval_options(a):
     from . import EvalOptions, TaskOptions, TimingOptions
 
     return EvalOptions(
-        task=TaskOptions(ppl_window=a.ppl_window, ppl_stride=a.ppl_stride, ppl_max_tokens=a.ppl_max_tokens or None),
+        task=TaskOptions(ppl_window=a.ppl_window, ppl_stride=a.ppl_stride, ppl_max_tokens=a.ppl_max_tokens or None,
+                         gen_num_beams=getattr(a, "beams", 1)),
         timing=TimingOptions(seq_len=a.seq_len),
         efficiency=not a.no_efficiency,
         threads=a.threads,
