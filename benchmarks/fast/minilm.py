@@ -41,10 +41,12 @@ def run_recipe(name: str, task, texts, out: Path) -> dict:
     if not (out / "result.json").exists():
         t0 = time.perf_counter()
         sf.compress(sf.load(), name, task, out, CompressOptions(unlabeled=texts, progress=True))
-        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f} {torch.get_num_threads()}")
     res = CompressionResult.from_json((out / "result.json").read_text())
-    secs = float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").exists() else None
-    return {"seconds": secs, "stages": res.stages, "deploy": res.steps[-1].details,
+    secs, threads = None, None
+    if (out / "wall_seconds.txt").exists():
+        secs, threads = (float(x) for x in (out / "wall_seconds.txt").read_text().split())
+    return {"seconds": secs, "threads": threads, "stages": res.stages, "deploy": res.steps[-1].details,
             "steps": [{"method": s.method, "seconds": s.seconds} for s in res.steps]}
 
 
@@ -77,11 +79,14 @@ def main() -> None:
     ap = base_parser(__doc__)
     ap.add_argument("--recipes", nargs="*", default=["encoder-fast", "encoder-fastest"])
     ap.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
+    ap.add_argument("--only-recipes", action="store_true", help="run the recipes (cached) and stop before timing")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
     texts = unlabeled_sentences(a.data)
     runs = {name: run_recipe(name, task, texts, CACHE / name) for name in a.recipes}
+    if a.only_recipes:
+        return
     base = sf.load()
     calib = sf.calibration_texts(sf.load_task("classification", a.data / "sst2" / "dev.tsv"), n=128)
     with tempfile.TemporaryDirectory() as d:
@@ -107,7 +112,7 @@ def main() -> None:
              "vs_best_peer": t["throughput"] / speed[best_peer]["throughput"]}
         payload["variants"][name] = v
         run = runs.get(name.replace("slimformer recipe ", ""))
-        wall = f"{run['seconds'] / 60:.0f} min" if run and run.get("seconds") else ""
+        wall = f"{run['seconds'] / 60:.0f} min ({run['threads']:.0f} thr)" if run and run.get("seconds") else ""
         rows.append([name, q["spearman"], q["spearman"] - fp["spearman"], q["bytes"] / 1e6, q["bytes"] / fp["bytes"],
                      v["throughput_x"], v["latency_x"], v["vs_best_peer"], wall])
     cpu = payload["cpu"]
