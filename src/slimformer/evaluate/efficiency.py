@@ -80,6 +80,24 @@ def time_forward(sm, enc, warmup: int, repeats: int) -> list[float]:
     return times
 
 
+@torch.inference_mode()
+def interleaved_seconds(models: dict, enc: dict, rounds: int, pause: float = 0.0) -> dict:
+    """Median seconds of one forward of `enc` per model, timed interleaved (a, b, a, b, ...)
+    after one warm-up each, so a slow phase of the machine hits every model alike. pause:
+    seconds of sleep after each call (lets ONNX Runtime's spinning threads settle)."""
+    times = {k: [] for k in models}
+    for m in models.values():
+        m.model(**enc)
+    for _ in range(rounds):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            m.model(**enc)
+            times[k].append(time.perf_counter() - t0)
+            if pause:
+                time.sleep(pause)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _rss() -> int:
     try:
         with open("/proc/self/statm") as f:

@@ -8,11 +8,7 @@ CPU flags, so the report says why. On a CPU without native bf16 the step is the 
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from dataclasses import dataclass
-
-import torch
 
 from ..core.config import Applied, MethodConfig
 from ..core.errors import ConfigError
@@ -41,17 +37,10 @@ class DeployConfig(MethodConfig):
 
 
 def _throughput(models: dict, enc: dict, repeats: int) -> dict:
-    times = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m.model(**enc)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                m.model(**enc)
-                times[k].append(time.perf_counter() - t0)
-                time.sleep(0.1)  # let ONNX Runtime's spinning threads settle before the next one
-    return {k: enc["input_ids"].shape[0] / statistics.median(v) for k, v in times.items()}
+    from ..evaluate.efficiency import interleaved_seconds
+
+    secs = interleaved_seconds(models, enc, repeats, pause=0.1)
+    return {k: enc["input_ids"].shape[0] / v for k, v in secs.items()}
 
 
 def deploy_step(sm, cfg: DeployConfig, data) -> Applied:

@@ -148,22 +148,10 @@ def _build_fastest(sm, folder: Path, quantize, calibration_texts, o: dict) -> di
 
 
 def _interleaved_seconds(sm, sessions: dict, rounds: int = 7) -> dict:
-    import statistics
-    import time
-
     from ..data import sample_sentences
-    from ..evaluate.efficiency import make_inputs
+    from ..evaluate.efficiency import interleaved_seconds, make_inputs
 
-    enc = make_inputs(sm, sample_sentences(), 8, 128)
-    times = {k: [] for k in sessions}
-    for m in sessions.values():  # warm-up
-        m.model(**enc)
-    for _ in range(rounds):
-        for k, m in sessions.items():
-            t0 = time.perf_counter()
-            m.model(**enc)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_seconds(sessions, make_inputs(sm, sample_sentences(), 8, 128), rounds)
 
 
 # ---------------------------------------------------------------------------------------------
