@@ -80,3 +80,16 @@ def test_train_and_translate_cli(tmp_path, capsys):
     main(["translate", str(tmp_path / "model"), "--input", str(tmp_path / "in.txt"), "--beams", "2"])
     assert len(capsys.readouterr().out.strip("\n").split("\n")) == 2
     assert main(["translate", str(tmp_path / "model"), "--input", str(tmp_path / "missing.txt")]) == 2
+
+
+def test_a_student_of_fewer_layers_trains_on_the_teachers_translations(tmp_path):
+    d = _files(tmp_path)
+    train = sf.load_task("translation", str(d / "train"), pair=("en", "de"))
+    cfg = TranslationConfig(**{**TINY.__dict__, "layers": 2, "epochs": 1})
+    teacher, _ = train_translation(train, None, cfg)
+    hyps = [teacher.tokenizer.decode(o, skip_special_tokens=True).strip() for o in
+            teacher.model.generate(**teacher.tokenize([p[0] for p in train.examples[:32]], 64))]
+    kd = sf.Task("translation", list(zip([p[0] for p in train.examples[:32]], hyps)), "teacher outputs")
+    student = sf.shrink_layers(teacher, {"encoder": [0, 1], "decoder": [1]})
+    sm, res = train_translation(kd, None, cfg, init=student)
+    assert sm is student and res.steps > 0 and len(sm.model.model.decoder.layers) == 1

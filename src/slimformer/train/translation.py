@@ -130,10 +130,12 @@ def bleu_of(sm, task, n: int | None = None, num_beams: int = 1, batch_size: int 
     return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score}
 
 
-def train_translation(train, valid, cfg: TranslationConfig | None = None, out_dir=None, progress: bool = True):
+def train_translation(train, valid, cfg: TranslationConfig | None = None, out_dir=None, init=None):
     """Train a reference Transformer on `train` (a translation Task), measuring greedy BLEU on
     `valid` after each epoch. Returns (SlimModel, TrainResult). With out_dir: the tokenizer and
-    checkpoints live there, and a re-run resumes."""
+    checkpoints live there, and a re-run resumes. init: a SlimModel to continue from instead of a
+    fresh model (its tokenizer too; the size fields of cfg are then ignored), e.g. a student made
+    with `shrink_layers` trained on a teacher's translations (sequence-level KD)."""
     from ..models.wrapper import SlimModel
 
     cfg = cfg or TranslationConfig()
@@ -141,7 +143,9 @@ def train_translation(train, valid, cfg: TranslationConfig | None = None, out_di
         raise ConfigError("train_translation: train and valid must be translation tasks")
     out = Path(out_dir) if out_dir is not None else None
     tok_dir = out / "tokenizer" if out is not None else None
-    if tok_dir is not None and (tok_dir / "tokenizer.json").exists():
+    if init is not None:
+        tokenizer = init.tokenizer
+    elif tok_dir is not None and (tok_dir / "tokenizer.json").exists():
         from transformers import PreTrainedTokenizerFast
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
@@ -153,9 +157,13 @@ def train_translation(train, valid, cfg: TranslationConfig | None = None, out_di
     src = tokenizer([p[0] for p in train.examples], truncation=True, max_length=cfg.max_length)["input_ids"]
     tgt = tokenizer([p[1] for p in train.examples], truncation=True, max_length=cfg.max_length)["input_ids"]
     batches = token_batches([len(s) for s in src], [len(t) for t in tgt], cfg.max_tokens, cfg.seed)
-    model = build_model(tokenizer, cfg)
-    sm = SlimModel(model, tokenizer, "seq2seq-lm", None, source="slimformer reference Transformer",
-                   meta={"translation_config": asdict(cfg)})
+    if init is not None:
+        sm, model = init, init.model
+        model.train()
+    else:
+        model = build_model(tokenizer, cfg)
+        sm = SlimModel(model, tokenizer, "seq2seq-lm", None, source="slimformer reference Transformer",
+                       meta={"translation_config": asdict(cfg)})
     pad = tokenizer.pad_token_id
 
     def collate(items):
