@@ -27,6 +27,7 @@ import slimformer as sf  # noqa: E402
 from common import base_parser, unlabeled_sentences, write  # noqa: E402
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "bench" / "distill-ablation"
+from slimformer.distill import student_from_config  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
@@ -48,7 +49,7 @@ def main() -> None:
     if a.init == "teacher":
         student = sf.shrink_layers(teacher, [0, 2, 4])
     else:
-        student = sf.student_from_config(teacher, num_hidden_layers=3)
+        student = student_from_config(teacher, num_hidden_layers=3)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="ablation-"))
     shared = CACHE / "teacher_embeddings.pt"  # the teacher's embeddings of the training texts: computed once
