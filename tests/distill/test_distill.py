@@ -180,3 +180,13 @@ def test_precision_choice_is_checked():
     with pytest.raises(ConfigError, match="mixed_precision"):
         sf.FinetuneConfig(mixed_precision="half")
     assert sf.DistillConfig().mixed_precision == "auto"
+
+
+def test_the_teacher_trains_again_after_being_a_teacher(tmp_path):
+    teacher = tiny_slim("bert", "embedding")
+    student = sf.shrink_layers(teacher, [0])
+    sf.distill(student, teacher, TEXTS, sf.DistillConfig(max_steps=2, batch_size=16, mixed_precision="no"))
+    assert all(p.requires_grad for p in teacher.model.parameters())  # frozen only while distilling
+    second = sf.shrink_layers(teacher, [1])  # a second student copied from the same teacher trains
+    res = sf.distill(second, teacher, TEXTS, sf.DistillConfig(max_steps=2, batch_size=16, mixed_precision="no"))
+    assert res.steps == 2

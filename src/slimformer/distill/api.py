@@ -12,6 +12,7 @@ from ..core.config import ORIGINAL_MODEL, Applied
 from ..core.errors import ConfigError, DataError
 from ..data.unlabeled import training_texts
 from ..train import TrainConfig, Trainer
+from ..train.trainer import frozen
 from .configs import DistillConfig, FinetuneConfig
 from .losses import LOSSES, LossContext, Outputs, layer_map
 
@@ -99,10 +100,14 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
     n_t = len(get_adapter(teacher.model).layers(teacher.model))
     lmap = layer_map(cfg.layer_map, n_s, n_t)
     projections = _projections(student, teacher, needs, lmap)
-    for t in getattr(teacher, "teachers", [teacher]):
-        t.model.eval()
-        for p in t.model.parameters():
-            p.requires_grad_(False)
+    teachers = [t.model for t in getattr(teacher, "teachers", [teacher])]
+    for t in teachers:
+        t.eval()
+    with frozen(*teachers):
+        return _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projections, out_dir, eval_task)
+
+
+def _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projections, out_dir, eval_task):
     tok = student.tokenizer
 
     cached = _teacher_cache(teacher, texts, cfg, out_dir) if needs == {"embedding"} else None

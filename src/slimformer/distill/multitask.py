@@ -23,6 +23,7 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..train import TrainConfig, Trainer
+from ..train.trainer import frozen
 from .configs import DistillConfig
 from .losses import LOSSES, LossContext, Outputs
 
@@ -54,8 +55,6 @@ def distill_multitask(student, tasks: list[TaskSpec], config: DistillConfig | No
         elif t.teacher.kind != "embedding":
             raise ConfigError(f"task {t.name!r}: teacher kind {t.teacher.kind!r}; accepted: embedding, classification")
         t.teacher.model.eval()
-        for p in t.teacher.model.parameters():
-            p.requires_grad_(False)
     # one example = one single-task batch: (task index, text indices), shuffled across tasks
     rng = random.Random(cfg.seed)
     specs = []
@@ -91,6 +90,7 @@ def distill_multitask(student, tasks: list[TaskSpec], config: DistillConfig | No
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate("embedding"), batch_size=1,
                                   seed=cfg.seed, mixed_precision=cfg.mixed_precision),
                       out_dir=out_dir)
-    trainer.fit()
+    with frozen(*[t.teacher.model for t in tasks]):
+        trainer.fit()
     student.model.eval()
     return heads

@@ -20,6 +20,7 @@ batches of `batch_size` that `collate(list of examples) -> batch` turns into ten
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -114,6 +115,21 @@ class TrainResult:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Inside: every parameter of `modules` has requires_grad False (a teacher); afterwards each
+    gets its own flag back, so a model copied from the teacher later still trains."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
 class Callback:
     """Hooks into training: on_before_optimizer_step after the gradients of a step are complete
     (e.g. accumulate movement scores, add a sparsity penalty's gradient), on_step_end after each
@@ -172,6 +188,9 @@ class Trainer:
         self.steps_per_epoch = max(1, len(examples) // config.batch_size)
         self.total_steps = config.max_steps or max(1, int(round(config.epochs * self.steps_per_epoch)))
         params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the trainer got a model with no trainable parameters (every requires_grad is False; "
+                              "was it copied from a frozen teacher?)")
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
