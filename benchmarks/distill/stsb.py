@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--loss", default="embedding_cosine", help="distillation losses joined by + (e.g. embedding_cosine)")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints folder (default: a temporary one)")
+    ap.add_argument("--append", action="store_true", help="keep the other students of the existing results JSON")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     teacher = sf.load()
@@ -54,7 +55,10 @@ def main() -> None:
     payload = {"cpu": cpu_info(), "threads": a.threads, "training_sentences": len(texts), "epochs": a.epochs,
                "lr": a.lr, "batch_size": a.batch_size, "loss": a.loss,
                "teacher": {"spearman": sp_t, "bytes": saved_bytes(teacher)["bytes"]}, "students": {}}
-    rows = [["teacher: all-MiniLM-L6-v2 (6 layers)", sp_t, 0.0, 1.0, payload["teacher"]["bytes"] / 1e6, 1.0, ""]]
+    if a.append and (a.out / "distill_stsb.json").exists():
+        import json
+
+        payload["students"] = json.loads((a.out / "distill_stsb.json").read_text()).get("students", {})
     work = a.work or Path(tempfile.mkdtemp(prefix="distill-"))
     for name, keep in STUDENTS.items():
         if a.only and name not in a.only:
@@ -71,17 +75,23 @@ def main() -> None:
         v = {"layers": keep, "spearman_before": sp0, "spearman": sp, "cosine": cos, "throughput_x": tx,
              "bytes": saved_bytes(student)["bytes"], "seconds": secs, "seconds_per_epoch": secs / max(res.epochs, 1e-9),
              "steps": res.steps, "precision": res.precision, "best": res.best, "curve": [h for h in res.history if "eval" in h]}
+        v.update(epochs=a.epochs, threads=a.threads, resumed_from=res.resumed_from)
         payload["students"][name] = v
-        rows.append([f"student: layers {keep} of the teacher, distilled", sp, sp - sp_t, cos, v["bytes"] / 1e6, tx,
-                     f"{v['seconds_per_epoch'] / 60:.1f} min/epoch (before: {sp0:.2f})"])
-        print(rows[-1], flush=True)
+        print(name, v["spearman"], v["throughput_x"], flush=True)
+    rows = [["teacher: all-MiniLM-L6-v2 (6 layers)", sp_t, 0.0, 1.0, payload["teacher"]["bytes"] / 1e6, 1.0, ""]]
+    for name, v in sorted(payload["students"].items(), reverse=True):
+        wall = (f"{v['seconds_per_epoch'] / 60:.1f} min/epoch, {v.get('threads', a.threads)} thread(s)"
+                if not v.get("resumed_from") else "resumed from its last checkpoint")
+        rows.append([f"student: layers {v['layers']}, {v.get('epochs', a.epochs):g} epoch(s)", v["spearman"],
+                     v["spearman"] - sp_t, v["cosine"], v["bytes"] / 1e6, v["throughput_x"],
+                     f"{wall} (before training: {v['spearman_before']:.2f})"])
     md = "\n".join([
         "# Distilling all-MiniLM-L6-v2 for STS-B", "",
         f"`python benchmarks/distill/stsb.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU "
         f"{payload['cpu'].get('cpu_model', '?')}, {payload['cpu'].get('cpu_capability')}). Students keep layers of "
         f"the teacher and are trained to reproduce its sentence embeddings ({a.loss}) on {len(texts):,} unlabeled sentences "
         f"(SST-2 train, Multi30k en train, STS-B train; batch {a.batch_size}, lr {a.lr:g}, warm-up 10%, linear decay, "
-        f"{a.epochs:g} epoch(s), training precision {', '.join(sorted({v['precision'] for v in payload['students'].values()}))}). "
+        f"training precision {', '.join(sorted({v.get('precision', 'no') for v in payload['students'].values()}))}). "
         "STS-B dev Spearman x100 of the best epoch; cosine to the teacher's embeddings on 512 dev sentences; "
         "throughput at batch 32 x 128 as a ratio to the teacher, interleaved in this run.", "",
         table(["model", "spearman", "change", "cosine", "MB", "throughput x", "notes"], rows),
