@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", help="training sentences: a text file (one a line), or several joined with ','")
     p.add_argument("--loss", action="append", help="loss name (repeatable): embedding_cosine (default for sentence "
                    "encoders), embedding_mse, kd (classifiers), soft, lm, hidden_mse, attention_kl, minilm_relation")
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training sentences (default 1)")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the training sentences (default 2: a 3-layer "
+                   "MiniLM student reached STS-B 85.88 after 2, 85.51 after 1)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4 for sentence encoders, "
                    "1e-4 otherwise)")
