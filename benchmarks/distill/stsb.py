@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--loss", default="embedding_cosine", help="distillation losses joined by + (e.g. embedding_cosine)")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints folder (default: a temporary one)")
     ap.add_argument("--append", action="store_true", help="keep the other students of the existing results JSON")
+    ap.add_argument("--evaluate-only", action="store_true", help="no training: measure the best weights an earlier "
+                    "run left in --work (WORK/student-N/best.pt)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     teacher = sf.load()
@@ -67,21 +69,32 @@ def main() -> None:
         sp0 = run_stsb(student, task, TaskOptions(progress=False))[0]["spearman"]
         cfg = sf.DistillConfig(losses=tuple(a.loss.split("+")), epochs=a.epochs, lr=a.lr, batch_size=a.batch_size)
         t0 = time.perf_counter()
-        res = sf.distill(student, teacher, texts, cfg, out_dir=work / f"student-{name}", eval_task=task)
+        if a.evaluate_only:
+            state = torch.load(work / f"student-{name}" / "best.pt")
+            student.model.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+            student.model.eval()
+            res = None
+        else:
+            res = sf.distill(student, teacher, texts, cfg, out_dir=work / f"student-{name}", eval_task=task)
         secs = time.perf_counter() - t0
         sp = run_stsb(student, task, TaskOptions(progress=False))[0]["spearman"]
         cos = torch.nn.functional.cosine_similarity(student.embed(dev), ref).mean().item()
         tx = throughput_ratio(teacher, student, enc)
         v = {"layers": keep, "spearman_before": sp0, "spearman": sp, "cosine": cos, "throughput_x": tx,
-             "bytes": saved_bytes(student)["bytes"], "seconds": secs, "seconds_per_epoch": secs / max(res.epochs, 1e-9),
-             "steps": res.steps, "precision": res.precision, "best": res.best, "curve": [h for h in res.history if "eval" in h]}
-        v.update(epochs=a.epochs, threads=a.threads, resumed_from=res.resumed_from)
+             "bytes": saved_bytes(student)["bytes"], "epochs": a.epochs, "threads": a.threads}
+        if res is not None:
+            v.update(seconds=secs, seconds_per_epoch=secs / max(res.epochs, 1e-9), steps=res.steps,
+                     precision=res.precision, best=res.best, resumed_from=res.resumed_from,
+                     curve=[h for h in res.history if "eval" in h])
+        else:
+            v.update(evaluated_from=str(work / f"student-{name}" / "best.pt"), precision="bf16")
         payload["students"][name] = v
         print(name, v["spearman"], v["throughput_x"], flush=True)
     rows = [["teacher: all-MiniLM-L6-v2 (6 layers)", sp_t, 0.0, 1.0, payload["teacher"]["bytes"] / 1e6, 1.0, ""]]
     for name, v in sorted(payload["students"].items(), reverse=True):
         wall = (f"{v['seconds_per_epoch'] / 60:.1f} min/epoch, {v.get('threads', a.threads)} thread(s)"
-                if not v.get("resumed_from") else "resumed from its last checkpoint")
+                if v.get("seconds_per_epoch") and not v.get("resumed_from")
+                else "trained by an earlier run; its best checkpoint measured")
         rows.append([f"student: layers {v['layers']}, {v.get('epochs', a.epochs):g} epoch(s)", v["spearman"],
                      v["spearman"] - sp_t, v["cosine"], v["bytes"] / 1e6, v["throughput_x"],
                      f"{wall} (before training: {v['spearman_before']:.2f})"])

@@ -243,7 +243,11 @@ class Trainer:
 
     def _fingerprint(self, module: nn.Module) -> str:
         shapes = [(n, tuple(p.shape)) for n, p in module.named_parameters()]
-        cfg = {k: v for k, v in asdict(self.config).items() if k not in ("eval_every", "save_every", "keep", "log_every")}
+        # settings left at their defaults are not part of it, so a field added in a later version
+        # (at its default) does not orphan the checkpoints of runs started before
+        defaults = asdict(TrainConfig())
+        cfg = {k: v for k, v in asdict(self.config).items()
+               if k not in ("eval_every", "save_every", "keep", "log_every") and v != defaults.get(k)}
         text = json.dumps({"shapes": shapes, "config": cfg, "examples": len(self.examples)}, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
