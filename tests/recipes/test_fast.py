@@ -115,3 +115,17 @@ def test_encoder_fast_builtin_recipe_ends_in_an_onnx_encoder(tmp_path):
     assert emb.shape[1] == sm.model.config.hidden_size  # same embedding size as the original
     assert [s["method"] for s in res.stages] == ["shrink_layers", "distill", "deploy"]
     assert res.compressed.efficiency["bytes"] < res.baseline.efficiency["bytes"]
+
+
+def test_classifier_fast_chain_keeps_the_labels(tmp_path):
+    clf = tiny_slim("bert", "classification")
+    rows = "\n".join(f"{t}\t{i % 2}" for i, t in enumerate(TEXTS[:24]))
+    (tmp_path / "dev.tsv").write_text(rows + "\n")
+    task = sf.load_task("classification", tmp_path / "dev.tsv")
+    recipe = [sf.ShrinkConfig(), sf.DistillConfig(losses=("kd",), max_steps=4, batch_size=16, mixed_precision="no"),
+              sf.export.DeployConfig(candidates=("onnx-int8",))]
+    res = compress(clf, recipe, task, tmp_path / "out", FAST)
+    assert [s["method"] for s in res.stages] == ["shrink_layers", "distill", "deploy"]
+    assert "accuracy" in res.compressed.metrics
+    out = sf.load(tmp_path / "out")
+    assert out.kind == "classification"
