@@ -63,7 +63,7 @@ def main() -> None:
     acc0 = run_classification(student, dev, TaskOptions(progress=False))[0]["accuracy"]
     t0 = time.perf_counter()
     res = sf.distill(student, teacher, train, sf.DistillConfig(epochs=a.student_epochs, lr=a.lr),
-                     out_dir=CACHE / f"sst2-student-{len(keep)}", eval_task=dev)
+                     out_dir=CACHE / f"sst2-student-{len(keep)}-e{a.student_epochs:g}", eval_task=dev)
     secs = time.perf_counter() - t0
     acc = run_classification(student, dev, TaskOptions(progress=False))[0]["accuracy"]
     enc = make_inputs(teacher, dev.texts(), 32, 128)
