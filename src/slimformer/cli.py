@@ -483,7 +483,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slimformer: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _end_distributed()
     return 0
+
+
+def _end_distributed() -> None:
+    """Under torchrun / accelerate launch: tear the process group down before exit (gloo's
+    threads otherwise may abort the interpreter's exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ SCRIPT = textwrap.dedent("""
     t.fit()
     w = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.save(w, sys.argv[1] + f"-{{t.accelerator.process_index}}.pt")
+    if torch.distributed.is_initialized():  # a clean gloo teardown (else its threads may abort the exit)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 """)
 
 
