@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
+from slimformer.adapters import get_adapter  # noqa: E402
 from common import base_parser, write  # noqa: E402
 from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
@@ -98,7 +99,8 @@ def main() -> None:
             m = copy.deepcopy(base)
             (sf.prune_ if cfg.method.startswith("prune") else sf.quantize_)(m, cfg, calib)
             variants[name] = m
-        student = sf.shrink_layers(base, {"encoder": list(range(len(base.model.model.encoder.layers))), "decoder": [0]})
+        stacks = get_adapter(base.model).layer_containers(base.model)
+        student = sf.shrink_layers(base, {"encoder": list(range(len(stacks["encoder"]))), "decoder": [0]})
         hyps = []
         srcs = [p[0] for p in train.examples]
         for i in range(0, len(srcs), 64):

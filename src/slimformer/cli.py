@@ -393,6 +393,7 @@ def cmd_train(a) -> None:
 def cmd_translate(a) -> None:
     from . import load
     from .core.errors import DataError
+    from .evaluate.runners import TaskOptions, generate
 
     sm = load(a.model)
     if sm.kind != "seq2seq-lm":
@@ -404,12 +405,9 @@ def cmd_translate(a) -> None:
         if not p.is_file():
             raise DataError(f"{a.input}: no such file (one sentence a line)")
         lines = p.read_text(encoding="utf-8").splitlines()
-    for i in range(0, len(lines), a.batch_size):
-        chunk = lines[i:i + a.batch_size]
-        enc = sm.tokenize([t or " " for t in chunk], 128)
-        out = sm.model.generate(**enc, num_beams=a.beams, max_new_tokens=None, do_sample=False)
-        for t in sm.tokenizer.batch_decode(out, skip_special_tokens=True):
-            print(t.strip(), flush=True)
+    opts = TaskOptions(batch_size=a.batch_size, gen_num_beams=a.beams, gen_max_new_tokens=None, progress=False)
+    for t in generate(sm, [t or " " for t in lines], opts, "translate"):
+        print(t, flush=True)
 
 
 def _main_process() -> bool:

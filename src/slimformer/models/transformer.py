@@ -118,7 +118,15 @@ class Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))             # (B, Tq, D)
 
 
-class EncoderLayer(nn.Module):
+class _Layer(nn.Module):
+    def _sub(self, x, norm, fn):
+        """One residual sub-block, pre-norm (x + fn(norm(x))) or post-norm (norm(x + fn(x)))."""
+        if self.pre:
+            return x + self.drop(fn(norm(x)))
+        return norm(x + self.drop(fn(x)))
+
+
+class EncoderLayer(_Layer):
     def __init__(self, c: SlimTransformerConfig):
         super().__init__()
         self.pre = c.norm == "pre"
@@ -131,15 +139,11 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x, mask):                                                 # x: (B, S, D)
-        h = self.self_attn_layer_norm(x) if self.pre else x
-        x = x + self.drop(self.self_attn(h, mask=mask))
-        x = x if self.pre else self.self_attn_layer_norm(x)
-        h = self.final_layer_norm(x) if self.pre else x
-        x = x + self.drop(self.fc2(self.drop(self.act(self.fc1(h)))))
-        return x if self.pre else self.final_layer_norm(x)
+        x = self._sub(x, self.self_attn_layer_norm, lambda h: self.self_attn(h, mask=mask))
+        return self._sub(x, self.final_layer_norm, lambda h: self.fc2(self.drop(self.act(self.fc1(h)))))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Layer):
     def __init__(self, c: SlimTransformerConfig):
         super().__init__()
         self.pre = c.norm == "pre"
@@ -152,12 +156,6 @@ class DecoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(c.d_model)
         self.act = nn.ReLU() if c.activation_function == "relu" else nn.GELU()
         self.drop = nn.Dropout(c.dropout)
-
-    def _sub(self, x, norm, fn):
-        """One residual sub-block, pre- or post-norm."""
-        if self.pre:
-            return x + self.drop(fn(norm(x)))
-        return norm(x + self.drop(fn(x)))
 
     def forward(self, x, memory, self_mask, cross_mask, cache: dict | None = None):  # x: (B, T, D)
         c_self = cache.setdefault("self", {}) if cache is not None else None

@@ -41,6 +41,7 @@ from ..core.hardware import resolve_precision
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+MODULE_STATE = "custom_checkpoint_0.pkl"  # accelerate's file for the first registered object: the module
 
 
 @dataclass(frozen=True)
@@ -254,12 +255,16 @@ class Trainer:
     def _ckpt_root(self) -> Path | None:
         return self.out_dir / CHECKPOINTS if self.out_dir is not None else None
 
-    def latest_checkpoint(self) -> Path | None:
+    def _checkpoints(self) -> list[Path]:
+        """Completed checkpoints, oldest first."""
         root = self._ckpt_root()
         if root is None or not root.exists():
-            return None
-        done = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).exists()),
+            return []
+        return sorted((p for p in root.glob("step-*") if (p / STATE_FILE).exists()),
                       key=lambda p: int(p.name.split("-")[1]))
+
+    def latest_checkpoint(self) -> Path | None:
+        done = self._checkpoints()
         return done[-1] if done else None
 
     def save_checkpoint(self) -> Path | None:
@@ -387,16 +392,12 @@ class Trainer:
     def average_checkpoints(self, last: int) -> dict | None:
         """The element-wise mean of the module weights in the last `last` checkpoints (checkpoint
         averaging, Vaswani et al.: smoother than the final weights), or None without checkpoints."""
-        root = self._ckpt_root()
-        if root is None or not root.exists():
-            return None
-        done = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).exists()),
-                      key=lambda p: int(p.name.split("-")[1]))[-last:]
+        done = self._checkpoints()[-last:]
         if not done:
             return None
         avg = None
         for p in done:
-            sd = torch.load(p / "custom_checkpoint_0.pkl", map_location="cpu")
+            sd = torch.load(p / MODULE_STATE, map_location="cpu")
             if avg is None:
                 avg = {k: v.clone().double() if v.is_floating_point() else v.clone() for k, v in sd.items()}
             else:

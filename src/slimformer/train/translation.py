@@ -116,18 +116,14 @@ def build_model(tokenizer, cfg: TranslationConfig):
 
 
 def bleu_of(sm, task, n: int | None = None, num_beams: int = 1, batch_size: int = 64) -> dict:
-    """sacreBLEU (cased) and chrF of `sm` on the first n pairs of a translation task."""
-    import sacrebleu
+    """sacreBLEU (cased and lowercased) and chrF of `sm` on the first n pairs of a translation task
+    (the evaluation runner's, so the figures match `slimformer evaluate`)."""
+    from ..data import Task
+    from ..evaluate.runners import TaskOptions, run_translation
 
-    pairs = task.examples[:n] if n else task.examples
-    hyps = []
+    sub = Task("translation", task.examples[:n] if n else task.examples, task.source)
     sm.model.eval()
-    for i in range(0, len(pairs), batch_size):
-        enc = sm.tokenize([p[0] for p in pairs[i:i + batch_size]], 128)
-        out = sm.model.generate(enc["input_ids"], enc["attention_mask"], num_beams=num_beams)
-        hyps += [h.strip() for h in sm.tokenizer.batch_decode(out, skip_special_tokens=True)]
-    refs = [p[1] for p in pairs]
-    return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score}
+    return run_translation(sm, sub, TaskOptions(batch_size=batch_size, gen_num_beams=num_beams, progress=False))[0]
 
 
 def train_translation(train, valid, cfg: TranslationConfig | None = None, out_dir=None, init=None):
