@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="a model to measure fidelity against (cosine / KL / agreement): a folder, "
                    ".gguf, hub id, or 'default' for the packaged all-MiniLM-L6-v2")
     p.add_argument("--out", help="write the EvalResult JSON here")
+    p.add_argument("--attention", metavar="NAME", help="evaluate with another attention implementation swapped in "
+                   "(no training): eager, sdpa, sliding_window, block_sparse, lsh, linear, nystrom (encoders), pooled "
+                   "(encoders); see README 'Efficient attention'")
+    p.add_argument("--window", type=int, help="--attention sliding_window: keys each side (default 256)")
+    p.add_argument("--attention-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="another option of the --attention implementation (repeatable), e.g. buckets=8, "
+                   "landmarks=32, stride=2, feature_map=performer, global_tokens=0")
 
     p = sub.add_parser("compress", help="run a recipe, evaluate before and after, save model + report")
     _add_eval_args(p, need_task=False)
@@ -256,6 +263,10 @@ def cmd_evaluate(a) -> None:
     from . import evaluate, load
 
     model = load(a.model)
+    if a.attention or a.window or a.attention_option:
+        from .attention import set_attention_
+
+        set_attention_(model, a.attention or "sliding_window", **_attention_options(a))
     task = _task_from_args(a)
     ref = load(a.reference) if a.reference else None
     if task is None:
@@ -267,6 +278,21 @@ def cmd_evaluate(a) -> None:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(res.to_json())
         print(f"\nwrote {a.out}")
+
+
+def _attention_options(a) -> dict:
+    import yaml
+
+    from .core.errors import SlimformerError
+
+    opts = {} if a.window is None else {"window": a.window}
+    for item in a.attention_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SlimformerError(f"--attention-option {item!r}; accepted: KEY=VALUE, e.g. buckets=8")
+        v = yaml.safe_load(value)
+        opts[key] = tuple(v) if isinstance(v, list) else (v,) if key == "global_tokens" and isinstance(v, int) else v
+    return opts
 
 
 def cmd_compress(a) -> None:

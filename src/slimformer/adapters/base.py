@@ -156,6 +156,15 @@ class Adapter:
     # ONNX Runtime's transformer-optimizer profile for this family (None: no fusion profile)
     ort_model_type: ClassVar[str | None] = None
 
+    def swappable_attention(self, model: nn.Module) -> bool:
+        """Whether the model's attention calls transformers' attention-function registry
+        (`config._attn_implementation`), so another implementation can be swapped in by name."""
+        return bool(getattr(unwrap(model), "_supports_attention_backend", False))
+
+    def max_positions(self, model: nn.Module) -> int | None:
+        """The longest input the model's position embeddings cover (None: no limit)."""
+        return getattr(unwrap(model).config, "max_position_embeddings", None)
+
     def heads_and_hidden(self, model: nn.Module) -> tuple[int, int]:
         """(attention heads, hidden size) of the first layer, read from the modules."""
         layers = self.layers(model)

@@ -45,6 +45,9 @@ def evaluate(model, task=None, reference=None, options: EvalOptions | None = Non
         res = EvalResult(env=environment(threads))
         res.env["model"] = model.source
         res.env["kind"] = model.kind
+        config = getattr(getattr(model, "model", None), "config", None)
+        res.env["attention"] = (getattr(model, "meta", None) or {}).get("attention") or {
+            "impl": getattr(config, "_attn_implementation", None) or "n/a", "options": {}}
         res.env["task"] = task.kind if task is not None else None
         res.env["data"] = task.source if task is not None else "packaged sample sentences (no task metrics)"
         if task is not None:

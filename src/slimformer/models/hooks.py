@@ -44,3 +44,18 @@ def restore_modules(model, records: dict) -> None:
         new = MODULE_TYPES.get(info["type"]).build(model, name, info)
         if new is not None:
             set_module(model, name, new)
+
+
+# keys of `SlimModel.meta` that a method re-applies after loading (the attention implementation):
+# `fn(slim_model, value)`, called once the model and tokenizer are loaded
+META_HOOKS: Registry[Callable] = Registry("metadata hook")
+
+
+def register_meta_hook(key: str, fn: Callable) -> None:
+    META_HOOKS.register(key, fn)
+
+
+def apply_meta_hooks(sm) -> None:
+    for key in META_HOOKS.names():
+        if key in sm.meta:
+            META_HOOKS.get(key)(sm, sm.meta[key])

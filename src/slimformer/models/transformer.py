@@ -84,10 +84,13 @@ class Attention(nn.Module):
     """Multi-head attention. Self-attention (kv = x) or cross-attention (kv = the encoder output).
     mask: boolean (B, 1, Tq, Tk) or broadcastable, True = may attend. cache: a dict holding this
     layer's keys and values from earlier decoding steps ("k", "v": (B, H, Tk, Dh)), extended in
-    place; for cross-attention it holds the projected encoder output after the first step."""
+    place; for cross-attention it holds the projected encoder output after the first step.
+    With `config._attn_implementation` set to another registered implementation (slimformer's
+    `set_attention_`), the product is computed by that function instead of SDPA."""
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, is_causal: bool = False, config=None):
         super().__init__()
+        self.is_causal, self.config = is_causal, config
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by the head count {num_heads}")
         self.num_heads, self.head_dim = num_heads, d_model // num_heads
@@ -113,8 +116,14 @@ class Attention(nn.Module):
                     k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
                 cache["k"], cache["v"] = k, v
         p = self.dropout if self.training else 0.0
+        impl = getattr(self.config, "_attn_implementation", None)
+        B, T = x.shape[0], x.shape[1]
+        if impl not in (None, "eager", "sdpa"):
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            y, _ = ALL_ATTENTION_FUNCTIONS[impl](self, q, k, v, mask, dropout=p)     # (B, Tq, H, Dh)
+            return self.out_proj(y.reshape(B, T, -1))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, Tq, Dh)
-        B, _, T, _ = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))             # (B, Tq, D)
 
 
@@ -130,7 +139,7 @@ class EncoderLayer(_Layer):
     def __init__(self, c: SlimTransformerConfig):
         super().__init__()
         self.pre = c.norm == "pre"
-        self.self_attn = Attention(c.d_model, c.encoder_attention_heads, c.attention_dropout)
+        self.self_attn = Attention(c.d_model, c.encoder_attention_heads, c.attention_dropout, config=c)
         self.self_attn_layer_norm = nn.LayerNorm(c.d_model)
         self.fc1 = nn.Linear(c.d_model, c.encoder_ffn_dim)
         self.fc2 = nn.Linear(c.encoder_ffn_dim, c.d_model)
@@ -147,9 +156,10 @@ class DecoderLayer(_Layer):
     def __init__(self, c: SlimTransformerConfig):
         super().__init__()
         self.pre = c.norm == "pre"
-        self.self_attn = Attention(c.d_model, c.decoder_attention_heads, c.attention_dropout)
+        self.self_attn = Attention(c.d_model, c.decoder_attention_heads, c.attention_dropout, is_causal=True, config=c)
         self.self_attn_layer_norm = nn.LayerNorm(c.d_model)
-        self.encoder_attn = Attention(c.d_model, c.decoder_attention_heads, c.attention_dropout)
+        self.encoder_attn = Attention(c.d_model, c.decoder_attention_heads, c.attention_dropout, config=c)
+        self.encoder_attn.is_cross_attention = True
         self.encoder_attn_layer_norm = nn.LayerNorm(c.d_model)
         self.fc1 = nn.Linear(c.d_model, c.decoder_ffn_dim)
         self.fc2 = nn.Linear(c.decoder_ffn_dim, c.d_model)
@@ -207,7 +217,7 @@ class Decoder(Stack):
     def forward(self, decoder_input_ids, memory, memory_mask=None, cache: list | None = None, start: int = 0):
         T = decoder_input_ids.shape[1]
         # causal: position i attends to positions <= i (offset by the cached length when decoding)
-        causal = torch.ones(T, start + T, dtype=torch.bool, device=memory.device).tril(start)  # (T, start+T)
+        causal = torch.ones(T, start + T, dtype=torch.bool, device=memory.device).tril(start)[None, None]  # (1, 1, T, start+T)
         cross = None if memory_mask is None else memory_mask[:, None, None, :].bool()       # (B, 1, 1, S)
         x = self.embed(decoder_input_ids, start)
         for i, layer in enumerate(self.layers):
@@ -219,6 +229,7 @@ class SlimTransformerPreTrained(PreTrainedModel):
     config_class = SlimTransformerConfig
     base_model_prefix = "model"
     _no_split_modules = ["EncoderLayer", "DecoderLayer"]
+    _supports_attention_backend = True  # Attention calls the registered function named by the config
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):

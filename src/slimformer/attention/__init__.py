@@ -1,0 +1,8 @@
+"""Efficient attention: implementations swappable into loaded models by name, long inputs in
+bounded memory (attention sinks + window, heavy hitters), KV-cache quantization and GQA/MQA
+conversion."""
+from .registry import ATTENTION, AttentionImpl, options_of
+from .hf import set_attention_, current_attention
+from .config import AttentionConfig
+
+__all__ = ["ATTENTION", "AttentionImpl", "options_of", "set_attention_", "current_attention", "AttentionConfig"]
