@@ -161,6 +161,11 @@ class Adapter:
         (`config._attn_implementation`), so another implementation can be swapped in by name."""
         return bool(getattr(unwrap(model), "_supports_attention_backend", False))
 
+    def rope(self, model: nn.Module):
+        """(inv_freq (head_dim / 2,), attention_scaling) of rotary position embeddings in the
+        rotate-half convention, or None for models without them (learned / absolute positions)."""
+        return None
+
     def max_positions(self, model: nn.Module) -> int | None:
         """The longest input the model's position embeddings cover (None: no limit)."""
         return getattr(unwrap(model).config, "max_position_embeddings", None)

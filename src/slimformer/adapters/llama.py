@@ -50,6 +50,12 @@ class LlamaAdapter(Adapter):
     def embeddings(self, model: nn.Module) -> nn.Embedding:
         return self.base(model).embed_tokens  # (vocab, hidden)
 
+    def rope(self, model: nn.Module):
+        rot = getattr(self.base(model), "rotary_emb", None)
+        if rot is None or not hasattr(rot, "inv_freq"):
+            return None
+        return rot.inv_freq, float(getattr(rot, "attention_scaling", 1.0))
+
     def lm_head(self, model: nn.Module) -> nn.Module | None:
         return getattr(unwrap(model), "lm_head", None)
 

@@ -4,5 +4,8 @@ conversion."""
 from .registry import ATTENTION, AttentionImpl, options_of
 from .hf import set_attention_, current_attention
 from .config import AttentionConfig
+from .cache import kv_cache, cache_bytes, SinkWindowLayer, HeavyHitterLayer, QuantizedKVLayer
+from .longtext import stream_perplexity
 
-__all__ = ["ATTENTION", "AttentionImpl", "options_of", "set_attention_", "current_attention", "AttentionConfig"]
+__all__ = ["ATTENTION", "AttentionImpl", "options_of", "set_attention_", "current_attention", "AttentionConfig",
+           "kv_cache", "cache_bytes", "SinkWindowLayer", "HeavyHitterLayer", "QuantizedKVLayer", "stream_perplexity"]

@@ -120,3 +120,40 @@ def current_attention(model) -> dict:
     if key.startswith(PREFIX) and isinstance(meta, dict) and "attention" in meta:
         return dict(meta["attention"])
     return {"impl": key, "options": {}}
+
+
+def _observed_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention that also tells the module's KV-cache layer how much attention each
+    cached key received (summed over queries and over the query heads sharing it): H2O."""
+    from .kernels import _repeat_kv, dense_mask
+
+    b, h, t, d = query.shape
+    s, hk = key.shape[2], key.shape[1]
+    causal = bool(getattr(module, "is_causal", False))
+    scores = (query @ _repeat_kv(key, h).transpose(-1, -2)).float() * (scaling or d ** -0.5)
+    allowed = dense_mask(t, s, key_mask_from(attention_mask, s), causal, query.device)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, -1).nan_to_num(0.0)                            # (B, H, T, S)
+    layer = getattr(module, "_slimformer_kv_layer", None)
+    if layer is not None:
+        layer.observe(probs.sum(2).view(b, hk, h // hk, s).sum(2))               # (B, Hkv, S)
+    out = probs.to(value.dtype) @ _repeat_kv(value, h)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def observe_attention_(model, modules, layers) -> str:
+    """Point each attention module at its cache layer and switch to the observing eager function."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    key = f"{PREFIX}observed_eager"
+    if key not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionInterface.register(key, _observed_eager)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(key, flash_attention_mask)
+    hf = getattr(model, "model", model)
+    for m, layer in zip(modules, layers):
+        m._slimformer_kv_layer = layer
+    for c in _configs(hf):
+        c._attn_implementation = key
+    return key
