@@ -14,7 +14,7 @@ from .prune import (prune_, MagnitudeConfig, WandaConfig, SparseGPTConfig, HeadP
                     LayerDropConfig)  # registers the pruning methods
 from .distill import distill, finetune, shrink_layers, DistillConfig, FinetuneConfig, ShrinkConfig  # registers the distill step
 from .train import Trainer, TrainConfig
-from .attention import set_attention_, AttentionConfig  # registers the attention step
+from .attention import set_attention_, AttentionConfig, GQAConfig  # registers the attention and gqa steps
 
 __all__ = [
     "__version__", "SlimformerError", "ConfigError", "DataError", "UnsupportedArchitectureError", "MethodConfig",
@@ -24,7 +24,7 @@ __all__ = [
     "MixedPrecisionConfig", "AwqConfig", "RotateConfig", "CastConfig", "ExportConfig",
     "prune_", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "HeadPruningConfig", "FFNPruningConfig",
     "LayerDropConfig", "distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "ShrinkConfig", "Trainer",
-    "TrainConfig", "set_attention_", "AttentionConfig",
+    "TrainConfig", "set_attention_", "AttentionConfig", "GQAConfig",
     "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
 ]
 

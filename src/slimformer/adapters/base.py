@@ -84,6 +84,10 @@ class Adapter:
     norm_position: ClassVar[str] = "pre"
     # RMSNorm multiplies by (norm_weight_offset + weight): 0 for most, 1 for Gemma.
     norm_weight_offset: ClassVar[float] = 0.0
+    # the config states a key/value head count apart from the query heads (Llama
+    # num_key_value_heads): grouped-query attention is native; elsewhere the smaller key/value
+    # projections are recorded as modules and the attention repeats them (slimformer functions)
+    kv_heads_in_config: ClassVar[bool] = False
 
     def norm_position_for(self, model: nn.Module) -> str:
         """"pre" or "post" for this model (the family's, unless its config says otherwise)."""

@@ -25,6 +25,7 @@ class LlamaAdapter(Adapter):
     name = "llama"
     model_types = ("llama", "mistral", "qwen2")
     norm_position = "pre"
+    kv_heads_in_config = True
 
     def base(self, model: nn.Module) -> nn.Module:
         base = unwrap(model).base_model  # LlamaModel inside LlamaForCausalLM

@@ -6,6 +6,8 @@ from .hf import set_attention_, current_attention
 from .config import AttentionConfig
 from .cache import kv_cache, cache_bytes, SinkWindowLayer, HeavyHitterLayer, QuantizedKVLayer
 from .longtext import stream_perplexity
+from .gqa import GQAConfig, to_gqa_
 
 __all__ = ["ATTENTION", "AttentionImpl", "options_of", "set_attention_", "current_attention", "AttentionConfig",
-           "kv_cache", "cache_bytes", "SinkWindowLayer", "HeavyHitterLayer", "QuantizedKVLayer", "stream_perplexity"]
+           "kv_cache", "cache_bytes", "SinkWindowLayer", "HeavyHitterLayer", "QuantizedKVLayer", "stream_perplexity",
+           "GQAConfig", "to_gqa_"]

@@ -100,10 +100,7 @@ def set_attention_(model, name: str, **options) -> str:
         c._attn_implementation = key
     meta = getattr(model, "meta", None)
     if isinstance(meta, dict):
-        if name in ("eager", "sdpa") and not options:
-            meta.pop("attention", None)
-        else:
-            meta["attention"] = {"impl": name, "options": dict(options)}
+        meta["attention"] = {"impl": name, "options": dict(options)}
     return key
 
 
