@@ -167,10 +167,16 @@ class QuantizedKVLayer(_Layer):
         return self.keys.shape[-2] + self.group * len(self.blocks)
 
     def nbytes(self) -> int:
-        n = super().nbytes()
+        return sum(self.breakdown().values())
+
+    def breakdown(self) -> dict:
+        """Bytes held as codes, as fp16 scales + zero points, and as the float tail."""
+        out = {"codes": 0, "scales": 0, "float_tail": super().nbytes()}
         for kb, vb in self.blocks:
-            n += sum(t.numel() * t.element_size() for t in (*kb, *vb))
-        return n
+            for codes, scale, zero in (kb, vb):
+                out["codes"] += codes.numel() * codes.element_size()
+                out["scales"] += scale.numel() * scale.element_size() + zero.numel() * zero.element_size()
+        return out
 
 
 KINDS = ("full", "sinks", "h2o", "int8", "int4")
