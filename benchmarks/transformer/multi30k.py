@@ -37,15 +37,21 @@ from slimformer.train.translation import TranslationConfig, train_translation  #
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "bench" / "transformer"
 
 
-def trained(data: Path, pair, epochs: float) -> tuple[object, dict]:
-    folder = CACHE / f"{pair[0]}-{pair[1]}-e{epochs:g}"
+def run_folder(pair, epochs: float, dropout: float, average_last: int) -> Path:
+    tag = "" if (dropout, average_last) == (0.1, 3) else f"-d{dropout:g}-a{average_last}"
+    return CACHE / f"{pair[0]}-{pair[1]}-e{epochs:g}{tag}"
+
+
+def trained(data: Path, pair, epochs: float, dropout: float = 0.1, average_last: int = 3) -> tuple[object, dict]:
+    folder = run_folder(pair, epochs, dropout, average_last)
     if (folder / "model" / "config.json").exists():
         return sf.load(folder / "model"), json.loads((folder / "training.json").read_text())
     train = sf.load_task("translation", str(data / "multi30k" / "train"), pair=pair)
     valid = sf.load_task("translation", str(data / "multi30k" / "val"), pair=pair)
     t0 = time.perf_counter()
-    sm, res = train_translation(train, valid, TranslationConfig(epochs=epochs), out_dir=folder / "run")
-    info = {"seconds": time.perf_counter() - t0, "steps": res.steps, "epochs": res.epochs, "precision": res.precision,
+    sm, res = train_translation(train, valid, TranslationConfig(epochs=epochs, dropout=dropout, average_last=average_last),
+                                out_dir=folder / "run")
+    info = {"seconds": time.perf_counter() - t0, "steps": res.steps, "dropout": dropout, "average_last": average_last, "epochs": res.epochs, "precision": res.precision,
             "curve": [h["eval"] for h in res.history if "eval" in h]}
     sf.save(sm, folder / "model")
     (folder / "training.json").write_text(json.dumps(info, indent=2))
@@ -83,11 +89,13 @@ def main() -> None:
     ap = base_parser(__doc__)
     ap.add_argument("--epochs", type=float, default=20.0)
     ap.add_argument("--pair", default="en,de")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--average-last", type=int, default=3, help="checkpoints (epochs) averaged at the end")
     ap.add_argument("--skip-compression", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     pair = tuple(a.pair.split(","))
-    base, info = trained(a.data, pair, a.epochs)
+    base, info = trained(a.data, pair, a.epochs, a.dropout, a.average_last)
     test = sf.load_task("translation", str(a.data / "multi30k" / "test_2016_flickr"), pair=pair)
     train = sf.load_task("translation", str(a.data / "multi30k" / "train"), pair=pair)
     variants = {"float (trained here)": base}
@@ -99,6 +107,11 @@ def main() -> None:
             m = copy.deepcopy(base)
             (sf.prune_ if cfg.method.startswith("prune") else sf.quantize_)(m, cfg, calib)
             variants[name] = m
+        # efficient attention, no training: self-attention sees +-7 positions (source sentences
+        # average 15 BPE tokens here, so this shows what a local band costs, not a speed-up)
+        m = copy.deepcopy(base)
+        sf.set_attention_(m, "sliding_window", window=8)
+        variants["sliding-window attention w8 (no training)"] = m
         stacks = get_adapter(base.model).layer_containers(base.model)
         # half the layers: every other encoder layer and the first decoder layer (3 of 6 here)
         student = sf.shrink_layers(base, {"encoder": list(range(0, len(stacks["encoder"]), 2)), "decoder": [0]})
@@ -111,7 +124,7 @@ def main() -> None:
         kd = sf.Task("translation", list(zip(srcs, hyps)), "teacher beam outputs")
         valid = sf.load_task("translation", str(a.data / "multi30k" / "val"), pair=pair)
         train_translation(kd, valid, TranslationConfig(epochs=max(1.0, a.epochs / 4), warmup_steps=200, lr=5e-4),
-                          out_dir=CACHE / f"{pair[0]}-{pair[1]}-e{a.epochs:g}" / "student", init=student)
+                          out_dir=run_folder(pair, a.epochs, a.dropout, a.average_last) / "student", init=student)
         variants["student: half the layers, sequence-level KD"] = student
     q = {k: {"beam5": quality(m, test, 5), "greedy": quality(m, test, 1), "bytes": saved_bytes(m)["bytes"],
              "params": m.num_params()} for k, m in variants.items()}
@@ -130,7 +143,8 @@ def main() -> None:
         table(["model", "BLEU beam 5", "BLEU lowercased", "chrF", "BLEU greedy", "params M", "MB",
                "speed b1 greedy", "speed b32 greedy", "speed b32 beam 5"], rows),
     ])
-    write(f"transformer_multi30k_{pair[0]}_{pair[1]}", payload, md, a.out)
+    tag = "" if (a.dropout, a.average_last) == (0.1, 3) else f"_d{a.dropout:g}_a{a.average_last}"
+    write(f"transformer_multi30k_{pair[0]}_{pair[1]}{tag}", payload, md, a.out)
 
 
 if __name__ == "__main__":

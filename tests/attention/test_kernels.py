@@ -159,3 +159,23 @@ def test_bad_options_are_one_line_errors(qkv, name, opts, match):
     q, k, v, km = qkv
     with pytest.raises(ConfigError, match=match):
         ATTENTION.get(name).fn(q, k, v, km, False, None, **opts)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_sparse_equals_attention_under_its_block_pattern(qkv, causal):
+    """A partial pattern (window + global + random blocks) against dense attention masked by the
+    same pattern expanded to positions; the global query blocks see every key."""
+    q, k, v, km = qkv
+    block, g, r = 4, 1, 1
+    nb = -(-T // block)
+    pat = K.block_pattern(nb, 3, g, r, 0, causal)
+    pos = torch.arange(T) // block
+    allowed = pat[pos][:, pos][None, None] & km[:, None, None, :]
+    if causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()
+    kk, vv = (x.repeat_interleave(H // HKV, dim=1) for x in (k, v))
+    s = (q @ kk.transpose(-1, -2)) * D ** -0.5
+    ref = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0) @ vv
+    out = K.block_sparse(q, k, v, km, causal, None, block=block, global_blocks=g, random_blocks=r)
+    assert not bool(pat.all())                    # a real sparse pattern, not all blocks
+    assert err(out, ref, km) < 1e-5

@@ -211,7 +211,10 @@ def block_sparse(q, k, v, key_mask=None, causal=False, scale=None, block: int = 
             if (causal or key_mask is not None) else pat[qblk][:, kblk][None, None]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=sc,
                                               enable_gqa=h != k.shape[1]).nan_to_num(0.0)
-    m = int(pat.sum(1).max())
+    # the global query blocks see every block: they are computed densely below (g x block rows
+    # against all keys), so the gathered blocks per query block stay 3 + g + r, not nb
+    g_rows = 0 if causal else min(global_blocks, nb)
+    m = int(pat[g_rows:].sum(1).max()) if nb > g_rows else int(pat.sum(1).max())
     order = torch.sort((~pat).to(torch.int8), dim=1, stable=True).indices[:, :m]  # the seen blocks first
     seen = torch.gather(pat, 1, order)                                             # (nb, m)
     pad = nb * block - t
@@ -228,7 +231,12 @@ def block_sparse(q, k, v, key_mask=None, causal=False, scale=None, block: int = 
         kpos = (order[:, :, None] * block + torch.arange(block, device=q.device)).reshape(nb, 1, m * block)
         allowed = allowed & (kpos <= qpos)[None]
     out, _ = _softmax_attend((qb @ kb.transpose(-1, -2)) * sc, allowed[:, None], vb)
-    return out.reshape(bsz, h, nb * block, d)[:, :, :t]
+    out = out.reshape(bsz, h, nb * block, d)[:, :, :t]
+    if g_rows:
+        n = min(g_rows * block, t)
+        rows, _ = _softmax_attend((q[:, :, :n] @ kk.transpose(-1, -2)) * sc, valid[:, None, None, :], vv)
+        out = torch.cat([rows.to(out.dtype), out[:, :, n:]], dim=2)
+    return out
 
 
 # ---------------------------------------------------------------- Reformer-style LSH
