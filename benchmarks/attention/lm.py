@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -74,9 +75,13 @@ def main() -> None:
     ap.add_argument("--kv-windows", type=int, default=8)
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--parts", default="1,2,3")
+    ap.add_argument("--merge", action="store_true", help="keep the committed results of the parts not run")
+    ap.add_argument("--stream-rows", default="", help="part 2: only these settings (comma-separated substrings)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     parts = {int(p) for p in a.parts.split(",")}
+    committed = a.out / "attention_smollm2.json"
+    old = json.loads(committed.read_text()) if a.merge and committed.exists() else {}
     sm = sf.load(smollm2_gguf())
     task = sf.load_task("lm", str(a.data / "wikitext2raw" / "wiki.test.raw"))
     ids = lm_token_ids(sm, task, TaskOptions(ppl_max_tokens=None))
@@ -100,39 +105,28 @@ def main() -> None:
                            "attention_error": ((out - ref).norm() / ref.norm()).item()}
             print(label, rows[label], flush=True)
         set_attention_(sm, "sdpa")
-        base = rows["sdpa (full)"]["perplexity"]
-        payload["windows_2k"] = {"tokens": n, "rows": rows}
-        md += [f"## 1. Swapped in, 2,048-token windows ({a.windows} windows, {n:,} tokens)", "",
-               f"Attention error: relative L2 of layer {a.layer}'s attention output against eager, real queries/keys/"
-               "values of the first window.", "",
-               "| attention | perplexity | x full | attention error | seconds |", "|---|---:|---:|---:|---:|"]
-        md += [f"| {k} | {r['perplexity']:.2f} | {r['perplexity'] / base:.2f}x | {r['attention_error']:.3f} | "
-               f"{r['seconds']:.0f} |" for k, r in rows.items()]
-        md.append("")
+        payload["windows_2k"] = {"tokens": n, "layer": a.layer, "rows": rows}
 
     if 2 in parts:
         n = a.stream_tokens or ids.numel()
         x = ids[:n][None]
-        rows = {}
+        rows = dict(old.get("stream", {}).get("rows", {})) if old.get("stream", {}).get("tokens") == n else {}
+        full_label = "full attention, 1,024-token window recomputed every 256"
         t0 = time.perf_counter()
-        r = sf.evaluate(sm, task, None, EvalOptions(task=TaskOptions(ppl_window=1024, ppl_stride=256, ppl_max_tokens=n),
+        r = None if (full_label in rows and a.stream_rows and "full" not in a.stream_rows) else sf.evaluate(sm, task, None, EvalOptions(task=TaskOptions(ppl_window=1024, ppl_stride=256, ppl_max_tokens=n),
                                                     efficiency=False))
-        rows["full attention, 1,024-token window recomputed every 256"] = {
-            "perplexity": r.metrics["perplexity"], "peak_cache_bytes": None, "seconds": time.perf_counter() - t0}
+        if r is not None:
+            rows[full_label] = {"perplexity": r.metrics["perplexity"], "peak_cache_bytes": None,
+                                "seconds": time.perf_counter() - t0}
         for label, kind, opts in (("sinks 4 + window 1,020 (StreamingLLM)", "sinks", {"sinks": 4, "window": 1020}),
                                   ("window 1,024, no sinks", "sinks", {"sinks": 0, "window": 1024}),
                                   ("heavy hitters 256 + window 768 (H2O)", "h2o", {"heavy": 256, "window": 768})):
+            if a.stream_rows and not any(x.strip() in label for x in a.stream_rows.split(",")):
+                continue
             rows[label] = stream_perplexity(sm, x, kv_cache(sm, kind, **opts), chunk=64)
             print(label, rows[label], flush=True)
         set_attention_(sm, "sdpa")
-        base = rows["full attention, 1,024-token window recomputed every 256"]["perplexity"]
         payload["stream"] = {"tokens": int(n), "rows": rows}
-        md += [f"## 2. Long text as one stream ({n:,} tokens, 64 at a time)", "",
-               "| setting | perplexity | x full-window | peak cache MB | seconds |", "|---|---:|---:|---:|---:|"]
-        mb = {k: "-" if r.get("peak_cache_bytes") is None else f"{r['peak_cache_bytes'] / 1e6:.1f}" for k, r in rows.items()}
-        md += [f"| {k} | {r['perplexity']:.2f} | {r['perplexity'] / base:.3f}x | {mb[k]} | {r['seconds']:.0f} |"
-               for k, r in rows.items()]
-        md.append("")
 
     if 3 in parts:
         rows = {}
@@ -147,7 +141,40 @@ def main() -> None:
         set_attention_(sm, "sdpa")
         f = rows["float32 cache"]
         payload["kv_cache"] = {"tokens": n, "rows": rows}
-        md += [f"## 3. KV-cache quantization at 2k context ({a.kv_windows} windows of 2,048 tokens, 128 at a time)", "",
+    if old:                                                           # keep the parts not re-run
+        for key in ("windows_2k", "stream", "kv_cache"):
+            if key in old and key not in payload:
+                payload[key] = old[key]
+    md += markdown(payload)
+    write("attention_smollm2", payload, "\n".join(md), a.out)
+
+
+def markdown(payload: dict) -> list[str]:
+    md = []
+    if "windows_2k" in payload:
+        p = payload["windows_2k"]
+        rows, n = p["rows"], p["tokens"]
+        base = rows["sdpa (full)"]["perplexity"]
+        md += [f"## 1. Swapped in, 2,048-token windows ({n // 2048} windows, {n:,} tokens)", "",
+               f"Attention error: relative L2 of layer {p.get('layer', 15)}'s attention output against eager, real "
+               "queries/keys/values of the first window.", "",
+               "| attention | perplexity | x full | attention error | seconds |", "|---|---:|---:|---:|---:|"]
+        md += [f"| {k} | {r['perplexity']:.2f} | {r['perplexity'] / base:.2f}x | {r['attention_error']:.3f} | "
+               f"{r['seconds']:.0f} |" for k, r in rows.items()]
+        md.append("")
+    if "stream" in payload:
+        rows, n = payload["stream"]["rows"], payload["stream"]["tokens"]
+        base = rows["full attention, 1,024-token window recomputed every 256"]["perplexity"]
+        md += [f"## 2. Long text as one stream ({n:,} tokens, 64 at a time)", "",
+               "| setting | perplexity | x full-window | peak cache MB | seconds |", "|---|---:|---:|---:|---:|"]
+        mb = {k: "-" if r.get("peak_cache_bytes") is None else f"{r['peak_cache_bytes'] / 1e6:.1f}" for k, r in rows.items()}
+        md += [f"| {k} | {r['perplexity']:.2f} | {r['perplexity'] / base:.3f}x | {mb[k]} | {r['seconds']:.0f} |"
+               for k, r in rows.items()]
+        md.append("")
+    if "kv_cache" in payload:
+        rows, n = payload["kv_cache"]["rows"], payload["kv_cache"]["tokens"]
+        f = rows["float32 cache"]
+        md += [f"## 3. KV-cache quantization at 2k context ({n // 2048} windows of 2,048 tokens, 128 at a time)", "",
                "Bytes: the cache's peak over a window: codes, fp16 scales and zero points, and the recent tokens kept "
                "in float32 (the model's dtype here). Against a bf16 cache (half the float32 one, on a model run in "
                "bf16, whose float tail would also be bf16), the last column: (codes + scales + tail / 2) / (float32 / 2).",
@@ -160,7 +187,7 @@ def main() -> None:
             md.append(f"| {k} | {r['perplexity']:.3f} | {r['perplexity'] / f['perplexity']:.4f}x | "
                       f"{r['peak_cache_bytes'] / 1e6:.1f} | {r['peak_cache_bytes'] / f['peak_cache_bytes']:.3f} | {vs_bf16} |")
         md.append("")
-    write("attention_smollm2", payload, "\n".join(md), a.out)
+    return md
 
 
 if __name__ == "__main__":

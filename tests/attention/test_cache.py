@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from slimformer.attention.cache import QuantizedKVLayer, cache_bytes, kv_cache, shift_rope
+from slimformer.attention.cache import HeavyHitterLayer, QuantizedKVLayer, cache_bytes, kv_cache, shift_rope
 from slimformer.attention.longtext import stream_perplexity
 from slimformer.core.errors import ConfigError
 from slimformer.testing.slim import tiny_slim
@@ -27,6 +27,26 @@ def test_shift_rope_composes_rotations():
     k = torch.randn(1, 1, 3, 8)
     assert torch.allclose(shift_rope(shift_rope(k, inv, 5), inv, -5), k, atol=1e-5)
     assert torch.allclose(shift_rope(shift_rope(k, inv, 2), inv, 3), shift_rope(k, inv, 5), atol=1e-5)
+
+
+def test_heavy_hitters_keep_the_most_attended_keys_rerotated_before_the_window():
+    """H2O with rotary keys: after eviction the cache returns the heavy keys (the most attended)
+    and the window, each key rotated to a contiguous position ending at the newest token."""
+    inv = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+    raw = torch.randn(1, 1, 12, 8, generator=torch.Generator().manual_seed(1))      # un-rotated keys
+    layer = HeavyHitterLayer(heavy=2, window=3, inv_freq=inv)
+    favourite = {1, 4}                                                                # receive most attention
+    for i in range(12):
+        k = shift_rope(raw[:, :, i:i + 1], inv, i)                                    # rotated at position i
+        keys, values = layer.update(k, k.clone())
+        length = keys.shape[2]
+        received = torch.tensor([1.0 if p in favourite else 0.1 for p in layer.pos[0, 0].tolist()])
+        layer.observe(received.view(1, 1, length))
+    kept = layer.pos[0, 0].tolist()
+    assert kept == [1, 4, 8, 9, 10, 11]             # heavy 2 + window 3, then the newest token
+    expect = torch.cat([shift_rope(raw[:, :, p:p + 1], inv, 6 + j) for j, p in enumerate(kept)], dim=2)
+    assert torch.allclose(keys, expect, atol=1e-5)
+    assert torch.equal(values[0, 0, :, 0], torch.cat([shift_rope(raw[:, :, p:p + 1], inv, p) for p in kept], 2)[0, 0, :, 0])
 
 
 @pytest.mark.parametrize("kind,opts", [("full", {}), ("sinks", {"sinks": 4, "window": 200}),

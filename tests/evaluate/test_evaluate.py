@@ -71,6 +71,13 @@ def test_classification_and_seq2seq_tasks():
     ref = tiny_slim("slim-transformer", "seq2seq-lm")
     r2 = evaluate(ref, t, None, EvalOptions(task=FAST.task, efficiency=False))
     assert 0 <= r2.metrics["bleu"] <= 100
+    # summarization: ROUGE on a seq2seq model's generated summaries
+    t = Task("summarization", [("the cat sits on the red car all day", "cat on car"),
+                               ("a dog runs in the city at night", "dog runs")], "mem")
+    r3 = evaluate(s2s, t, None, EvalOptions(task=FAST.task, efficiency=False))
+    assert {"rouge1", "rouge2", "rougeL"} <= set(r3.metrics)
+    assert all(0 <= r3.metrics[k] <= 100 for k in ("rouge1", "rouge2", "rougeL"))
+    assert r3.env["task_settings"]["n"] == 2
 
 
 def test_task_the_model_cannot_do():

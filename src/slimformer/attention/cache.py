@@ -6,7 +6,9 @@ layers (so `model.generate(..., past_key_values=cache)` and any forward with a c
   distances stay within what the model was trained on however long the stream grows.
 - `HeavyHitterLayer` (H2O): the last `window` tokens plus the `heavy` older tokens that have
   received the most attention so far (per key/value head); the attention function reports the
-  attention each cached key receives (`observe`).
+  attention each cached key receives (`observe`). With rotary positions the kept heavy hitters
+  are re-rotated to sit right before the window, as the sinks are (without it, old heavy
+  hitters end up further away than the model's trained context and a long stream collapses).
 - `QuantizedKVLayer` (KIVI): keys quantized per channel over blocks of `group` tokens, values
   per token, int8 or int4 (two codes a byte), scales and zero points in fp16; the most recent
   `residual` tokens stay in full precision.
@@ -27,11 +29,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-b, a], dim=-1)
 
 
-def shift_rope(keys: torch.Tensor, inv_freq: torch.Tensor, shift: int) -> torch.Tensor:
-    """Keys rotated at position p (rotate-half RoPE) -> the same keys at position p + shift."""
-    ang = shift * inv_freq.to(torch.float64)                                     # (D/2,)
-    cos = torch.cat([ang.cos(), ang.cos()]).to(keys.dtype)
-    sin = torch.cat([ang.sin(), ang.sin()]).to(keys.dtype)
+def shift_rope(keys: torch.Tensor, inv_freq: torch.Tensor, shift) -> torch.Tensor:
+    """Keys rotated at position p (rotate-half RoPE) -> the same keys at position p + shift.
+    shift: an int, or a tensor of per-key shifts broadcastable to keys.shape[:-1]."""
+    if isinstance(shift, torch.Tensor):
+        ang = shift.to(torch.float64)[..., None] * inv_freq.to(torch.float64)      # (..., L, D/2)
+    else:
+        ang = shift * inv_freq.to(torch.float64)                                 # (D/2,)
+    cos = torch.cat([ang.cos(), ang.cos()], dim=-1).to(keys.dtype)
+    sin = torch.cat([ang.sin(), ang.sin()], dim=-1).to(keys.dtype)
     return keys * cos + rotate_half(keys) * sin
 
 
@@ -81,10 +87,11 @@ class SinkWindowLayer(_Layer):
 class HeavyHitterLayer(_Layer):
     is_croppable = False
 
-    def __init__(self, heavy: int, window: int):
+    def __init__(self, heavy: int, window: int, inv_freq: torch.Tensor | None = None):
         super().__init__()
-        self.heavy, self.window = heavy, window
+        self.heavy, self.window, self.inv_freq = heavy, window, inv_freq
         self.scores = None                                                          # (B, Hkv, L) attention received
+        self.pos = None                                                             # (B, Hkv, L) positions of the keys
 
     def observe(self, probs_sum: torch.Tensor) -> None:
         """Attention received by each key of the last `update` (B, Hkv, L), summed over queries."""
@@ -98,11 +105,21 @@ class HeavyHitterLayer(_Layer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
             self.scores = None
+            self.pos = torch.zeros(key_states.shape[:2] + (0,), dtype=torch.long, device=key_states.device)
         self._apply_pending()
+        b, h, n = key_states.shape[:3]
+        new = torch.arange(self.seen, self.seen + n, device=key_states.device).expand(b, h, n)
+        self.seen += n
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        self._last = (self.keys, self.values)
-        return self.keys, self.values
+        self.pos = torch.cat([self.pos, new], dim=-1)
+        length = self.keys.shape[-2]
+        if self.inv_freq is None or length == self.seen:                            # nothing evicted yet
+            return self.keys, self.values
+        # rotary models: the kept heavy hitters are re-rotated to sit right before the window (as
+        # the sinks of StreamingLLM), so no relative distance exceeds the cache's length
+        target = torch.arange(self.seen - length, self.seen, device=self.pos.device)
+        return shift_rope(self.keys, self.inv_freq, target - self.pos), self.values
 
     def _apply_pending(self) -> None:
         """Fold the scores observed for the last step in, then evict down to heavy + window."""
@@ -120,6 +137,7 @@ class HeavyHitterLayer(_Layer):
         g = idx[..., None].expand(b, h, idx.shape[-1], d)
         self.keys, self.values = self.keys.gather(2, g), self.values.gather(2, g)
         self.scores = self.scores.gather(2, idx)
+        self.pos = self.pos.gather(2, idx)
 
 
 class QuantizedKVLayer(_Layer):
@@ -200,7 +218,8 @@ def kv_cache(model, kind: str = "sinks", sinks: int = 4, window: int = 1020, hea
     from .hf import observe_attention_, set_attention_
 
     if kind == "h2o":
-        layers = [HeavyHitterLayer(heavy, window) for _ in range(n)]
+        rope = adapter.rope(hf)
+        layers = [HeavyHitterLayer(heavy, window, rope[0] if rope is not None else None) for _ in range(n)]
         observe_attention_(model, [info.attention.module for info in adapter.layers(hf)], layers)
         return Cache(layers=layers)
     # the slimformer functions take (B, S) key masks and offset causal masks: right for evicting caches
