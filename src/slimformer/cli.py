@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-option", action="append", default=[], metavar="KEY=VALUE",
                    help="another option of the --attention implementation (repeatable), e.g. buckets=8, "
                    "landmarks=32, stride=2, feature_map=performer, global_tokens=0")
+    p.add_argument("--kv-cache", choices=["full", "sinks", "h2o", "int8", "int4"],
+                   help="--task lm: read the text as one stream through this KV cache instead of strided windows "
+                   "(sinks: StreamingLLM, 4 sinks + 1,020 recent tokens; h2o: 128 heavy hitters + 1,020 recent; "
+                   "int8/int4: KIVI-quantized, unbounded) and report its peak bytes")
+    p.add_argument("--kv-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of --kv-cache (repeatable): sinks=, window=, heavy=, group=, residual=, chunk= "
+                   "(tokens fed at a time, default 64)")
 
     p = sub.add_parser("compress", help="run a recipe, evaluate before and after, save model + report")
     _add_eval_args(p, need_task=False)
@@ -272,12 +279,41 @@ def cmd_evaluate(a) -> None:
     if task is None:
         print("no --task/--data given: measuring efficiency (and fidelity with --reference) on the packaged "
               "sample sentences; task metrics need real data via --data", file=sys.stderr)
-    res = evaluate(model, task, ref, _eval_options(a))
+    opts = _eval_options(a)
+    if a.kv_cache or a.kv_option:
+        opts = _with_kv_cache(a, model, task, opts)
+    res = evaluate(model, task, ref, opts)
     _print_eval(res)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(res.to_json())
         print(f"\nwrote {a.out}")
+
+
+def _with_kv_cache(a, model, task, opts):
+    import dataclasses
+
+    from .attention import kv_cache
+    from .core.errors import SlimformerError
+
+    if task is None or task.kind != "lm":
+        raise SlimformerError("--kv-cache needs --task lm (perplexity of a causal LM read as one stream)")
+    kv = {}
+    for item in a.kv_option:
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise SlimformerError(f"--kv-option {item!r}; accepted: KEY=INTEGER with KEY one of sinks, window, heavy, "
+                                  "group, residual, chunk")
+        kv[key] = int(value)
+    chunk = kv.pop("chunk", 64)
+    bad = sorted(set(kv) - {"sinks", "window", "heavy", "group", "residual"})
+    if bad or chunk < 1:
+        raise SlimformerError(f"--kv-option {', '.join(bad) or f'chunk={chunk}'}; accepted keys: sinks, window, heavy, "
+                              "group, residual, chunk (>= 1)")
+    kind = a.kv_cache or "sinks"
+    kv_cache(model, kind, **kv)                                     # checks the options and the model now
+    return dataclasses.replace(opts, task=dataclasses.replace(opts.task, kv_cache=lambda: kv_cache(model, kind, **kv),
+                                                              kv_chunk=chunk))
 
 
 def _attention_options(a) -> dict:

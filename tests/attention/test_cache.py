@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimformer.attention.cache import HeavyHitterLayer, QuantizedKVLayer, cache_bytes, kv_cache, shift_rope
-from slimformer.attention.longtext import stream_perplexity
+from slimformer.evaluate.streaming import stream_perplexity
 from slimformer.core.errors import ConfigError
 from slimformer.testing.slim import tiny_slim
 
@@ -125,3 +125,36 @@ def test_cache_errors():
     with pytest.raises(ConfigError, match="window=0"):
         kv_cache(tiny_slim("llama", "causal-lm"), "sinks", window=0)
     assert cache_bytes(kv_cache(tiny_slim("llama", "causal-lm"), "full")) == 0
+
+
+def test_cli_evaluate_perplexity_through_a_kv_cache(tmp_path, capsys):
+    """`evaluate --task lm --kv-cache KIND`: the text read as one stream; a cache that holds
+    everything gives the strided-window perplexity of a window covering the text."""
+    import json
+
+    from slimformer import save
+    from slimformer.cli import main
+
+    folder = save(tiny_slim("llama", "causal-lm"), tmp_path / "m")
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(["the cat sits on the red car", "a dog runs in the city at night"] * 6))
+    res = {}
+    for kind in ("full", "int8", "sinks"):
+        out = tmp_path / f"{kind}.json"
+        assert main(["evaluate", str(folder), "--task", "lm", "--data", str(text), "--no-efficiency", "--kv-cache", kind,
+                     "--kv-option", "chunk=5", "--kv-option", "window=8", "--out", str(out)]
+                    if kind == "sinks" else
+                    ["evaluate", str(folder), "--task", "lm", "--data", str(text), "--no-efficiency", "--kv-cache", kind,
+                     "--out", str(out)]) in (0, None)
+        res[kind] = json.loads(out.read_text())
+    plain = tmp_path / "plain.json"
+    main(["evaluate", str(folder), "--task", "lm", "--data", str(text), "--no-efficiency", "--ppl-window", "512",
+          "--ppl-stride", "512", "--out", str(plain)])
+    ppl = json.loads(plain.read_text())["metrics"]["perplexity"]
+    assert res["full"]["metrics"]["perplexity"] == pytest.approx(ppl, rel=1e-4)
+    assert res["int8"]["metrics"]["perplexity"] == pytest.approx(ppl, rel=0.05)
+    s = res["sinks"]["env"]["task_settings"]
+    assert s["kv_chunk"] == 5 and s["peak_cache_mb"] < res["full"]["env"]["task_settings"]["peak_cache_mb"]
+    assert main(["evaluate", str(folder), "--task", "lm", "--data", str(text), "--kv-cache", "sinks",
+                 "--kv-option", "size=3"]) == 2
+    assert "accepted keys: sinks, window, heavy" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from .registry import ATTENTION, AttentionImpl, options_of
 from .hf import set_attention_, current_attention
 from .config import AttentionConfig
 from .cache import kv_cache, cache_bytes, SinkWindowLayer, HeavyHitterLayer, QuantizedKVLayer
-from .longtext import stream_perplexity
+from ..evaluate.streaming import stream_perplexity
 from .gqa import GQAConfig, to_gqa_
 
 __all__ = ["ATTENTION", "AttentionImpl", "options_of", "set_attention_", "current_attention", "AttentionConfig",

@@ -239,4 +239,6 @@ def kv_cache(model, kind: str = "sinks", sinks: int = 4, window: int = 1020, hea
 
 def cache_bytes(cache: Cache) -> int:
     """Bytes the cache holds (codes, scales and zero points included)."""
-    return sum(layer.nbytes() for layer in cache.layers if hasattr(layer, "nbytes"))
+    from ..evaluate.streaming import cache_bytes as count
+
+    return count(cache)

@@ -29,6 +29,11 @@ class TaskOptions:
     gen_max_new_tokens: int = 64
     gen_num_beams: int = 1
     progress: bool = True
+    # perplexity through a KV cache instead of strided windows: a callable returning a fresh
+    # transformers Cache (e.g. lambda: slimformer.attention.kv_cache(model, "sinks")); the text is
+    # read as one stream, `kv_chunk` tokens at a time, and the cache's peak bytes are reported
+    kv_cache: object = None
+    kv_chunk: int = 64
 
 
 def check_task(sm, task_kind: str) -> None:
@@ -86,6 +91,13 @@ def run_lm(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
     """Strided-window perplexity (transformers' recipe): each window holds `window` tokens, of
     which the last `stride` (the ones not scored before) are scored with the rest as context."""
     ids = lm_token_ids(sm, task, opts)
+    if opts.kv_cache is not None:
+        from .streaming import stream_perplexity
+
+        r = stream_perplexity(sm, ids[None], opts.kv_cache(), chunk=opts.kv_chunk, progress=opts.progress)
+        return {"perplexity": r["perplexity"]}, {
+            "ppl_mode": "stream through a KV cache", "kv_chunk": opts.kv_chunk, "ppl_tokens": int(len(ids)),
+            "ppl_scored": r["tokens"], "peak_cache_mb": r["peak_cache_bytes"] / 1e6}
     window = min(opts.ppl_window, getattr(sm.config, "max_position_embeddings", opts.ppl_window))
     stride = min(opts.ppl_stride, window)
     nll, n, prev_end = 0.0, 0, 0

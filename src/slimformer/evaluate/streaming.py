@@ -1,6 +1,8 @@
 """Perplexity of a causal LM over a long text read as one stream through a KV cache, in chunks:
 what a long-input setting (attention sinks, heavy hitters, a quantized cache) costs in quality,
-and how much cache memory it holds at most."""
+and how much cache memory it holds at most. The caches themselves come from
+`slimformer.attention.kv_cache` (or any transformers Cache); `evaluate` uses this when
+`TaskOptions.kv_cache` is set."""
 from __future__ import annotations
 
 import math
@@ -9,7 +11,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .cache import cache_bytes
+
+def cache_bytes(cache) -> int:
+    """Bytes a cache's layers hold (those that can say: `nbytes()`; codes and scales included)."""
+    return sum(layer.nbytes() for layer in getattr(cache, "layers", []) if hasattr(layer, "nbytes"))
 
 
 @torch.inference_mode()
