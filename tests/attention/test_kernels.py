@@ -179,3 +179,28 @@ def test_block_sparse_equals_attention_under_its_block_pattern(qkv, causal):
     out = K.block_sparse(q, k, v, km, causal, None, block=block, global_blocks=g, random_blocks=r)
     assert not bool(pat.all())                    # a real sparse pattern, not all blocks
     assert err(out, ref, km) < 1e-5
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window,glob", [(150, ()), (150, (0, 7)), (40, (3,))])
+def test_sliding_window_blocks_smaller_than_the_window_equal_the_masked_band(causal, window, glob):
+    """Long enough that the query blocks (128) are smaller than the window and do not divide T."""
+    t = 300
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, n, t, 8, generator=g) for n in (4, 2, 2))
+    km = torch.ones(1, t, dtype=torch.bool)
+    km[0, 290:] = False
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    band = ((i - j >= 0) & (i - j < window)) if causal else (i - j).abs() < window
+    if glob:
+        gi = torch.zeros(t, dtype=torch.bool)
+        gi[list(glob)] = True
+        band = band | gi[None, :] | gi[:, None]
+        if causal:
+            band = band & (j <= i)
+    allowed = band[None, None] & km[:, None, None, :]
+    kk, vv = (x.repeat_interleave(2, dim=1) for x in (k, v))
+    s = (q @ kk.transpose(-1, -2)) * 8 ** -0.5
+    ref = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ vv
+    out = K.sliding_window(q, k, v, km, causal, None, window=window, global_tokens=glob)
+    assert (out - ref)[:, :, :290].abs().max() < 1e-5

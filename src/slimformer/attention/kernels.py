@@ -87,8 +87,8 @@ def _globals(positions, s: int, device) -> torch.Tensor:
 
 def sliding_window(q, k, v, key_mask=None, causal=False, scale=None, window: int = 256, global_tokens=()):
     """Each query sees the keys within `window` positions (|i - j| < window; causal: 0 <= i - j <
-    window), computed in blocks of `window` queries against their 3 (causal: 2) neighbouring key
-    blocks, so time and memory grow as T x window. `global_tokens` (positions, e.g. (0,) for
+    window), computed in blocks of up to 128 queries against the keys their band reaches, so time
+    and memory grow as T x window. `global_tokens` (positions, e.g. (0,) for
     [CLS]; negatives count from the end) attend to and are attended by every position
     (Longformer). Exact when window >= T."""
     if not isinstance(window, int) or window < 1:
@@ -130,44 +130,46 @@ def _window_dense(q, k, v, key_mask, causal, sc, window, g):
 
 
 def _window_blocked(q, k, v, key_mask, causal, sc, w, g):
+    """Queries in blocks of b = min(w, 128); block n sees the keys from its first query's
+    position - (w - 1) to its last query's + (w - 1) (causal: + 0), b + 2(w - 1) keys taken as
+    strided views of the padded keys; the band mask is the same for every block. Smaller query
+    blocks waste fewer scores outside the band (b + 2w - 2 computed per 2w - 1 needed)."""
     bsz, h, t, d = q.shape
     hk = k.shape[1]
-    nb = -(-t // w)
-    pad = nb * w - t
+    b = min(w, 128)
+    nb = -(-t // b)
+    pad = nb * b - t
+    span = b + (w - 1) * (1 if causal else 2)                                      # keys per block
     valid = key_mask.bool() if key_mask is not None else torch.ones(bsz, t, dtype=torch.bool, device=q.device)
     if g is not None:                               # global keys are appended to every block instead
         valid = valid.clone()
         gvalid = valid[:, g]                                                      # (B, G)
         valid[:, g] = False
-    # pad one block of nothing before and after, then view as blocks
-    qb = F.pad(q, (0, 0, 0, pad)).view(bsz, h, nb, w, d)                         # (B, H, nb, w, D)
-    kb = F.pad(k, (0, 0, w, pad + w)).view(bsz, hk, nb + 2, w, d)
-    vb = F.pad(v, (0, 0, w, pad + w)).view(bsz, hk, nb + 2, w, d)
-    mb = F.pad(valid, (w, pad + w)).view(bsz, nb + 2, w)
-    sides = (0, 1) if causal else (0, 1, 2)        # key blocks n-1, n (, n+1)
-    keys = torch.cat([kb[:, :, i:i + nb] for i in sides], dim=3)                  # (B, Hkv, nb, c, D)
-    vals = torch.cat([vb[:, :, i:i + nb] for i in sides], dim=3)
-    kvalid = torch.cat([mb[:, i:i + nb] for i in sides], dim=2)                   # (B, nb, c)
-    r = torch.arange(w, device=q.device)[:, None]
-    c = torch.arange(len(sides) * w, device=q.device)[None, :]
-    rel = w + r - c                                                                # i - j, same for every block
-    band = (rel >= 0) & (rel < w) if causal else rel.abs() < w                     # (w, c)
-    allowed = band[None, None] & kvalid[:, :, None, :]                             # (B, nb, w, c)
+    after = pad + (0 if causal else w - 1)
+    qb = F.pad(q, (0, 0, 0, pad)).view(bsz, h, nb, b, d)                         # (B, H, nb, b, D)
+    keys = F.pad(k, (0, 0, w - 1, after)).unfold(2, span, b).transpose(-1, -2)  # (B, Hkv, nb, span, D)
+    vals = F.pad(v, (0, 0, w - 1, after)).unfold(2, span, b).transpose(-1, -2)
+    kvalid = F.pad(valid, (w - 1, after)).unfold(1, span, b)                     # (B, nb, span)
+    r = torch.arange(b, device=q.device)[:, None]
+    c = torch.arange(span, device=q.device)[None, :]
+    rel = r - c + (w - 1)                                                          # i - j, same for every block
+    band = (rel >= 0) & (rel < w) if causal else rel.abs() < w                     # (b, span)
+    allowed = band[None, None] & kvalid[:, :, None, :]                             # (B, nb, b, span)
     if g is not None:
         ng = g.numel()
         keys = torch.cat([keys, k[:, :, g][:, :, None].expand(bsz, hk, nb, ng, d)], dim=3)
         vals = torch.cat([vals, v[:, :, g][:, :, None].expand(bsz, hk, nb, ng, d)], dim=3)
-        gallowed = gvalid[:, None, None, :].expand(bsz, nb, w, ng)
+        gallowed = gvalid[:, None, None, :].expand(bsz, nb, b, ng)
         if causal:
-            qpos = (torch.arange(nb, device=q.device)[:, None] * w + torch.arange(w, device=q.device)[None, :])
+            qpos = (torch.arange(nb, device=q.device)[:, None] * b + torch.arange(b, device=q.device)[None, :])
             gallowed = gallowed & (g[None, None, :] <= qpos[:, :, None])[None]
         allowed = torch.cat([allowed, gallowed], dim=3)
     # (B, H, nb, ...) -> (B * nb, H, ...) for one batched fused call
     fold = lambda x: x.transpose(1, 2).reshape(bsz * nb, x.shape[1], x.shape[3], d)  # noqa: E731
     out = F.scaled_dot_product_attention(fold(qb), fold(keys), fold(vals),
-                                         attn_mask=allowed.reshape(bsz * nb, 1, w, -1), scale=sc,
+                                         attn_mask=allowed.reshape(bsz * nb, 1, b, -1), scale=sc,
                                          enable_gqa=h != hk)
-    out = out.nan_to_num(0.0).view(bsz, nb, h, w, d).transpose(1, 2).reshape(bsz, h, nb * w, d)
+    out = out.nan_to_num(0.0).view(bsz, nb, h, b, d).transpose(1, 2).reshape(bsz, h, nb * b, d)
     return out[:, :, :t]
 
 
