@@ -430,7 +430,10 @@ def pooled(q, k, v, key_mask=None, causal=False, scale=None, stride: int = 4):
     valid = key_mask.bool() if key_mask is not None else torch.ones(bsz, t, dtype=torch.bool, device=q.device)
     kp, cnt, ok = _segment_means(k, valid, stride)
     vp, _, _ = _segment_means(v, valid, stride)
-    scores = (q.float() @ _repeat_kv(kp, h).transpose(-1, -2)) * _scale(q, scale) + cnt.clamp_min(1).log()[:, None, None]
-    out, _ = _softmax_attend(scores, ok[:, None, None, :], _repeat_kv(vp, h))
-    return out.to(q.dtype)
+    # + log(count) on each pooled key's score, and -inf where a segment holds no real token: one
+    # additive (B, 1, 1, T/stride) bias, so the fused SDPA kernel does the rest (T x T/stride)
+    bias = cnt.clamp_min(1).log().to(q.dtype).masked_fill(~ok, float("-inf"))[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, kp.to(q.dtype), vp.to(q.dtype), attn_mask=bias, scale=_scale(q, scale),
+                                         enable_gqa=h != kp.shape[1])
+    return out.nan_to_num(0.0)
 
