@@ -105,7 +105,7 @@ def main() -> None:
     payload = {"cpu": cpu_info(), "threads": a.threads, "lengths": lengths, "results": rows}
     md = [f"# Attention kernels: time and memory against length", "",
           f"`python benchmarks/attention/kernels.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU "
-          f"{payload['cpu'].get('cpu_model', '?')}, torch capability {payload['cpu'].get('torch_cpu_capability', '?')}). "
+          f"{payload['cpu'].get('cpu_model', '?')}, torch capability {payload['cpu'].get('cpu_capability', '?')}). "
           "Batch 1, float32; speed = SDPA time / its time at the same length (> 1: faster); memory = peak extra "
           "resident memory of the call.", ""]
     for shape in rows:

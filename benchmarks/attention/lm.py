@@ -86,9 +86,13 @@ def main() -> None:
     task = sf.load_task("lm", str(a.data / "wikitext2raw" / "wiki.test.raw"))
     ids = lm_token_ids(sm, task, TaskOptions(ppl_max_tokens=None))
     payload = {"cpu": cpu_info(), "threads": a.threads, "test_tokens": int(ids.numel())}
+    # a merged run keeps the commands that made the rows it did not re-run
+    payload["commands"] = old.get("commands", []) + [f"python benchmarks/attention/lm.py {' '.join(sys.argv[1:])}"]
+    cpu = payload["cpu"]
     md = ["# Efficient attention in SmolLM2-135M, no training (WikiText-2 raw test)", "",
-          f"`python benchmarks/attention/lm.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU "
-          f"{payload['cpu'].get('cpu_model', '?')}). The test set is {ids.numel():,} tokens.", ""]
+          " then ".join(f"`{c}`" for c in payload["commands"]) + f" ({a.threads} threads, CPU "
+          f"{cpu.get('cpu_model', '?')}, torch capability {cpu.get('cpu_capability', '?')}). "
+          f"The test set is {ids.numel():,} tokens.", ""]
 
     if 1 in parts:
         n = a.windows * 2048

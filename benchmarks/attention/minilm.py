@@ -88,7 +88,7 @@ def main() -> None:
     payload = {"cpu": cpu_info(), "threads": a.threads}
     md = ["# Efficient attention in all-MiniLM-L6-v2 (STS-B dev)", "",
           f"`python benchmarks/attention/minilm.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU "
-          f"{payload['cpu'].get('cpu_model', '?')}, torch capability {payload['cpu'].get('torch_cpu_capability', '?')}).", ""]
+          f"{payload['cpu'].get('cpu_model', '?')}, torch capability {payload['cpu'].get('cpu_capability', '?')}).", ""]
     full = run_stsb(base, task, opts)[0]["spearman"]
     if 1 in parts:
         texts = [p[0] for p in task.examples[:32]]

@@ -102,12 +102,14 @@ def sliding_window(q, k, v, key_mask=None, causal=False, scale=None, window: int
     else:
         out = _window_blocked(q, k, v, key_mask, causal, sc, window, g)
     if g is not None and t == s:                   # global queries see everything
-        rows = eager(q[:, :, g], k, v, key_mask, False, sc)
-        if causal:
-            allowed = dense_mask(t, s, key_mask, True, q.device)
-            allowed = allowed.expand(b, 1, t, s)[:, :, g] if allowed is not None else None
+        if causal:                                 # only the G global rows of the causal mask: (G, S)
+            allowed = (torch.arange(s, device=q.device)[None, :] <= g[:, None])[None, None]
+            if key_mask is not None:
+                allowed = allowed & key_mask[:, None, None, :].bool()
             rows, _ = _softmax_attend((q[:, :, g] @ _repeat_kv(k, h).transpose(-1, -2)) * sc, allowed,
                                       _repeat_kv(v, h))
+        else:
+            rows = eager(q[:, :, g], k, v, key_mask, False, sc)
         out[:, :, g] = rows.to(out.dtype)
     return out
 
