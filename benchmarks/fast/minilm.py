@@ -2,6 +2,11 @@
 
     python benchmarks/fast/minilm.py                     # runs the recipes (cached), then times everything
     python benchmarks/fast/minilm.py --recipes encoder-fast
+    python benchmarks/fast/minilm.py --model sst2        # classifier-fast(est) on the SST-2 teacher
+
+`--model sst2`: the same on a classifier, the fine-tuned SST-2 teacher of benchmarks/distill/sst2.py
+(trained once and cached in .cache/bench/sst2-teacher), SST-2 dev accuracy, SST-2 train as
+--unlabeled; writes fast_sst2.
 
 Each recipe runs once through `slimformer.compress` on the default model (all-MiniLM-L6-v2), the
 training sentences of benchmarks/distill (SST-2 train, Multi30k en train, STS-B train; never STS-B
@@ -28,7 +33,7 @@ import slimformer as sf  # noqa: E402
 from common import base_parser, timings, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
-from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
+from slimformer.evaluate.runners import TaskOptions, run_classification, run_stsb  # noqa: E402
 from slimformer.recipes import CompressOptions  # noqa: E402
 from slimformer.recipes.result import CompressionResult  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
@@ -36,11 +41,12 @@ from slimformer.report.markdown import table  # noqa: E402
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "bench" / "fast"
 
 
-def run_recipe(name: str, task, texts, out: Path) -> dict:
+def run_recipe(name: str, task, texts, out: Path, original=None) -> dict:
     """compress once (kept in the cache); {"seconds": wall time, "stages": ...}."""
     if not (out / "result.json").exists():
         t0 = time.perf_counter()
-        sf.compress(sf.load(), name, task, out, CompressOptions(unlabeled=texts, progress=True))
+        sf.compress(copy.deepcopy(original) if original is not None else sf.load(), name, task, out,
+                    CompressOptions(unlabeled=texts, progress=True))
         (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f} {torch.get_num_threads()}")
     res = CompressionResult.from_json((out / "result.json").read_text())
     secs, threads = None, None
@@ -77,32 +83,49 @@ def peers(base, calib, tmp: Path):
 
 def main() -> None:
     ap = base_parser(__doc__)
-    ap.add_argument("--recipes", nargs="*", default=["encoder-fast", "encoder-fastest"])
+    ap.add_argument("--model", choices=["minilm", "sst2"], default="minilm",
+                    help="minilm: the default sentence encoder on STS-B; sst2: the fine-tuned SST-2 classifier")
+    ap.add_argument("--recipes", nargs="*", default=None,
+                    help="default: encoder-fast encoder-fastest (minilm), classifier-fast classifier-fastest (sst2)")
     ap.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
     ap.add_argument("--only-recipes", action="store_true", help="run the recipes (cached) and stop before timing")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
-    texts = unlabeled_sentences(a.data)
-    runs = {name: run_recipe(name, task, texts, CACHE / name) for name in a.recipes}
+    sst2 = a.model == "sst2"
+    kind = "classifier" if sst2 else "encoder"
+    a.recipes = a.recipes or [f"{kind}-fast", f"{kind}-fastest"]
+    if sst2:
+        from distill.sst2 import sst2_teacher
+
+        task = sf.load_task("classification", a.data / "sst2" / "dev.tsv")
+        texts = sf.load_task("classification", a.data / "sst2" / "train.tsv").texts()
+        base = sst2_teacher(a.data)[0]
+        metric, original = "accuracy", "fp32 PyTorch (the fine-tuned teacher)"
+    else:
+        task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
+        texts = unlabeled_sentences(a.data)
+        base = sf.load()
+        metric, original = "spearman", "fp32 PyTorch (original)"
+    cache = CACHE / a.model if sst2 else CACHE
+    runs = {name: run_recipe(name, task, texts, cache / name, base) for name in a.recipes}
     if a.only_recipes:
         return
-    base = sf.load()
+    measure = run_classification if sst2 else run_stsb
     calib = sf.calibration_texts(sf.load_task("classification", a.data / "sst2" / "dev.tsv"), n=128)
     with tempfile.TemporaryDirectory() as d:
         built, quality = {}, {}
-        variants = [("fp32 PyTorch (original)", base, saved_bytes(base)["bytes"]), *peers(base, calib, Path(d))]
+        variants = [(original, base, saved_bytes(base)["bytes"]), *peers(base, calib, Path(d))]
         for name in a.recipes:
-            art = sf.load(CACHE / name)
+            art = sf.load(cache / name)
             variants.append((f"slimformer recipe {name}", art, saved_bytes(art)["bytes"]))
         for name, m, nbytes in variants:
-            sp = run_stsb(m, task, TaskOptions(progress=False))[0]["spearman"]
-            built[name], quality[name] = m, {"spearman": sp, "bytes": nbytes}
+            sp = measure(m, task, TaskOptions(progress=False))[0][metric]
+            built[name], quality[name] = m, {metric: sp, "bytes": nbytes}
             print(name, quality[name], flush=True)
         speed = timings(built, task.texts(), a.rounds)
-    fp = {**quality["fp32 PyTorch (original)"], **speed["fp32 PyTorch (original)"]}
+    fp = {**quality[original], **speed[original]}
     best_peer = max((n for n in speed if n.startswith("peer")), key=lambda n: speed[n]["throughput"])
-    payload = {"cpu": cpu_info(), "threads": a.threads, "rounds": a.rounds, "best_peer": best_peer,
+    payload = {"cpu": cpu_info(), "threads": a.threads, "rounds": a.rounds, "best_peer": best_peer, "metric": metric,
                "recipes": runs, "variants": {}}
     rows = []
     for name, q in quality.items():
@@ -113,21 +136,23 @@ def main() -> None:
         payload["variants"][name] = v
         run = runs.get(name.replace("slimformer recipe ", ""))
         wall = f"{run['seconds'] / 60:.0f} min ({run['threads']:.0f} thr)" if run and run.get("seconds") else ""
-        rows.append([name, q["spearman"], q["spearman"] - fp["spearman"], q["bytes"] / 1e6, q["bytes"] / fp["bytes"],
-                     v["throughput_x"], v["latency_x"], v["vs_best_peer"], wall])
+        rows.append([name, q[metric], q[metric] - fp[metric], f"{100 * q[metric] / fp[metric]:.1f}%", q["bytes"] / 1e6,
+                     q["bytes"] / fp["bytes"], v["throughput_x"], v["latency_x"], v["vs_best_peer"], wall])
     cpu = payload["cpu"]
     md = "\n".join([
+        "# Fast classifiers: the fine-tuned SST-2 MiniLM teacher" if sst2 else
         "# Fast encoders: all-MiniLM-L6-v2 on STS-B", "",
         f"`python benchmarks/fast/minilm.py {' '.join(sys.argv[1:])}` ({a.threads} threads, CPU {cpu.get('cpu_model', '?')}, "
-        f"{cpu.get('cpu_capability')}, flags {' '.join(cpu.get('cpu_flags', []))}). STS-B dev Spearman x100; bytes on "
+        f"{cpu.get('cpu_capability')}, flags {' '.join(cpu.get('cpu_flags', []))}). "
+        + ("SST-2 dev accuracy x100 (872 sentences)" if sst2 else "STS-B dev Spearman x100") + "; bytes on "
         "disk; throughput at batch 32 x 128 and latency at batch 1 x 128 as ratios to fp32 PyTorch, timed in "
         f"{a.rounds} interleaved rounds in this run (medians); 'vs best peer': throughput over the fastest peer "
         f"({best_peer}). Recipe wall time: the whole `compress` (training on {len(texts):,} sentences, export, "
         "per-stage evaluations) on this machine.", "",
-        table(["variant", "spearman", "change", "MB", "bytes / fp32", "throughput x", "latency x", "vs best peer",
+        table(["variant", metric, "change", "of original", "MB", "bytes / fp32", "throughput x", "latency x", "vs best peer",
                "recipe time"], rows),
     ])
-    write("fast_minilm", payload, md, a.out)
+    write("fast_sst2" if sst2 else "fast_minilm", payload, md, a.out)
 
 
 if __name__ == "__main__":
