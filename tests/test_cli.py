@@ -35,6 +35,32 @@ def test_inspect_tiny(tmp_path, capsys):
     assert "kv heads" in out and "LlamaForCausalLM" in out
 
 
+def test_inspect_kernels(tmp_path, capsys, monkeypatch):
+    import slimformer as sf
+
+    monkeypatch.delenv("SLIMFORMER_KERNELS", raising=False)
+    sm = tiny_slim("llama", "causal-lm")
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    folder = save(sm, tmp_path / "q")
+    assert main(["inspect", "--kernels", str(folder), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert {r["op"] for r in s["kernels"]} >= {"int8_linear", "int4_linear"}
+    assert "int4_linear" in s["model_uses"] and "cpu_capability" in s["cpu"]
+    monkeypatch.setenv("SLIMFORMER_KERNELS", "int4_linear=dequant")
+    from slimformer.core.kernels import set_kernels
+
+    set_kernels(int4_linear=None)
+    assert main(["inspect", "--kernels", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "int4_linear -> dequant" in out and "SLIMFORMER_KERNELS" in out
+    monkeypatch.setenv("SLIMFORMER_KERNELS", "int4_linear=fastest")
+    assert main(["inspect", "--kernels"]) == 2
+    err = capsys.readouterr().err
+    assert "accepted: int4pack, dequant" in err and err.count("\n") == 1
+    monkeypatch.delenv("SLIMFORMER_KERNELS")
+    set_kernels(int4_linear=None)
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     folder = save(tiny_slim(), tmp_path / "m")
     assert main(["inspect", str(tmp_path / "missing" / "x")]) == 2

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="architecture, per-module parameters and bytes, heads, FFN sizes")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--kernels", action="store_true",
+                   help="show which implementation each quantized module type runs on this machine (int8 / int4 "
+                   "kernels), why, and the alternatives; with a model, also which of them it uses. Override with "
+                   "SLIMFORMER_KERNELS='int8_linear=float,int4_linear=dequant'")
 
     p = sub.add_parser("evaluate", help="task metrics, efficiency and fidelity of a model")
     _add_eval_args(p, need_task=False)
@@ -249,6 +253,8 @@ def cmd_inspect(a) -> None:
     from . import load, summarize
     from .report.markdown import table
 
+    if a.kernels:
+        return _inspect_kernels(a)
     s = summarize(load(a.model))
     if a.json:
         print(json.dumps(s, indent=2))
@@ -264,6 +270,31 @@ def cmd_inspect(a) -> None:
     print(table(["stack", "layer", "heads", "kv heads", "head dim", "ffn", "gated", "cross-attn", "params"],
                 [[l["stack"], l["index"], l["heads"], l["kv_heads"], l["head_dim"], l["ffn"], l["gated"],
                   l["cross_attention"], l["params"]] for l in s["layers"]]))
+
+
+def _inspect_kernels(a) -> None:
+    from .core.hardware import cpu_info
+    from .core.kernels import kernel_report, kernels_of
+    from .report.markdown import table
+
+    info, rows = cpu_info(), kernel_report()
+    used = None
+    if a.model is not None:
+        from . import load
+
+        used = kernels_of(load(a.model))
+    if a.json:
+        print(json.dumps({"cpu": info, "kernels": rows, "model_uses": used}, indent=2))
+        return
+    print(f"CPU: {info.get('cpu_model', '?')}, torch capability {info.get('cpu_capability')}, "
+          f"flags {' '.join(info.get('cpu_flags', [])) or 'none of interest'}")
+    print(table(["op", "runs", "why", "candidates"],
+                [[r["op"], r["chosen"], r["why"],
+                  "; ".join(f"{n}: {'yes' if c['available'] else 'no'} ({c['note']})" for n, c in r["candidates"].items())]
+                 for r in rows]))
+    if used is not None:
+        print("\nthis model uses: " + (", ".join(f"{op} -> {impl}" for op, impl in used.items())
+                                         or "no quantized modules (float kernels only)"))
 
 
 def cmd_evaluate(a) -> None:

@@ -28,6 +28,32 @@ def test_eval_result_shape_and_json_round_trip():
     assert all(k == k.lower() for k in d["metrics"]) and all(k == k.lower() for k in d["efficiency"])
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_causal_lm_generation_speed(family):
+    """Prefill and decode tokens/s for causal LMs (batch 1 and 8), not for encoders; the prefill
+    length is capped by the model's positions (tiny models have 128)."""
+    import dataclasses
+
+    from slimformer.evaluate.efficiency import decode_seconds, generation_speed
+
+    lm = tiny_slim(family, "causal-lm")
+    timing = dataclasses.replace(FAST.timing, decode_tokens=4, generation_repeats=1)
+    r = evaluate(lm, None, None, EvalOptions(timing=timing))
+    for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_tokens_per_s_batch8"):
+        assert r.efficiency[k] > 0, k
+    assert r.env["timing"]["decode_tokens"] == 4 and r.env["timing"]["decode_batches"] == [1, 8]
+    assert "decode_tokens_per_s" not in evaluate(tiny_slim(), None, None, FAST).efficiency
+    # the decode loop really runs `steps` forwards through the cache, one new token each
+    calls = []
+    hook = lm.model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    import torch
+
+    decode_seconds(lm, torch.tensor([[5, 6, 7]]), 3)
+    hook.remove()
+    assert calls == [(1, 3), (1, 1), (1, 1), (1, 1)]
+    assert generation_speed(lm, ["the cat sits on the mat"], dataclasses.replace(timing, prefill_len=4096))
+
+
 def test_bytes_are_saved_size():
     sm = tiny_slim()
     r = evaluate(sm, None, None, FAST)
@@ -55,6 +81,13 @@ def test_perplexity_records_window_and_stride():
     assert 10 < r.metrics["perplexity"] < 1000
     s = r.env["task_settings"]
     assert s["ppl_window"] == 16 and s["ppl_stride"] == 8 and s["ppl_scored"] == s["ppl_tokens"] - 1
+    assert r.env["kernels"] == {}                     # a float model runs no quantized kernel
+    import slimformer as sf
+    from slimformer.core.kernels import kernel
+
+    sf.quantize_(lm, sf.Int8DynamicConfig())
+    r = evaluate(lm, Task("lm", [text], "mem"), None, EvalOptions(task=FAST.task, efficiency=False))
+    assert r.env["kernels"]["int8_linear"] == kernel("int8_linear")   # the choice it ran with, recorded
 
 
 def test_classification_and_seq2seq_tasks():

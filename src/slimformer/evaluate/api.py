@@ -48,6 +48,9 @@ def evaluate(model, task=None, reference=None, options: EvalOptions | None = Non
         config = getattr(getattr(model, "model", None), "config", None)
         res.env["attention"] = (getattr(model, "meta", None) or {}).get("attention") or {
             "impl": getattr(config, "_attn_implementation", None) or "n/a", "options": {}}
+        from ..core.kernels import kernels_of
+
+        res.env["kernels"] = kernels_of(model)
         res.env["task"] = task.kind if task is not None else None
         res.env["data"] = task.source if task is not None else "packaged sample sentences (no task metrics)"
         if task is not None:

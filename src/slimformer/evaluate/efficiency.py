@@ -27,6 +27,13 @@ class TimingOptions:
     repeats: int = 20
     throughput_repeats: int = 5
     threads: int | None = None  # None: torch's current setting
+    # causal LMs: prefill tokens/s at 1 x prefill_len; decode tokens/s at batch 1 and 8 after a
+    # decode_prompt-token prompt, decode_tokens greedy steps through the KV cache (median of repeats)
+    prefill_len: int = 256
+    decode_prompt: int = 32
+    decode_tokens: int = 32
+    decode_batches: tuple[int, ...] = (1, 8)
+    generation_repeats: int = 3
 
 
 def saved_bytes(sm) -> dict:
@@ -130,6 +137,42 @@ def peak_memory_mb(sm, enc) -> float:
     return (model_bytes + max(0, peak[0] - base)) / 2**20
 
 
+@torch.inference_mode()
+def decode_seconds(sm, prompt: torch.Tensor, steps: int) -> float:
+    """Wall time of `steps` greedy decoding steps (one token each, through the model's KV cache)
+    after prefilling `prompt` (batch, T); the prefill is not counted."""
+    out = sm.model(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True)
+    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    mask = torch.ones(prompt.shape[0], prompt.shape[1] + steps, dtype=prompt.dtype)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        out = sm.model(input_ids=nxt, attention_mask=mask[:, : prompt.shape[1] + i + 1], past_key_values=past,
+                       use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return time.perf_counter() - t0
+
+
+def generation_speed(sm, texts: list[str], opts: TimingOptions = TimingOptions()) -> dict:
+    """A causal LM's generation speed: {"prefill_tokens_per_s": 1 x prefill_len in one forward,
+    "decode_tokens_per_s": batch 1, "decode_tokens_per_s_batch8": ... (tokens of all rows)};
+    medians of `generation_repeats` after one warm-up."""
+    from ..adapters import get_adapter
+
+    limit = get_adapter(sm.model).max_positions(sm.model) or opts.prefill_len
+    prefill = min(opts.prefill_len, limit)
+    n_prompt = max(1, min(opts.decode_prompt, limit - opts.decode_tokens))
+    out = {}
+    long = make_inputs(sm, texts, 1, prefill)
+    times = time_forward(sm, long, 1, opts.generation_repeats)
+    out["prefill_tokens_per_s"] = prefill / statistics.median(times)
+    for b in opts.decode_batches:
+        prompt = make_inputs(sm, texts, b, n_prompt)["input_ids"]
+        decode_seconds(sm, prompt, 2)
+        secs = statistics.median(decode_seconds(sm, prompt, opts.decode_tokens) for _ in range(opts.generation_repeats))
+        out["decode_tokens_per_s" + ("" if b == 1 else f"_batch{b}")] = b * opts.decode_tokens / secs
+    return out
+
+
 def measure(sm, texts: list[str], opts: TimingOptions = TimingOptions()) -> tuple[dict, dict]:
     """Returns (efficiency figures, settings used)."""
     prev = torch.get_num_threads()
@@ -146,9 +189,15 @@ def measure(sm, texts: list[str], opts: TimingOptions = TimingOptions()) -> tupl
         tp = time_forward(sm, big, 1, opts.throughput_repeats)
         eff["throughput"] = opts.batch_size / statistics.median(tp)
         eff["peak_memory_mb"] = peak_memory_mb(sm, big)
+        if sm.kind == "causal-lm":
+            eff.update(generation_speed(sm, texts, opts))
     finally:
         torch.set_num_threads(prev)
     settings = {"seq_len": opts.seq_len, "latency_batch": 1, "throughput_batch": opts.batch_size,
                 "warmup": opts.warmup, "repeats": opts.repeats, "throughput_repeats": opts.throughput_repeats,
                 "threads": threads}
+    if sm.kind == "causal-lm":
+        settings.update(prefill_len=opts.prefill_len, decode_prompt=opts.decode_prompt,
+                        decode_tokens=opts.decode_tokens, decode_batches=list(opts.decode_batches),
+                        generation_repeats=opts.generation_repeats)
     return eff, settings

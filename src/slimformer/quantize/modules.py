@@ -7,11 +7,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.kernels import kernel
 from ..core.packing import pack_int4, unpack_int4
 from ..core.qmath import quantize_per_channel_symmetric, quantize_per_token
 
 
 from ..adapters.base import linear_weight  # noqa: E402
+
+
+def int8_products(qx: torch.Tensor, w_int8: torch.Tensor, op: str = "int8_linear") -> torch.Tensor:
+    """sum_k qx[..., k] * w[n, k] for int8 codes qx (..., K) and w (N, K), as float32 (..., N):
+    `torch._int_mm` (int32 accumulation) where the kernel choice says so, else a float32 matmul
+    of the integer values (exact while partial sums stay below 2^24)."""
+    flat = qx.reshape(-1, qx.shape[-1])
+    cuda_ok = not qx.is_cuda or (flat.shape[0] > 16 and flat.shape[1] % 8 == 0 and w_int8.shape[0] % 8 == 0)
+    if kernel(op) == "int_mm" and cuda_ok:                   # CUDA's _int_mm wants M > 16, K and N % 8
+        flat = flat.to(torch.int8)
+        return torch._int_mm(flat, w_int8.t()).float().view(*qx.shape[:-1], w_int8.shape[0])
+    return F.linear(qx.float(), w_int8.float())
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place version counter (-1 for inference tensors, which have none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 class SmoothedLinear(nn.Linear):
@@ -32,8 +53,8 @@ class Int8Linear(nn.Module):
     act "token": quantized per token (symmetric int8) at run time (W8A8 dynamic);
     act "static": quantized with one scale fixed at calibration (W8A8 static);
     act None: kept float (int8 weight-only).
-    Integer products are computed in a float32 matmul: exact for int8 values while partial sums
-    stay below 2^24 (always for K <= 1040; in practice for all layers here).
+    With int8 activations the products run on `torch._int_mm` where the machine has int8 dot
+    products (`core.kernels`, op "int8_linear"), else in a float32 matmul of the integer values.
     `input_scale` (SmoothQuant) multiplies the input first when present.
     """
 
@@ -81,19 +102,22 @@ class Int8Linear(nn.Module):
         x = x.float()
         if self.input_scale is not None:
             x = x * self.input_scale
-        w = self.weight_int8.float()  # (out, in) integer-valued
         if self.act == "token":
             qx, sx = quantize_per_token(x, 8)  # (..., in), (..., 1)
-            y = F.linear(qx.float(), w) * sx * self.weight_scale
+            y = int8_products(qx, self.weight_int8) * sx * self.weight_scale
         elif self.act == "static":
             qx = torch.clamp(torch.round(x / self.act_scale), -127, 127)
-            y = F.linear(qx, w) * (self.act_scale * self.weight_scale)
+            y = int8_products(qx, self.weight_int8) * (self.act_scale * self.weight_scale)
         else:
-            y = F.linear(x, w) * self.weight_scale
+            y = F.linear(x, self.weight_int8.float()) * self.weight_scale
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, w=int8, act={self.act}"
+
+    @property
+    def kernel_op(self) -> str | None:
+        return "int8_linear" if self.act is not None else None
 
 
 class Int8Embedding(nn.Module):
@@ -125,7 +149,10 @@ class Int8Embedding(nn.Module):
 class Int8TiedHead(nn.Module):
     """An LM head tied to the token embedding, reading the Int8Embedding's own int8 table (per-row
     scales = per-output-channel scales for the head): the tied weight is stored once, as in the
-    float model. Same arithmetic as Int8Linear(act=None) on the same codes."""
+    float model. Weight-only int8 (the table dequantized in a float matmul), or, where the kernel
+    choice for "int8_head" is `int_mm`, activations quantized per token and int8 products."""
+
+    kernel_op = "int8_head"
 
     def __init__(self, embedding: Int8Embedding):
         super().__init__()
@@ -140,6 +167,9 @@ class Int8TiedHead(nn.Module):
         return self.embedding.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernel("int8_head") == "int_mm":
+            qx, sx = quantize_per_token(x.float(), 8)
+            return int8_products(qx, self.embedding.weight_int8, "int8_head") * sx * self.embedding.weight_scale
         return F.linear(x.float(), self.embedding.weight_int8.float()) * self.embedding.weight_scale
 
     def extra_repr(self) -> str:
@@ -195,9 +225,49 @@ class GroupQuantLinear(nn.Module):
     def weight(self) -> torch.Tensor:  # model code sometimes reads .weight (dtype checks, T5)
         return self.dequantized_weight()
 
+    @property
+    def kernel_op(self) -> str | None:
+        return "int4_linear" if self.bits == 4 else None
+
+    def int4pack_ok(self) -> bool:
+        """Whether torch's CPU int4 kernel can take this layer: 4 bits, groups of 32/64/128/256, an
+        output width divisible by 16. An input width the group does not divide (SmolLM2's 576 with
+        groups of 128) is padded to whole groups with zero inputs, which add nothing."""
+        return (self.bits == 4 and self.group_size in (32, 64, 128, 256) and self.out_features % 16 == 0
+                and self.qweight.device.type == "cpu")
+
+    def _int4pack(self):
+        """(packed weight, (groups, out, 2) bf16 scales and zeros) for `_weight_int4pack_mm_for_cpu`,
+        built once from the stored codes and kept outside the state dict. The kernel computes
+        (q - 8) * scale + zero, so zero = (8 - z) * scale reproduces (q - z) * scale."""
+        key = tuple((t.data_ptr(), _version(t)) for t in (self.qweight, self.scales, self.zeros))
+        cached = getattr(self, "_int4pack_cache", None)
+        if cached is None or cached[0] != key:
+            q = unpack_int4(self.qweight, self.in_features).to(torch.int32)
+            pad = self._int4pack_pad()
+            if pad:    # the padded inputs are zeros: any code there contributes nothing
+                q = F.pad(q, (0, pad), value=8)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            zero = (8.0 - self.zeros.float()) * self.scales
+            sz = torch.stack([self.scales.t(), zero.t()], dim=-1).contiguous().to(torch.bfloat16)  # (G, out, 2)
+            cached = (key, packed, sz)
+            object.__setattr__(self, "_int4pack_cache", cached)
+        return cached[1], cached[2]
+
+    def _int4pack_pad(self) -> int:
+        return -self.in_features % self.group_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_rotation is not None:
             x = self.input_rotation(x)
+        if self.bits == 4 and kernel("int4_linear") == "int4pack" and self.int4pack_ok() and x.device.type == "cpu":
+            packed, sz = self._int4pack()
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            if self._int4pack_pad():
+                flat = F.pad(flat, (0, self._int4pack_pad()))
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size, sz)
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+            return y + self.bias.to(x.dtype) if self.bias is not None else y
         return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
