@@ -98,9 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
     p.add_argument("--out", required=True, help="output folder")
 
-    p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path")
+    p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path, or "
+                       "a quantized model to the compressed-tensors format plain transformers and vLLM load")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
-    p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the only format so far)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--onnx", action="store_true", help="export to ONNX for ONNX Runtime")
+    g.add_argument("--compressed-tensors", action="store_true",
+                   help="write a model quantized by slimformer (weight_only with integer zero points and whole groups, "
+                   "or int8_dynamic) in the compressed-tensors format, codes and scales carried over exactly; loads with "
+                   "AutoModelForCausalLM.from_pretrained (pip install compressed-tensors) and vLLM")
     p.add_argument("--quantize", choices=["int8", "int8-static"], help="int8: SmoothQuant-equalized dynamic int8 "
                    "(weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: activation "
                    "ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops")
@@ -400,6 +406,16 @@ def cmd_export(a) -> None:
     from . import calibration_texts, load, sample_sentences
     from .export import export_onnx
 
+    if a.compressed_tensors:
+        from .core.errors import SlimformerError
+        from .export import export_compressed_tensors
+
+        if a.quantize or a.no_optimize:
+            raise SlimformerError("--quantize / --no-optimize apply to --onnx; --compressed-tensors writes the model "
+                                  "as quantized (run slimformer quantize first)")
+        out = export_compressed_tensors(load(a.model), a.out)
+        print(f"wrote {out} (compressed-tensors; load it with transformers' from_pretrained)")
+        return
     calib = calibration_texts(a.data or sample_sentences(), n=128) if a.quantize else None
     out = export_onnx(load(a.model), a.out, optimize=False if a.no_optimize else "auto", quantize=a.quantize,
                       calibration_texts=calib)

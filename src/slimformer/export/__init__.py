@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..core.config import register_method
 from ..models.loading import FOLDER_LOADERS
+from .compressed_tensors import export_compressed_tensors
 from .onnx import EXPORT_OPTIONS, ONNX_META_FILE, export_onnx
 from .runtime import OnnxSlimModel, _load_folder, load_onnx
 from .deploy import DeployConfig, deploy_step
@@ -19,4 +20,4 @@ register_method(ExportConfig, onnx_step)
 register_method(DeployConfig, deploy_step)
 FOLDER_LOADERS[ONNX_META_FILE] = _load_folder  # slimformer.load(DIR) opens an exported folder
 
-__all__ = ["export_onnx", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig"]
+__all__ = ["export_onnx", "export_compressed_tensors", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig"]

@@ -104,13 +104,13 @@ class Int8Linear(nn.Module):
             x = x * self.input_scale
         if self.act == "token":
             qx, sx = quantize_per_token(x, 8)  # (..., in), (..., 1)
-            y = int8_products(qx, self.weight_int8) * sx * self.weight_scale
+            y = int8_products(qx, self.weight_int8).mul_(sx).mul_(self.weight_scale)  # fresh tensor: in place
         elif self.act == "static":
-            qx = torch.clamp(torch.round(x / self.act_scale), -127, 127)
-            y = int8_products(qx, self.weight_int8) * (self.act_scale * self.weight_scale)
+            qx = torch.div(x, self.act_scale).round_().clamp_(-127, 127)
+            y = int8_products(qx, self.weight_int8).mul_(self.act_scale * self.weight_scale)
         else:
-            y = F.linear(x, self.weight_int8.float()) * self.weight_scale
-        return y + self.bias if self.bias is not None else y
+            y = F.linear(x, self.weight_int8.float()).mul_(self.weight_scale)
+        return y.add_(self.bias) if self.bias is not None else y
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, w=int8, act={self.act}"
@@ -169,8 +169,8 @@ class Int8TiedHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernel("int8_head") == "int_mm":
             qx, sx = quantize_per_token(x.float(), 8)
-            return int8_products(qx, self.embedding.weight_int8, "int8_head") * sx * self.embedding.weight_scale
-        return F.linear(x.float(), self.embedding.weight_int8.float()) * self.embedding.weight_scale
+            return int8_products(qx, self.embedding.weight_int8, "int8_head").mul_(sx).mul_(self.embedding.weight_scale)
+        return F.linear(x.float(), self.embedding.weight_int8.float()).mul_(self.embedding.weight_scale)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, w=int8 (the embedding table), act=None"
