@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--onnx", action="store_true", help="export to ONNX for ONNX Runtime")
+    g.add_argument("--gguf", action="store_true",
+                   help="write a Llama-architecture LM (float, or quantized with groups of 32: w4-g32-fz, w4/w4-gptq at "
+                   "group 32, w8 symmetric, int8_dynamic) as one .gguf file for llama.cpp: Q4_1 / Q4_0 / Q8_0 blocks "
+                   "holding our codes, scales in float16; --out is the .gguf file")
     g.add_argument("--compressed-tensors", action="store_true",
                    help="write a model quantized by slimformer (weight_only with integer zero points and whole groups, "
                    "or int8_dynamic) in the compressed-tensors format, codes and scales carried over exactly; loads with "
@@ -406,6 +410,20 @@ def cmd_export(a) -> None:
     from . import calibration_texts, load, sample_sentences
     from .export import export_onnx
 
+    if a.gguf:
+        from .core.errors import SlimformerError
+        from .export import export_gguf
+
+        if a.quantize or a.no_optimize:
+            raise SlimformerError("--quantize / --no-optimize apply to --onnx; --gguf writes the model as quantized "
+                                  "(run slimformer quantize first)")
+        out = export_gguf(load(a.model), a.out)
+        import gguf
+
+        kinds = sorted({t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors})
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; tensor types {', '.join(kinds)}; run it with llama.cpp "
+              "or load it with slimformer.load)")
+        return
     if a.compressed_tensors:
         from .core.errors import SlimformerError
         from .export import export_compressed_tensors
