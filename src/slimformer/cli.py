@@ -118,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "build the graph with and without it and keep the faster on this machine)")
     p.add_argument("--data", help="calibration text for int8 / int8-static (one text per line; default: packaged "
                    "sample)")
-    p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config)")
+    p.add_argument("--accuracy-level", type=int, default=4, choices=range(5), metavar="0-4",
+                   help="--onnx of a Llama-family LM: ONNX Runtime MatMulNBits accuracy level: 4 (default) quantizes "
+                   "activations to int8 per block for the fastest kernels, 0 keeps them float (exact)")
+    p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config); with --gguf, the .gguf file")
 
     p = sub.add_parser("prune", help="prune a model: sparsity (--method) or structure (--structure), and save it",
                        description="Sparsity (--method magnitude|wanda|sparsegpt) zeroes weights and stores them "
@@ -409,6 +412,7 @@ def cmd_quantize(a) -> None:
 def cmd_export(a) -> None:
     from . import calibration_texts, load, sample_sentences
     from .export import export_onnx
+    from .export.onnx_lm import lm_graph_supported
 
     if a.gguf:
         from .core.errors import SlimformerError
@@ -434,8 +438,16 @@ def cmd_export(a) -> None:
         out = export_compressed_tensors(load(a.model), a.out)
         print(f"wrote {out} (compressed-tensors; load it with transformers' from_pretrained)")
         return
+    model = load(a.model)
+    if not a.quantize and getattr(model, "kind", None) == "causal-lm" and lm_graph_supported(model):
+        from .export import export_onnx_lm
+
+        out = export_onnx_lm(model, a.out, accuracy_level=a.accuracy_level)
+        print(f"wrote {out}/model.onnx (a KV-cache graph for ONNX Runtime: prefill and decode, int4/int8 weights as "
+              f"MatMulNBits, accuracy level {a.accuracy_level}; run it with slimformer.load(DIR).generate or evaluate)")
+        return
     calib = calibration_texts(a.data or sample_sentences(), n=128) if a.quantize else None
-    out = export_onnx(load(a.model), a.out, optimize=False if a.no_optimize else "auto", quantize=a.quantize,
+    out = export_onnx(model, a.out, optimize=False if a.no_optimize else "auto", quantize=a.quantize,
                       calibration_texts=calib)
     print(f"wrote {out}/model.onnx ({a.quantize or 'float32'}; run it with slimformer.export.load_onnx "
           "or onnxruntime)")

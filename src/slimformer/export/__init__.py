@@ -12,6 +12,7 @@ from ..core.config import register_method
 from ..models.loading import FOLDER_LOADERS
 from .compressed_tensors import export_compressed_tensors
 from .gguf import export_gguf
+from .onnx_lm import export_onnx_lm
 from .onnx import EXPORT_OPTIONS, ONNX_META_FILE, export_onnx
 from .runtime import OnnxSlimModel, _load_folder, load_onnx
 from .deploy import DeployConfig, deploy_step
@@ -21,4 +22,4 @@ register_method(ExportConfig, onnx_step)
 register_method(DeployConfig, deploy_step)
 FOLDER_LOADERS[ONNX_META_FILE] = _load_folder  # slimformer.load(DIR) opens an exported folder
 
-__all__ = ["export_onnx", "export_compressed_tensors", "export_gguf", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig"]
+__all__ = ["export_onnx", "export_compressed_tensors", "export_gguf", "export_onnx_lm", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig"]

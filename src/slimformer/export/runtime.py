@@ -36,10 +36,13 @@ class _OrtModule:
         given = {"input_ids": ids, "attention_mask": attention_mask, **kw}
         feed = {}
         for name in self.input_names:
+            if name.startswith("past_key_values."):        # a KV-cache graph run without a cache
+                continue
             v = given.get(name)
             if v is None:
                 v = np.ones_like(ids) if name == "attention_mask" else np.zeros_like(ids)
             feed[name] = _np(v)
+        feed.update(self.empty_cache(ids.shape[0]))
         out = torch.from_numpy(self.session.run([self.output_name], feed)[0])
         if self.kind == "embedding":
             return BaseModelOutput(last_hidden_state=out)
@@ -51,6 +54,15 @@ class _OrtModule:
 
     def eval(self):
         return self
+
+    def empty_cache(self, batch: int) -> dict:
+        """Length-0 past keys / values for a KV-cache graph (export_onnx_lm); {} for other graphs."""
+        out = {}
+        for i in self.session.get_inputs():
+            if i.name.startswith("past_key_values."):
+                _, heads, _, dim = i.shape
+                out[i.name] = np.zeros((batch, heads, 0, dim), np.float32)
+        return out
 
 
 def _np(x) -> np.ndarray:
@@ -157,6 +169,25 @@ class OnnxSlimModel:
             hidden = self.model(**enc).last_hidden_state
             out.append(pool(hidden.float(), enc["attention_mask"]))
         return torch.cat(out)
+
+    @torch.inference_mode()
+    def generate(self, input_ids, max_new_tokens: int = 32) -> torch.Tensor:
+        """Greedy decoding through the graph's KV cache (graphs from export_onnx_lm): one prefill
+        call, then one call per new token. input_ids (batch, T) without padding -> (batch, T + new)."""
+        if not self.meta.get("kv_cache"):
+            raise ValueError("generate() needs a graph with a KV cache (slimformer.export.export_onnx_lm)")
+        ids = _np(input_ids)
+        names = [o.name for o in self.session.get_outputs()]
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), **self.model.empty_cache(ids.shape[0])}
+        out = [ids]
+        for _ in range(max_new_tokens):
+            res = dict(zip(names, self.session.run(names, feed)))
+            nxt = res["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
+            out.append(nxt)
+            mask = np.ones((ids.shape[0], feed["attention_mask"].shape[1] + 1), np.int64)
+            feed = {"input_ids": nxt, "attention_mask": mask}
+            feed.update({n.replace("present.", "past_key_values."): v for n, v in res.items() if n.startswith("present.")})
+        return torch.from_numpy(np.concatenate(out, 1))
 
     def __repr__(self) -> str:
         return f"OnnxSlimModel({self.source!r}, kind={self.kind!r}, quantize={self.meta.get('quantize')!r})"

@@ -1,0 +1,277 @@
+"""Llama-family decoder LMs as one ONNX Runtime graph with a KV cache and int4 weights.
+
+    from slimformer.export import export_onnx_lm, load_onnx
+    folder = export_onnx_lm(model, "out/smollm2-ort")      # float, or quantized by slimformer
+    lm = load_onnx(folder)                                  # evaluate(lm, task) / lm.generate(ids, 32)
+
+The graph is written op by op (no tracing), the way ONNX Runtime's own generator builds models:
+token embedding, then per layer RMSNorm (`SimplifiedLayerNormalization`), q/k/v projections,
+`GroupQueryAttention` (com.microsoft: rotary embedding, causal mask, grouped KV heads and the KV
+cache in one kernel), the output projection, RMSNorm, SiLU-gated FFN; final norm; LM head.
+
+Inputs: `input_ids` (batch, new tokens), `attention_mask` (batch, past + new; ones, padding on
+the right only), `past_key_values.{i}.key` / `.value` (batch, kv heads, past, head dim; length 0
+for the first call). Outputs: `logits` (batch, new, vocab), `present.{i}.key` / `.value`. One
+graph serves prefill and decode.
+
+Weights keep their quantized form, carried over exactly:
+- group-wise int4 / int8 (`weight_only`, RTN or GPTQ, integer or float zero points, any group
+  size 16..256 that is a power of two; a short last group is padded) -> `MatMulNBits` with our
+  codes, scales and zero points; `accuracy_level` 4 (default) lets ONNX Runtime quantize the
+  activations to int8 per block for its fastest kernels, 0 keeps them float (exact);
+- int8 per channel (`Int8Linear`, and the LM head tied to the int8 embedding) -> `MatMulNBits`
+  with 8 bits, the per-row scale repeated per block, zero point 128;
+- the int8 token embedding -> an int8 `Gather` times its per-row scale; float layers -> `MatMul`.
+Refused with the reason: Hadamard rotations (`rotate`: the run-time rotation of the down
+projection's input and around the final norm), architectures other than Llama / Qwen2, sliding-window
+attention configs, per-layer sizes after structured pruning.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import ConfigError
+from ..core.packing import unpack_int4
+from ..models.saving import MARKERS, atomic_folder
+
+MODEL_FILE = "model.onnx"
+META_FILE = "slimformer_onnx.json"
+
+
+class _Graph:
+    def __init__(self):
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def name(self, base: str) -> str:
+        self.n += 1
+        return f"{base}_{self.n}"
+
+    def init(self, base: str, arr: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str | None = None, **attrs) -> list[str]:
+        from onnx import helper
+
+        outs = [self.name(op_type) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(op_type + "_node"),
+                                           domain=domain, **attrs))
+        return outs
+
+    def one(self, *a, **k) -> str:
+        return self.op(*a, **k)[0]
+
+
+def _block_for(k: int) -> int:
+    for b in (128, 64, 32, 16):
+        if k % b == 0:
+            return b
+    return 32
+
+
+def _nbits(g: _Graph, x: str, codes: np.ndarray, scales: np.ndarray, zeros, bits: int, block: int, acc: int,
+           bias) -> str:
+    """MatMulNBits with unsigned codes (N, K), scales (N, blocks), zeros (N, blocks) uint8 / float / None."""
+    n, k = codes.shape
+    nb = -(-k // block)
+    if nb * block != k:
+        codes = np.pad(codes, ((0, 0), (0, nb * block - k)))
+    q = codes.astype(np.uint8).reshape(n, nb, block)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)) if bits == 4 else q
+    ins = [x, g.init("w_q", packed), g.init("w_scale", scales.astype(np.float32).reshape(-1))]
+    if zeros is not None:
+        if np.issubdtype(zeros.dtype, np.floating):
+            ins.append(g.init("w_zero", zeros.astype(np.float32).reshape(-1)))
+        elif bits == 4:
+            z = zeros.astype(np.uint8)
+            if nb % 2:
+                z = np.pad(z, ((0, 0), (0, 1)), constant_values=8)
+            ins.append(g.init("w_zero", (z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1)))
+        else:
+            ins.append(g.init("w_zero", zeros.astype(np.uint8).reshape(-1)))
+    y = g.one("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=bits, block_size=block, accuracy_level=acc)
+    return g.one("Add", [y, g.init("bias", bias)]) if bias is not None else y
+
+
+def _linear(g: _Graph, x: str, mod, acc: int) -> str:
+    from ..quantize.modules import GroupQuantLinear, Int8Linear, Int8TiedHead
+
+    bias = getattr(mod, "bias", None)
+    bias = bias.detach().float().numpy() if isinstance(bias, torch.Tensor) else None
+    if isinstance(mod, GroupQuantLinear):
+        if mod.input_rotation is not None:
+            raise ConfigError("ONNX LM export cannot hold a run-time Hadamard rotation")
+        if mod.group_size not in (16, 32, 64, 128, 256):
+            raise ConfigError(f"MatMulNBits blocks are powers of two from 16 to 256; this layer has groups of "
+                              f"{mod.group_size}")
+        codes = (unpack_int4(mod.qweight, mod.in_features) if mod.bits == 4 else mod.qweight).numpy()
+        zeros = mod.zeros.numpy()
+        return _nbits(g, x, codes, mod.scales.numpy(), zeros, mod.bits, mod.group_size, acc, bias)
+    if isinstance(mod, (Int8Linear, Int8TiedHead)):
+        src = mod.embedding if isinstance(mod, Int8TiedHead) else mod
+        if getattr(src, "input_scale", None) is not None:
+            raise ConfigError("ONNX LM export cannot hold a SmoothQuant input scale")
+        w = src.weight_int8.to(torch.int16).add(128).to(torch.uint8).numpy()          # (N, K) unsigned
+        block = _block_for(w.shape[1])
+        nb = -(-w.shape[1] // block)
+        scales = np.repeat(src.weight_scale.float().numpy()[:, None], nb, axis=1)
+        return _nbits(g, x, w, scales, None, 8, block, acc, bias)
+    weight = getattr(mod, "weight", None)
+    if not isinstance(mod, torch.nn.Linear) or weight is None:
+        raise ConfigError(f"ONNX LM export cannot hold a {type(mod).__name__}")
+    y = g.one("MatMul", [x, g.init("w", weight.detach().float().t().numpy())])
+    return g.one("Add", [y, g.init("bias", bias)]) if bias is not None else y
+
+
+def _norm(g: _Graph, x: str, mod, eps: float) -> str:
+    return g.one("SimplifiedLayerNormalization", [x, g.init("norm", mod.weight.detach().float().numpy())],
+                 axis=-1, epsilon=float(eps), stash_type=1)
+
+
+def _check(sm):
+    from ..adapters import get_adapter
+
+    net = sm.model
+    cfg = net.config
+    if sm.kind != "causal-lm" or get_adapter(net).name != "llama" or cfg.model_type not in ("llama", "qwen2"):
+        raise ConfigError(f"ONNX LM export (KV cache, int4 MatMulNBits) takes Llama / Qwen2 decoders; this is "
+                          f"{type(net).__name__} ({getattr(cfg, 'model_type', '?')}); other causal LMs: export_onnx")
+    if "rotate" in [s.get("method") for s in (sm.meta or {}).get("steps", [])]:
+        raise ConfigError("ONNX LM export cannot hold a Hadamard-rotated model (step rotate, scheme w4-gptq-rot): its "
+                          "run-time rotations of the down projection's input and around the final norm are not in "
+                          "the graph; quantize without rotate (w4-gptq, w4-g32-fz) for ONNX Runtime")
+    if getattr(cfg, "slimformer_layer_sizes", None):
+        raise ConfigError("ONNX LM export needs every layer alike (this model was structurally pruned)")
+    hd = get_adapter(net).layers(net)[0].attention.head_dim
+    if hd % 16:
+        raise ConfigError(f"ONNX Runtime's GroupQueryAttention needs a head size divisible by 16; this model's is {hd}")
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and cfg.model_type != "llama":
+        raise ConfigError("ONNX LM export: sliding-window attention configs are not supported")
+
+
+def lm_graph_supported(sm) -> bool:
+    """Whether this is a model export_onnx_lm is for (a Llama / Qwen2 causal LM); it may still
+    refuse it with the reason (rotations, head size)."""
+    from ..adapters import get_adapter
+
+    try:
+        return (sm.kind == "causal-lm" and get_adapter(sm.model).name == "llama"
+                and sm.model.config.model_type in ("llama", "qwen2"))
+    except Exception:
+        return False
+
+
+def build_lm_graph(sm, accuracy_level: int = 4):
+    """The ONNX ModelProto of `sm` (see the module docstring)."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from ..adapters import get_adapter
+    from ..quantize.modules import Int8Embedding
+
+    _check(sm)
+    net = sm.model
+    cfg = net.config
+    ad = get_adapter(net)
+    layers = ad.layers(net)
+    heads, kv, hd = layers[0].attention.num_heads, layers[0].attention.num_kv_heads, layers[0].attention.head_dim
+    eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
+    inv_freq, att_scale = ad.rope(net)
+    max_pos = int(getattr(cfg, "max_position_embeddings", 8192))
+    t = torch.arange(max_pos, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq.float().cpu())                      # (max_pos, hd / 2)
+    g = _Graph()
+    cos = g.init("cos_cache", (freqs.cos() * att_scale).numpy())
+    sin = g.init("sin_cache", (freqs.sin() * att_scale).numpy())
+
+    # sequence bookkeeping for GroupQueryAttention: per row (valid length - 1), and the total length
+    mask32 = g.one("Cast", ["attention_mask"], to=TP.INT32)
+    seqlens = g.one("Sub", [g.one("ReduceSum", [mask32, g.init("axis1", np.array([1], np.int64))], keepdims=0),
+                            g.init("one", np.array(1, np.int32))])
+    total = g.one("Cast", [g.one("Squeeze", [g.one("Shape", ["attention_mask"], start=1, end=2)])], to=TP.INT32)
+
+    emb = ad.embeddings(net)
+    if isinstance(emb, Int8Embedding):
+        rows = g.one("Cast", [g.one("Gather", [g.init("embed_int8", emb.weight_int8.numpy()), "input_ids"])],
+                     to=TP.FLOAT)
+        scale = g.one("Gather", [g.init("embed_scale", emb.weight_scale.float().numpy()[:, None]), "input_ids"])
+        x = g.one("Mul", [rows, scale])
+    elif isinstance(emb, torch.nn.Embedding):
+        x = g.one("Gather", [g.init("embed", emb.weight.detach().float().numpy()), "input_ids"])
+    else:
+        raise ConfigError(f"ONNX LM export cannot hold a {type(emb).__name__} embedding")
+    if getattr(cfg, "model_type", "") == "gemma3_text":                   # pragma: no cover (refused above)
+        x = g.one("Mul", [x, g.init("embed_scale", np.array(math.sqrt(cfg.hidden_size), np.float32))])
+
+    inputs = [helper.make_tensor_value_info("input_ids", TP.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("attention_mask", TP.INT64, ["batch", "total_sequence"])]
+    outputs = []
+    scale = float(getattr(layers[0].attention.module, "scaling", hd ** -0.5))
+    for i, L in enumerate(layers):
+        a, f = L.attention, L.ffn
+        pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        for n in (pk, pv):
+            inputs.append(helper.make_tensor_value_info(n, TP.FLOAT, ["batch", kv, "past_sequence", hd]))
+        h = _norm(g, x, L.norms["attn"], eps)
+        q, k, v = (_linear(g, h, m, accuracy_level) for m in (a.q, a.k, a.v))
+        attn, present_k, present_v = g.op("GroupQueryAttention", [q, k, v, pk, pv, seqlens, total, cos, sin], 3,
+                                          domain="com.microsoft", num_heads=heads, kv_num_heads=kv, scale=scale,
+                                          do_rotary=1, rotary_interleaved=0)
+        for src, n in ((present_k, f"present.{i}.key"), (present_v, f"present.{i}.value")):
+            g.nodes.append(helper.make_node("Identity", [src], [n], name=g.name("present")))
+            outputs.append(helper.make_tensor_value_info(n, TP.FLOAT, ["batch", kv, "total_sequence", hd]))
+        x = g.one("Add", [x, _linear(g, attn, a.o, accuracy_level)])
+        h = _norm(g, x, L.norms["ffn"], eps)
+        gate, up = _linear(g, h, f.gate, accuracy_level), _linear(g, h, f.up, accuracy_level)
+        act = g.one("Mul", [gate, g.one("Sigmoid", [gate])])               # SiLU
+        x = g.one("Add", [x, _linear(g, g.one("Mul", [act, up]), f.down, accuracy_level)])
+    x = _norm(g, x, ad.final_norm(net), eps)
+    head = net.get_output_embeddings()
+    logits = _linear(g, x, head, accuracy_level)
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+    outputs.insert(0, helper.make_tensor_value_info("logits", TP.FLOAT, ["batch", "sequence", cfg.vocab_size]))
+    graph = helper.make_graph(g.nodes, "slimformer_lm", inputs, outputs, g.inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=10)
+
+
+def export_onnx_lm(sm, out_dir, accuracy_level: int = 4) -> Path:
+    """Write `sm` (a Llama-family causal LM, float or quantized by slimformer) as an ONNX Runtime
+    folder with a KV cache; `slimformer.load(DIR)` / `load_onnx` run it (evaluate, generate)."""
+    import onnx
+
+    from .._version import __version__
+
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise ConfigError(f"accuracy_level={accuracy_level}; accepted: 0 (float activations, exact) .. 4 (int8)")
+    proto = build_lm_graph(sm, accuracy_level)
+    from ..adapters import get_adapter
+
+    net = sm.model
+    layers = len(get_adapter(net).layers(net))
+    kinds = sorted({n.op_type for n in proto.graph.node if n.op_type in ("MatMulNBits", "MatMul")})
+
+    def write(tmp: Path) -> None:
+        onnx.save(proto, str(tmp / MODEL_FILE))
+        cfg = net.config.to_dict()
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        sm.tokenizer.save_pretrained(tmp)
+        meta = {"slimformer_version": __version__, "kind": "causal-lm", "source": sm.source,
+                "inputs": [{"name": "input_ids"}, {"name": "attention_mask"}], "outputs": [{"name": "logits"}],
+                "kv_cache": {"layers": layers, "kv_heads": int(proto.graph.input[2].type.tensor_type.shape.dim[1].dim_value),
+                             "head_dim": int(proto.graph.input[2].type.tensor_type.shape.dim[3].dim_value)},
+                "exporter": "slimformer.export.onnx_lm", "accuracy_level": accuracy_level, "matmul_ops": kinds,
+                "steps": [{"step": "build_lm_graph", "accuracy_level": accuracy_level}],
+                "quantize": next((s.get("method") for s in reversed((sm.meta or {}).get("steps", []))), None)}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
+    return atomic_folder(out_dir, write, markers=tuple(MARKERS))

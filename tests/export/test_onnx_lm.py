@@ -1,0 +1,104 @@
+"""The KV-cache ONNX graph of Llama-family LMs (export_onnx_lm): same logits as PyTorch for float and
+quantized models, generate through the cache equals transformers' greedy generate, evaluate runs
+on it, and what it cannot hold is refused."""
+import pytest
+import torch
+
+import slimformer as sf
+from slimformer.core.errors import ConfigError
+from slimformer.core.kernels import use_kernels
+from slimformer.testing import tiny_slim
+
+pytest.importorskip("onnxruntime")
+from slimformer.export import export_onnx_lm, load_onnx  # noqa: E402
+
+REFERENCE = dict(int4_linear="dequant", int8_head="float", int8_linear="float")
+
+
+def tiny_llama(**kw):
+    return tiny_slim("llama", "causal-lm", hidden_size=64, head_dim=16, intermediate_size=64, **kw)
+
+
+@pytest.mark.parametrize("cfg, acc, tol", [
+    (None, 4, 1e-5),
+    (sf.WeightOnlyConfig(bits=4, group_size=16), 0, 1e-5),
+    (sf.WeightOnlyConfig(bits=4, group_size=16, float_zeros=True), 0, 1e-5),
+    (sf.WeightOnlyConfig(bits=4, group_size=32), 4, 0.03),          # int8 activations per block
+    (sf.WeightOnlyConfig(bits=8, group_size=16), 0, 1e-5),
+    (sf.Int8DynamicConfig(), 4, 1e-4),   # per-token int8 activations, as ours (one block per row here)
+])
+def test_logits_match_and_generate_equals_greedy(tmp_path, cfg, acc, tol):
+    sm = tiny_llama()
+    if cfg is not None:
+        sf.quantize_(sm, cfg)
+    lm = load_onnx(export_onnx_lm(sm, tmp_path / "o", accuracy_level=acc))
+    ids = torch.randint(5, 99, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), use_kernels(**REFERENCE):
+        a = sm.model(input_ids=ids).logits
+        ref = sm.model.generate(ids[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    b = lm.model(input_ids=ids).logits
+    assert ((a - b).norm() / a.norm()) < tol
+    gen = lm.generate(ids[:1], 6)
+    if tol <= 1e-4:     # a random tiny model's near-ties may flip under int8 activations
+        assert torch.equal(gen, ref)
+    assert gen.shape == ref.shape and torch.equal(gen[:, :9], ids[:1])
+    ops = {n.op_type for n in __import__("onnx").load(str(tmp_path / "o" / "model.onnx")).graph.node}
+    assert "GroupQueryAttention" in ops and (cfg is None or "MatMulNBits" in ops)
+
+
+def test_incremental_decoding_equals_full_recomputation(tmp_path):
+    """Logits of the last token fed one at a time through the cache = those of one full pass."""
+    import numpy as np
+
+    sm = tiny_llama()
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    lm = load_onnx(export_onnx_lm(sm, tmp_path / "o", accuracy_level=0))
+    ids = torch.randint(5, 99, (1, 7), generator=torch.Generator().manual_seed(1)).numpy()
+    sess = lm.session
+    names = [o.name for o in sess.get_outputs()]
+    feed = {"input_ids": ids[:, :4], "attention_mask": np.ones((1, 4), np.int64), **lm.model.empty_cache(1)}
+    for t in range(4, 7):
+        res = dict(zip(names, sess.run(names, feed)))
+        feed = {"input_ids": ids[:, t:t + 1], "attention_mask": np.ones((1, t + 1), np.int64),
+                **{n.replace("present.", "past_key_values."): v for n, v in res.items() if n.startswith("present.")}}
+    last = sess.run(["logits"], feed)[0][:, -1]
+    full = lm.model(input_ids=torch.from_numpy(ids)).logits[:, -1].numpy()
+    np.testing.assert_allclose(last, full, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_perplexity_on_the_graph(tmp_path):
+    from slimformer.data import Task
+    from slimformer.evaluate import EvalOptions, TaskOptions
+
+    sm = tiny_llama()
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    lm = sf.load(export_onnx_lm(sm, tmp_path / "o", accuracy_level=0))
+    text = " ".join(["the cat sits on the red car and the dog runs"] * 10)
+    opts = EvalOptions(task=TaskOptions(progress=False, ppl_window=16, ppl_stride=8), efficiency=False)
+    with use_kernels(**REFERENCE):
+        ours = sf.evaluate(sm, Task("lm", [text], "mem"), None, opts).metrics["perplexity"]
+    theirs = sf.evaluate(lm, Task("lm", [text], "mem"), None, opts).metrics["perplexity"]
+    assert theirs == pytest.approx(ours, rel=1e-4)
+
+
+def test_refusals_are_one_line(tmp_path):
+    rot = tiny_llama()
+    sf.quantize_(rot, sf.RotateConfig())
+    sf.quantize_(rot, sf.WeightOnlyConfig(bits=4, group_size=16))
+    for sm, match in ((rot, "rotated"), (tiny_slim("gpt2", "causal-lm"), "Llama / Qwen2"),
+                      (tiny_slim("llama", "causal-lm"), "head size")):
+        with pytest.raises(ConfigError, match=match) as e:
+            export_onnx_lm(sm, tmp_path / "o")
+        assert "\n" not in str(e.value) and not (tmp_path / "o").exists()
+
+
+def test_cli_export_onnx_of_a_quantized_lm_folder(tmp_path, capsys):
+    from slimformer.cli import main
+
+    sm = tiny_llama()
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    src = sf.save(sm, tmp_path / "q")
+    assert main(["export", str(src), "--onnx", "--out", str(tmp_path / "o"), "--accuracy-level", "0"]) == 0
+    assert "KV-cache" in capsys.readouterr().out
+    lm = sf.load(tmp_path / "o")
+    assert lm.meta["kv_cache"]["layers"] == 2 and lm.generate(torch.tensor([[5, 6, 7]]), 3).shape == (1, 6)
