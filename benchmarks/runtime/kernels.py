@@ -15,7 +15,9 @@ SmolLM2-135M (the packaged GGUF, dequantized to float): float32, bf16, and the i
 `w4-g32-fz` (round-to-nearest, the GGUF's own Q4_1 grid) and `w4-gptq-rot` (GPTQ on a Hadamard-
 rotated model, the best int4 group 128), each with the kernels slimformer picks (int4: torch's CPU
 int4 kernel; the int8 tied head: torch._int_mm where the CPU has VNNI) and with the reference
-kernels (dequantize every call). Decode tokens/s at batch 1 and 8 (32-token prompt, 32 greedy
+kernels (dequantize every call); and ONNX Runtime on `export_onnx_lm`'s KV-cache graph: the float
+model, and w4-g32-fz with its codes in MatMulNBits (w4-gptq-rot is refused there: its run-time
+rotations are not in the graph). Decode tokens/s at batch 1 and 8 (32-token prompt, 32 greedy
 steps through the KV cache), prefill tokens/s at 1 x 256, peak memory of the 1 x 256 prefill,
 WikiText-2 raw test perplexity (8,192 tokens, window 1024, stride 512, as in quantize_lm).
 """
@@ -198,6 +200,18 @@ def lm_variants(base, calib, samples: int):
         m = sf.load(path)
         yield f"{scheme}, picked kernels", m, None
         yield f"{scheme}, reference kernels (dequantize per call)", m, REFERENCE
+        if scheme == "w4-g32-fz":        # w4-gptq-rot's run-time rotations are not in the ONNX graph (refused)
+            yield f"{scheme} -> ONNX Runtime (MatMulNBits, accuracy level 4)", _ort(m, f"{scheme}-ort"), None
+    yield "float32 -> ONNX Runtime (KV-cache graph)", _ort(base, "float-ort"), None
+
+
+def _ort(sm, name: str):
+    from slimformer.export import export_onnx_lm, load_onnx
+
+    path = CACHE / f"smollm2-{name}"
+    if not (path / "model.onnx").exists():
+        export_onnx_lm(sm, path, accuracy_level=4)
+    return load_onnx(path, threads=torch.get_num_threads(), spin=False)
 
 
 def run_lm(a) -> None:
@@ -232,11 +246,13 @@ def run_lm(a) -> None:
     for name, rs in runs.items():
         for k in rs[0]:
             payload["variants"][name][k] = statistics.median(r[k] for r in rs)
+        print(name, {k: round(payload["variants"][name][k], 2) for k in rs[0]}, flush=True)
     fl = payload["variants"]["float32"]
     rows = []
     for name, v in payload["variants"].items():
-        for k in ("decode_tokens_per_s", "decode_tokens_per_s_batch8", "prefill_tokens_per_s"):
-            v[k.replace("tokens_per_s", "x")] = v[k] / fl[k]
+        for k, x in (("decode_tokens_per_s", "decode_x"), ("decode_tokens_per_s_batch8", "decode_batch8_x"),
+                     ("prefill_tokens_per_s", "prefill_x")):
+            v[x] = v[k] / fl[k]
         rows.append([name, ", ".join(f"{o}={i}" for o, i in v["kernels"].items()) or "-", v["perplexity"],
                      v["bytes"] / 1e6, v["decode_tokens_per_s"], v["decode_x"], v["decode_tokens_per_s_batch8"],
                      v["decode_batch8_x"], v["prefill_tokens_per_s"], v["prefill_x"], v["peak_memory_mb"]])

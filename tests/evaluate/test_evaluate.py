@@ -51,6 +51,15 @@ def test_causal_lm_generation_speed(family):
     decode_seconds(lm, torch.tensor([[5, 6, 7]]), 3)
     hook.remove()
     assert calls == [(1, 3), (1, 1), (1, 1), (1, 1)]
+    # ...and the cache it passes is really used: greedy tokens equal transformers' generate
+    ids = torch.tensor([[5, 6, 7]])
+    ref = lm.model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    seen = []
+    hook = lm.model.register_forward_hook(lambda m, a, kw, out: seen.append(out.logits[:, -1].argmax(-1)),
+                                          with_kwargs=True)
+    decode_seconds(lm, ids, 3)
+    hook.remove()
+    assert torch.equal(torch.stack(seen[:3], 1), ref[:, 3:])
     assert generation_speed(lm, ["the cat sits on the mat"], dataclasses.replace(timing, prefill_len=4096))
 
 

@@ -79,6 +79,15 @@ def test_evaluate_perplexity_on_the_graph(tmp_path):
         ours = sf.evaluate(sm, Task("lm", [text], "mem"), None, opts).metrics["perplexity"]
     theirs = sf.evaluate(lm, Task("lm", [text], "mem"), None, opts).metrics["perplexity"]
     assert theirs == pytest.approx(ours, rel=1e-4)
+    # generation speed is measured on the graph too, through its own cache loop
+    import dataclasses
+
+    from slimformer.evaluate import TimingOptions
+
+    timing = TimingOptions(seq_len=16, batch_size=2, warmup=1, repeats=2, throughput_repeats=1, decode_tokens=3,
+                           generation_repeats=1, prefill_len=32)
+    eff = sf.evaluate(lm, None, None, dataclasses.replace(opts, efficiency=True, timing=timing)).efficiency
+    assert eff["decode_tokens_per_s"] > 0 and eff["decode_tokens_per_s_batch8"] > 0 and eff["prefill_tokens_per_s"] > 0
 
 
 def test_refusals_are_one_line(tmp_path):

@@ -140,15 +140,21 @@ def peak_memory_mb(sm, enc) -> float:
 @torch.inference_mode()
 def decode_seconds(sm, prompt: torch.Tensor, steps: int) -> float:
     """Wall time of `steps` greedy decoding steps (one token each, through the model's KV cache)
-    after prefilling `prompt` (batch, T); the prefill is not counted."""
+    after prefilling `prompt` (batch, T); the prefill is not counted. Models with their own
+    decoding loop (an ONNX Runtime KV-cache graph) time it themselves."""
+    if not isinstance(sm.model, torch.nn.Module):
+        return sm.decode_seconds(prompt, steps)
+    import inspect
+
+    # transformers >= 5.2x names the cache argument and output `cache` (`past_key_values` before)
+    key = "cache" if "cache" in inspect.signature(sm.model.forward).parameters else "past_key_values"
     out = sm.model(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True)
-    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    past, nxt = out.get(key), out.logits[:, -1:].argmax(-1)
     mask = torch.ones(prompt.shape[0], prompt.shape[1] + steps, dtype=prompt.dtype)
     t0 = time.perf_counter()
     for i in range(steps):
-        out = sm.model(input_ids=nxt, attention_mask=mask[:, : prompt.shape[1] + i + 1], past_key_values=past,
-                       use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        out = sm.model(input_ids=nxt, attention_mask=mask[:, : prompt.shape[1] + i + 1], use_cache=True, **{key: past})
+        past, nxt = out.get(key), out.logits[:, -1:].argmax(-1)
     return time.perf_counter() - t0
 
 
@@ -156,9 +162,12 @@ def generation_speed(sm, texts: list[str], opts: TimingOptions = TimingOptions()
     """A causal LM's generation speed: {"prefill_tokens_per_s": 1 x prefill_len in one forward,
     "decode_tokens_per_s": batch 1, "decode_tokens_per_s_batch8": ... (tokens of all rows)};
     medians of `generation_repeats` after one warm-up."""
-    from ..adapters import get_adapter
+    limit = getattr(getattr(sm, "config", None), "max_position_embeddings", None)
+    if limit is None and isinstance(sm.model, torch.nn.Module):
+        from ..adapters import get_adapter
 
-    limit = get_adapter(sm.model).max_positions(sm.model) or opts.prefill_len
+        limit = get_adapter(sm.model).max_positions(sm.model)
+    limit = limit or opts.prefill_len
     prefill = min(opts.prefill_len, limit)
     n_prompt = max(1, min(opts.decode_prompt, limit - opts.decode_tokens))
     out = {}
@@ -189,7 +198,8 @@ def measure(sm, texts: list[str], opts: TimingOptions = TimingOptions()) -> tupl
         tp = time_forward(sm, big, 1, opts.throughput_repeats)
         eff["throughput"] = opts.batch_size / statistics.median(tp)
         eff["peak_memory_mb"] = peak_memory_mb(sm, big)
-        if sm.kind == "causal-lm":
+        if sm.kind == "causal-lm" and (isinstance(sm.model, torch.nn.Module)
+                                       or (getattr(sm, "meta", None) or {}).get("kv_cache")):
             eff.update(generation_speed(sm, texts, opts))
     finally:
         torch.set_num_threads(prev)

@@ -170,24 +170,39 @@ class OnnxSlimModel:
             out.append(pool(hidden.float(), enc["attention_mask"]))
         return torch.cat(out)
 
-    @torch.inference_mode()
-    def generate(self, input_ids, max_new_tokens: int = 32) -> torch.Tensor:
-        """Greedy decoding through the graph's KV cache (graphs from export_onnx_lm): one prefill
-        call, then one call per new token. input_ids (batch, T) without padding -> (batch, T + new)."""
+    def _greedy(self, input_ids, steps: int) -> tuple[np.ndarray, float]:
+        """(ids with `steps` greedy tokens appended, seconds of the steps after the prefill)."""
         if not self.meta.get("kv_cache"):
             raise ValueError("generate() needs a graph with a KV cache (slimformer.export.export_onnx_lm)")
+        import time
+
         ids = _np(input_ids)
         names = [o.name for o in self.session.get_outputs()]
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), **self.model.empty_cache(ids.shape[0])}
-        out = [ids]
-        for _ in range(max_new_tokens):
+        out, t0 = [ids], None
+        for i in range(steps + 1):
             res = dict(zip(names, self.session.run(names, feed)))
+            if i == 0:
+                t0 = time.perf_counter()          # the prefill is not a decoding step
+            if i == steps:
+                break
             nxt = res["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
             out.append(nxt)
             mask = np.ones((ids.shape[0], feed["attention_mask"].shape[1] + 1), np.int64)
             feed = {"input_ids": nxt, "attention_mask": mask}
             feed.update({n.replace("present.", "past_key_values."): v for n, v in res.items() if n.startswith("present.")})
-        return torch.from_numpy(np.concatenate(out, 1))
+        return np.concatenate(out, 1), time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def generate(self, input_ids, max_new_tokens: int = 32) -> torch.Tensor:
+        """Greedy decoding through the graph's KV cache (graphs from export_onnx_lm): one prefill
+        call, then one call per new token. input_ids (batch, T) without padding -> (batch, T + new)."""
+        return torch.from_numpy(self._greedy(input_ids, max_new_tokens)[0])
+
+    def decode_seconds(self, prompt, steps: int) -> float:
+        """Wall time of `steps` greedy decoding steps after prefilling `prompt` (see
+        evaluate.efficiency.decode_seconds)."""
+        return self._greedy(prompt, steps)[1]
 
     def __repr__(self) -> str:
         return f"OnnxSlimModel({self.source!r}, kind={self.kind!r}, quantize={self.meta.get('quantize')!r})"
