@@ -111,3 +111,34 @@ def test_cli_export_onnx_of_a_quantized_lm_folder(tmp_path, capsys):
     assert "KV-cache" in capsys.readouterr().out
     lm = sf.load(tmp_path / "o")
     assert lm.meta["kv_cache"]["layers"] == 2 and lm.generate(torch.tensor([[5, 6, 7]]), 3).shape == (1, 6)
+
+
+@pytest.mark.parametrize("float_zero", [False, True])
+@pytest.mark.parametrize("k, block", [(96, 32), (96, 64)])          # (96, 64): a short last group, padded
+def test_matmulnbits_carries_our_codes_exactly(k, block, float_zero):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from slimformer.export.onnx_lm import _Graph, _nbits
+
+    rng = np.random.default_rng(0)
+    n, nb = 32, -(-k // block)
+    codes = rng.integers(0, 16, (n, k)).astype(np.uint8)
+    scales = (rng.random((n, nb)) + 0.1).astype(np.float32)
+    zeros = (rng.random((n, nb)) * 15).astype(np.float32) if float_zero else rng.integers(0, 16, (n, nb)).astype(np.uint8)
+    g = _Graph()
+    y = _nbits(g, "x", codes, scales, zeros, 4, block, 0, None)
+    g.nodes.append(helper.make_node("Identity", [y], ["y"]))
+    graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TP.FLOAT, ["b", "s", k])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, ["b", "s", n])], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    gidx = np.arange(k) // block
+    w = (codes.astype(np.float64) - zeros.astype(np.float64)[:, gidx]) * scales.astype(np.float64)[:, gidx]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ w.T, rtol=1e-4, atol=1e-4)
+    ops = [nd.op_type for nd in model.graph.node]
+    assert ("MatMul" in ops) == float_zero          # float zero points: symmetric MatMulNBits + correction

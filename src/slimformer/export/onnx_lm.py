@@ -17,7 +17,9 @@ graph serves prefill and decode.
 Weights keep their quantized form, carried over exactly:
 - group-wise int4 / int8 (`weight_only`, RTN or GPTQ, integer or float zero points, any group
   size 16..256 that is a power of two; a short last group is padded) -> `MatMulNBits` with our
-  codes, scales and zero points; `accuracy_level` 4 (default) lets ONNX Runtime quantize the
+  codes, scales and integer zero points; float zero points (`w4-g32-fz`) as a symmetric
+  `MatMulNBits` plus the exact correction sum_g (sum of x over group g) * (2^(bits-1) - z_g) s_g, a
+  small float MatMul (ORT's own float-zero-point path is ~60x slower); `accuracy_level` 4 (default) lets ONNX Runtime quantize the
   activations to int8 per block for its fastest kernels, 0 keeps them float (exact);
 - int8 per channel (`Int8Linear`, and the LM head tied to the int8 embedding) -> `MatMulNBits`
   with 8 bits, the per-row scale repeated per block, zero point 128;
@@ -87,10 +89,20 @@ def _nbits(g: _Graph, x: str, codes: np.ndarray, scales: np.ndarray, zeros, bits
     q = codes.astype(np.uint8).reshape(n, nb, block)
     packed = (q[..., 0::2] | (q[..., 1::2] << 4)) if bits == 4 else q
     ins = [x, g.init("w_q", packed), g.init("w_scale", scales.astype(np.float32).reshape(-1))]
+    correction = None
+    if zeros is not None and np.issubdtype(zeros.dtype, np.floating):
+        # MatMulNBits with float zero points runs a slow path (60x slower here); (q - z) s =
+        # (q - mid) s + (mid - z) s, so run it symmetric (no zero points: mid = 2^(bits-1)) and add
+        # the per-group sums of x times (mid - z) s: a (..., groups) x (groups, N) float MatMul
+        mid = 2 ** (bits - 1)
+        c = ((mid - zeros.astype(np.float64)) * scales.astype(np.float64)).T.astype(np.float32)   # (groups, N)
+        xp = x if nb * block == k else g.one("Pad", [x, g.init("pad", np.array([0, 0, 0, 0, 0, nb * block - k], np.int64))])
+        shape = g.init("grp_shape", np.array([0, 0, nb, block], np.int64))
+        sums = g.one("ReduceSum", [g.one("Reshape", [xp, shape]), g.init("axis", np.array([-1], np.int64))], keepdims=0)
+        correction = g.one("MatMul", [sums, g.init("zero_term", c)])
+        zeros = None
     if zeros is not None:
-        if np.issubdtype(zeros.dtype, np.floating):
-            ins.append(g.init("w_zero", zeros.astype(np.float32).reshape(-1)))
-        elif bits == 4:
+        if bits == 4:
             z = zeros.astype(np.uint8)
             if nb % 2:
                 z = np.pad(z, ((0, 0), (0, 1)), constant_values=8)
@@ -98,6 +110,8 @@ def _nbits(g: _Graph, x: str, codes: np.ndarray, scales: np.ndarray, zeros, bits
         else:
             ins.append(g.init("w_zero", zeros.astype(np.uint8).reshape(-1)))
     y = g.one("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=bits, block_size=block, accuracy_level=acc)
+    if correction is not None:
+        y = g.one("Add", [y, correction])
     return g.one("Add", [y, g.init("bias", bias)]) if bias is not None else y
 
 
