@@ -209,8 +209,7 @@ def _ort(sm, name: str):
     from slimformer.export import export_onnx_lm, load_onnx
 
     path = CACHE / f"smollm2-{name}"
-    if not (path / "model.onnx").exists():
-        export_onnx_lm(sm, path, accuracy_level=4)
+    export_onnx_lm(sm, path, accuracy_level=4)      # a few seconds; never a stale graph from older code
     return load_onnx(path, threads=torch.get_num_threads(), spin=False)
 
 
