@@ -203,6 +203,49 @@ def lm_variants(base, calib, samples: int):
         if scheme == "w4-g32-fz":        # w4-gptq-rot's run-time rotations are not in the ONNX graph (refused)
             yield f"{scheme} -> ONNX Runtime (MatMulNBits, accuracy level 4)", _ort(m, f"{scheme}-ort"), None
     yield "float32 -> ONNX Runtime (KV-cache graph)", _ort(base, "float-ort"), None
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python not installed: skipping the llama.cpp rows")
+        return
+    from slimformer.export import export_gguf
+    from slimformer.testing.packaged import smollm2_gguf
+
+    threads = torch.get_num_threads()
+    yield "peer: llama.cpp, the original Q4_1 GGUF", LlamaCpp(smollm2_gguf(), base.tokenizer, threads), None
+    fz = sf.load(CACHE / f"smollm2-w4-g32-fz-{samples}")
+    gguf_path = export_gguf(fz, CACHE / "smollm2-w4-g32-fz.gguf")
+    yield "w4-g32-fz -> export --gguf -> llama.cpp", LlamaCpp(gguf_path, base.tokenizer, threads), None
+
+
+class LlamaCpp:
+    """llama.cpp (llama-cpp-python) on a GGUF file, timed like the others: decode steps after a
+    prefilled prompt, and a prefill of the same tokens; batch 1 only, no perplexity here."""
+
+    kind = "causal-lm"
+
+    def __init__(self, path: Path, tokenizer, threads: int):
+        from llama_cpp import Llama
+
+        self.path, self.tokenizer = Path(path), tokenizer
+        self.llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=1024, verbose=False)
+        self.config = None
+        self.model = self._prefill
+
+    def _prefill(self, input_ids=None, **kw):
+        self.llm.reset()
+        self.llm.eval(input_ids[0].tolist())
+
+    def decode_seconds(self, prompt, steps: int) -> float:
+        self.llm.reset()
+        self.llm.eval(prompt[0].tolist())
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.llm.eval([self.llm.sample(temp=0.0)])
+        return time.perf_counter() - t0
+
+    def disk_bytes(self) -> dict:
+        return {"bytes": self.path.stat().st_size}
 
 
 def _ort(sm, name: str):
@@ -228,6 +271,11 @@ def run_lm(a) -> None:
                          "a 32-token prompt at batch 1 and 8; medians over rounds", "variants": {}}
     built = {}
     for name, m, choices in lm_variants(base, calib, a.gptq_samples):
+        if isinstance(m, LlamaCpp):     # timed below; perplexity and memory not measured through it
+            built[name] = (m, choices)
+            payload["variants"][name] = {"perplexity": None, "bytes": m.disk_bytes()["bytes"], "kernels": {},
+                                         "peak_memory_mb": None}
+            continue
         with use_kernels(**(choices or {})):
             ppl = sf.evaluate(m, task, None, eopts).metrics["perplexity"]
             used = kernels_of(m)
@@ -239,8 +287,9 @@ def run_lm(a) -> None:
     runs = {n: [] for n in built}
     for _ in range(a.rounds):
         for name, (m, choices) in built.items():
+            opts = dataclasses.replace(topts, decode_batches=(1,)) if isinstance(m, LlamaCpp) else topts
             with use_kernels(**(choices or {})):
-                runs[name].append(generation_speed(m, texts, topts))
+                runs[name].append(generation_speed(m, texts, opts))
             time.sleep(0.3)
     for name, rs in runs.items():
         for k in rs[0]:
@@ -251,10 +300,11 @@ def run_lm(a) -> None:
     for name, v in payload["variants"].items():
         for k, x in (("decode_tokens_per_s", "decode_x"), ("decode_tokens_per_s_batch8", "decode_batch8_x"),
                      ("prefill_tokens_per_s", "prefill_x")):
-            v[x] = v[k] / fl[k]
-        rows.append([name, ", ".join(f"{o}={i}" for o, i in v["kernels"].items()) or "-", v["perplexity"],
-                     v["bytes"] / 1e6, v["decode_tokens_per_s"], v["decode_x"], v["decode_tokens_per_s_batch8"],
-                     v["decode_batch8_x"], v["prefill_tokens_per_s"], v["prefill_x"], v["peak_memory_mb"]])
+            v[x] = v[k] / fl[k] if k in v else None
+        rows.append([name, ", ".join(f"{o}={i}" for o, i in v["kernels"].items()) or "-",
+                     "-" if v["perplexity"] is None else v["perplexity"], v["bytes"] / 1e6, v["decode_tokens_per_s"],
+                     v["decode_x"], v.get("decode_tokens_per_s_batch8", "-"), v["decode_batch8_x"] or "-",
+                     v["prefill_tokens_per_s"], v["prefill_x"], "-" if v["peak_memory_mb"] is None else v["peak_memory_mb"]])
     c = payload["cpu"]
     md = "\n".join([
         "# SmolLM2-135M: int4 decoding speed with the kernel slimformer picks", "",
@@ -264,7 +314,9 @@ def run_lm(a) -> None:
         f"one forward; medians of {a.rounds} interleaved rounds; x = ratio to float32 in this run. Perplexity: "
         f"WikiText-2 raw test, first {a.ppl_max_tokens} tokens, window 1024, stride 512. The float model is the "
         "packaged Q4_1 GGUF dequantized. w4-gptq-rot calibrates on "
-        f"{a.gptq_samples} WikiText-2 valid sequences. Peak memory: RSS growth of the 1 x 256 prefill plus the weights.", "",
+        f"{a.gptq_samples} WikiText-2 valid sequences. Peak memory: RSS growth of the 1 x 256 prefill plus the weights. "
+        "llama.cpp (llama-cpp-python, built here from source with GGML_NATIVE): batch 1 only, greedy sampling in its "
+        "own loop, no perplexity measured through it.", "",
         table(["variant", "kernels", "perplexity", "MB", "decode tok/s", "x", "batch 8 tok/s", "x", "prefill tok/s",
                "x", "peak MB"], rows),
     ])
