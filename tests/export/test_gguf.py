@@ -117,3 +117,21 @@ def test_cli_export_gguf(tmp_path, capsys):
     src = sf.save(sm, tmp_path / "q")
     assert main(["export", str(src), "--gguf", "--out", str(tmp_path / "m.gguf")]) == 0
     assert "Q4_1" in capsys.readouterr().out and (tmp_path / "m.gguf").stat().st_size > 0
+
+
+def test_llama_cpp_runs_the_file_when_installed(tmp_path):
+    """Where llama-cpp-python is installed (not in CI: it builds llama.cpp from source), llama.cpp
+    itself loads the exported file and its logits follow ours."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+
+    sm = tiny_llama()
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=32, float_zeros=True))
+    path = export_gguf(sm, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
+    ids = sm.tokenizer("the cat sits on the red car")["input_ids"]
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)])
+    ours = _logits(sm.model, torch.tensor([ids]))[0].numpy()
+    rel = np.linalg.norm(theirs - ours) / np.linalg.norm(ours)
+    assert rel < 0.03     # measured 0.006: llama.cpp rounds activations to int8 blocks its own way
