@@ -90,3 +90,19 @@ def timings(models: dict, texts, rounds: int) -> dict:
                 time.sleep(0.3)
     return {name: {"throughput": 32 / statistics.median(t[32]), "latency_ms_p50": statistics.median(t[1]) * 1e3}
             for name, t in ts.items()}
+
+
+def ort_int8_peer(plain, out):
+    """What a user does with ONNX Runtime alone: `quantize_dynamic` (per channel, QInt8) of the
+    plain fp32 export folder `plain`, written with its side files to `out`. Returns the loaded
+    model and the .onnx bytes."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slimformer.export import load_onnx
+
+    out.mkdir()
+    for f in plain.iterdir():
+        if f.name != "model.onnx" and f.is_file():
+            (out / f.name).write_bytes(f.read_bytes())
+    quantize_dynamic(str(plain / "model.onnx"), str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8)
+    return load_onnx(out), (out / "model.onnx").stat().st_size

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, timings, unlabeled_sentences, write  # noqa: E402
+from common import base_parser, ort_int8_peer, timings, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_classification, run_stsb  # noqa: E402
@@ -61,18 +61,10 @@ def peers(base, calib, tmp: Path):
     m = copy.deepcopy(base)
     m.model.to(torch.bfloat16)
     yield "peer: PyTorch bf16 (model.to(torch.bfloat16))", m, saved_bytes(base)["bytes"] // 2
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from slimformer.export import export_onnx, load_onnx
+    from slimformer.export import export_onnx
 
     plain = export_onnx(base, tmp / "ort-fp32", optimize=False)
-    qdir = tmp / "ort-int8"
-    qdir.mkdir()
-    for f in plain.iterdir():
-        if f.name != "model.onnx" and f.is_file():
-            (qdir / f.name).write_bytes(f.read_bytes())
-    quantize_dynamic(str(plain / "model.onnx"), str(qdir / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8)
-    yield "peer: ONNX Runtime quantize_dynamic per-channel", load_onnx(qdir), (qdir / "model.onnx").stat().st_size
+    yield "peer: ONNX Runtime quantize_dynamic per-channel", *ort_int8_peer(plain, tmp / "ort-int8")
     from slimformer.export.step import artifact_dir
     from slimformer.recipes.compress import run_steps_to_artifact
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, timings, write  # noqa: E402
+from common import base_parser, ort_int8_peer, timings, write  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
@@ -38,20 +38,13 @@ def variants(base, calib, tmp: Path):
     yield "peer: torch quantize_dynamic (qint8)", m, (tmp / "ao.pt").stat().st_size
     try:
         from slimformer.export import export_onnx, load_onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnxruntime.quantization  # noqa: F401
     except ImportError as e:  # pragma: no cover
         print(f"skipping ONNX Runtime variants: {e}")
     else:
         plain = export_onnx(base, tmp / "ort-fp32", optimize=False)
         yield "peer: ONNX Runtime fp32", load_onnx(plain), (plain / "model.onnx").stat().st_size
-        qdir = tmp / "ort-int8"
-        qdir.mkdir()
-        for f in plain.iterdir():
-            if f.name != "model.onnx" and f.is_file():
-                (qdir / f.name).write_bytes(f.read_bytes())
-        quantize_dynamic(str(plain / "model.onnx"), str(qdir / "model.onnx"), per_channel=True,
-                         weight_type=QuantType.QInt8)
-        yield "peer: ONNX Runtime quantize_dynamic per-channel", load_onnx(qdir), (qdir / "model.onnx").stat().st_size
+        yield "peer: ONNX Runtime quantize_dynamic per-channel", *ort_int8_peer(plain, tmp / "ort-int8")
         ours = export_onnx(base, tmp / "sf-onnx-int8", quantize="int8", optimize="auto", calibration_texts=calib)
         yield "slimformer int8 -> ONNX Runtime (export --quantize int8)", load_onnx(ours), \
             (ours / "model.onnx").stat().st_size

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, timings, write  # noqa: E402
+from common import base_parser, ort_int8_peer, timings, write  # noqa: E402
 from slimformer.core.kernels import kernel_report, kernels_of, use_kernels  # noqa: E402
 from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import (TimingOptions, generation_speed, make_inputs,  # noqa: E402
@@ -106,19 +106,11 @@ def minilm_variants(base, calib, tmp: Path, threads: int):
     m.model = torch.ao.quantization.quantize_dynamic(m.model, {torch.nn.Linear}, dtype=torch.qint8)
     torch.save(m.model.state_dict(), tmp / "ao.pt")
     yield "peer: torch quantize_dynamic (qint8)", m, (tmp / "ao.pt").stat().st_size
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from slimformer.export import export_onnx, load_onnx
 
     plain = export_onnx(base, tmp / "ort-fp32", optimize=False)
     yield "peer: ONNX Runtime fp32", load_onnx(plain), (plain / "model.onnx").stat().st_size
-    qdir = tmp / "ort-int8"
-    qdir.mkdir()
-    for f in plain.iterdir():
-        if f.name != "model.onnx" and f.is_file():
-            (qdir / f.name).write_bytes(f.read_bytes())
-    quantize_dynamic(str(plain / "model.onnx"), str(qdir / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8)
-    yield "peer: ONNX Runtime int8 per-channel", load_onnx(qdir), (qdir / "model.onnx").stat().st_size
+    yield "peer: ONNX Runtime int8 per-channel", *ort_int8_peer(plain, tmp / "ort-int8")
     try:
         import openvino  # noqa: F401
     except ImportError:
