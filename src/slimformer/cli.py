@@ -414,27 +414,22 @@ def cmd_export(a) -> None:
     from .export import export_onnx
     from .export.onnx_lm import lm_graph_supported
 
-    if a.gguf:
+    if (a.gguf or a.compressed_tensors) and (a.quantize or a.no_optimize):
         from .core.errors import SlimformerError
+
+        raise SlimformerError("--quantize / --no-optimize apply to --onnx; --gguf and --compressed-tensors write the "
+                              "model as quantized (run slimformer quantize first)")
+    if a.gguf:
         from .export import export_gguf
+        from .export.gguf import tensor_types
 
-        if a.quantize or a.no_optimize:
-            raise SlimformerError("--quantize / --no-optimize apply to --onnx; --gguf writes the model as quantized "
-                                  "(run slimformer quantize first)")
         out = export_gguf(load(a.model), a.out)
-        import gguf
-
-        kinds = sorted({t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors})
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; tensor types {', '.join(kinds)}; run it with llama.cpp "
-              "or load it with slimformer.load)")
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; tensor types {', '.join(tensor_types(out))}; run it "
+              "with llama.cpp or load it with slimformer.load)")
         return
     if a.compressed_tensors:
-        from .core.errors import SlimformerError
         from .export import export_compressed_tensors
 
-        if a.quantize or a.no_optimize:
-            raise SlimformerError("--quantize / --no-optimize apply to --onnx; --compressed-tensors writes the model "
-                                  "as quantized (run slimformer quantize first)")
         out = export_compressed_tensors(load(a.model), a.out)
         print(f"wrote {out} (compressed-tensors; load it with transformers' from_pretrained)")
         return

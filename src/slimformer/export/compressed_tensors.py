@@ -37,6 +37,7 @@ import torch
 from ..core.errors import ConfigError
 from ..core.packing import unpack_int4
 from ..models.saving import MARKERS, atomic_folder
+from .portable import check_portable
 
 MARKER = "slimformer_export.json"
 FORMAT = "compressed-tensors"
@@ -74,14 +75,7 @@ def _plan(sm) -> tuple[dict, dict]:
     from ..quantize.modules import GroupQuantLinear, Int8Embedding, Int8Linear, Int8TiedHead
 
     net = sm.model
-    steps = [s.get("method") for s in (sm.meta or {}).get("steps", [])]
-    if "rotate" in steps:
-        raise ConfigError("compressed-tensors cannot hold a Hadamard-rotated model (step rotate, scheme w4-gptq-rot): "
-                          "its run-time rotations are not in the transformers model code; accepted: weight_only "
-                          "without rotate (w4, w4-gptq, w4-gptq-g64/g32, w8) and int8_dynamic")
-    if getattr(net.config, "slimformer_layer_sizes", None):
-        raise ConfigError("compressed-tensors cannot hold a model whose layers differ in size (structured pruning): "
-                          "plain transformers builds every layer alike")
+    check_portable(sm, "compressed-tensors", "w4, w4-gptq, w4-gptq-g64/g32, w8, int8_dynamic")
     plan, schemes = {}, {}
     for name, mod in net.named_modules():
         if isinstance(mod, GroupQuantLinear):
@@ -125,7 +119,7 @@ def _plan(sm) -> tuple[dict, dict]:
             if not getattr(net.config, "tie_word_embeddings", False):
                 raise ConfigError(f"{name} reads the embedding table but the config does not tie them")
             plan[name] = (None, {})
-        elif type(mod).__module__.startswith("slimformer") and not isinstance(mod, (GroupQuantLinear,)):
+        elif type(mod).__module__.startswith("slimformer"):
             raise ConfigError(f"compressed-tensors cannot hold {name} ({type(mod).__name__}): plain transformers has "
                               "no such module; accepted: weight_only (integer zero points, whole groups) and "
                               "int8_dynamic models")

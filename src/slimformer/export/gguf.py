@@ -34,6 +34,8 @@ import torch
 from ..core.errors import ConfigError, SlimformerError
 from ..core.packing import unpack_int4
 from .._version import __version__
+from ..adapters import get_adapter
+from .portable import check_portable
 
 BLOCK = 32
 MARK = "slimformer.version"      # marks files we wrote (the only ones we overwrite)
@@ -161,13 +163,12 @@ def export_gguf(sm, out_file) -> Path:
     if sm.kind != "causal-lm" or getattr(cfg, "model_type", None) != "llama":
         raise ConfigError(f"GGUF export takes Llama-architecture causal LMs (Llama, SmolLM2); this is "
                           f"{type(net).__name__} ({getattr(cfg, 'model_type', '?')})")
-    if "rotate" in [s.get("method") for s in (sm.meta or {}).get("steps", [])]:
-        raise ConfigError("GGUF cannot hold a Hadamard-rotated model (step rotate, scheme w4-gptq-rot): its run-time "
-                          "rotations are not in llama.cpp's graph; quantize without rotate (e.g. w4-g32-fz)")
-    if getattr(cfg, "slimformer_layer_sizes", None):
-        raise ConfigError("GGUF cannot hold a model whose layers differ in size (structured pruning)")
-    n_layers, heads, kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    check_portable(sm, "GGUF", "e.g. w4-g32-fz")
+    layers = get_adapter(net).layers(net)
+    n_layers, att = len(layers), layers[0].attention
+    heads, kv, head_dim = att.num_heads, att.num_kv_heads, att.head_dim
+    # llama.cpp's rotary row order for q / k: the modules by identity, from the adapter
+    row_heads = {id(L.attention.q): heads for L in layers} | {id(L.attention.k): kv for L in layers}
     rope = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
@@ -182,8 +183,7 @@ def export_gguf(sm, out_file) -> Path:
         gname = tmap.get_name(name + ".weight", try_suffixes=(".weight",))
         if gname is None:
             raise ConfigError(f"GGUF export: no llama.cpp tensor for {name} ({type(mod).__name__})")
-        qk = heads if name.endswith("q_proj") else kv if name.endswith("k_proj") else None
-        arr, qtype = _weight_entry(mod, name, qk)
+        arr, qtype = _weight_entry(mod, name, row_heads.get(id(mod)))
         entries.append((gname, arr, qtype))
         types.add(qtype)
         if getattr(mod, "bias", None) is not None:
@@ -223,3 +223,10 @@ def export_gguf(sm, out_file) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def tensor_types(path) -> list[str]:
+    """The GGML types of the tensors in a .gguf file (e.g. ["F32", "Q4_1", "Q8_0"])."""
+    import gguf
+
+    return sorted({t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors})

@@ -31,7 +31,6 @@ attention configs, per-layer sizes after structured pruning.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ import torch
 from ..core.errors import ConfigError
 from ..core.packing import unpack_int4
 from ..models.saving import MARKERS, atomic_folder
+from .portable import check_portable
 
 MODEL_FILE = "model.onnx"
 META_FILE = "slimformer_onnx.json"
@@ -158,12 +158,7 @@ def _check(sm):
     if sm.kind != "causal-lm" or get_adapter(net).name != "llama" or cfg.model_type not in ("llama", "qwen2"):
         raise ConfigError(f"ONNX LM export (KV cache, int4 MatMulNBits) takes Llama / Qwen2 decoders; this is "
                           f"{type(net).__name__} ({getattr(cfg, 'model_type', '?')}); other causal LMs: export_onnx")
-    if "rotate" in [s.get("method") for s in (sm.meta or {}).get("steps", [])]:
-        raise ConfigError("ONNX LM export cannot hold a Hadamard-rotated model (step rotate, scheme w4-gptq-rot): its "
-                          "run-time rotations of the down projection's input and around the final norm are not in "
-                          "the graph; quantize without rotate (w4-gptq, w4-g32-fz) for ONNX Runtime")
-    if getattr(cfg, "slimformer_layer_sizes", None):
-        raise ConfigError("ONNX LM export needs every layer alike (this model was structurally pruned)")
+    check_portable(sm, "ONNX LM export", "w4-gptq, w4-g32-fz")
     hd = get_adapter(net).layers(net)[0].attention.head_dim
     if hd % 16:
         raise ConfigError(f"ONNX Runtime's GroupQueryAttention needs a head size divisible by 16; this model's is {hd}")
@@ -222,8 +217,6 @@ def build_lm_graph(sm, accuracy_level: int = 4):
         x = g.one("Gather", [g.init("embed", emb.weight.detach().float().numpy()), "input_ids"])
     else:
         raise ConfigError(f"ONNX LM export cannot hold a {type(emb).__name__} embedding")
-    if getattr(cfg, "model_type", "") == "gemma3_text":                   # pragma: no cover (refused above)
-        x = g.one("Mul", [x, g.init("embed_scale", np.array(math.sqrt(cfg.hidden_size), np.float32))])
 
     inputs = [helper.make_tensor_value_info("input_ids", TP.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info("attention_mask", TP.INT64, ["batch", "total_sequence"])]
@@ -270,7 +263,7 @@ def export_onnx_lm(sm, out_dir, accuracy_level: int = 4) -> Path:
     from ..adapters import get_adapter
 
     net = sm.model
-    layers = len(get_adapter(net).layers(net))
+    layers = get_adapter(net).layers(net)
     kinds = sorted({n.op_type for n in proto.graph.node if n.op_type in ("MatMulNBits", "MatMul")})
 
     def write(tmp: Path) -> None:
@@ -281,8 +274,8 @@ def export_onnx_lm(sm, out_dir, accuracy_level: int = 4) -> Path:
         sm.tokenizer.save_pretrained(tmp)
         meta = {"slimformer_version": __version__, "kind": "causal-lm", "source": sm.source,
                 "inputs": [{"name": "input_ids"}, {"name": "attention_mask"}], "outputs": [{"name": "logits"}],
-                "kv_cache": {"layers": layers, "kv_heads": int(proto.graph.input[2].type.tensor_type.shape.dim[1].dim_value),
-                             "head_dim": int(proto.graph.input[2].type.tensor_type.shape.dim[3].dim_value)},
+                "kv_cache": {"layers": len(layers), "kv_heads": layers[0].attention.num_kv_heads,
+                             "head_dim": layers[0].attention.head_dim},
                 "exporter": "slimformer.export.onnx_lm", "accuracy_level": accuracy_level, "matmul_ops": kinds,
                 "steps": [{"step": "build_lm_graph", "accuracy_level": accuracy_level}],
                 "quantize": next((s.get("method") for s in reversed((sm.meta or {}).get("steps", []))), None)}
