@@ -14,8 +14,10 @@ dev) as --unlabeled, and STS-B dev as the task; its output folder is kept in .ca
 (delete it to re-run). Its wall time is the whole compress call (training, export, the per-stage
 evaluations). Then, in one process and interleaved rounds, every variant is timed: throughput at
 batch 32 x 128 and latency at batch 1 x 128 as ratios to fp32 PyTorch; peers: plain bf16 PyTorch
-(`model.to(torch.bfloat16)`, fast on CPUs with AMX-BF16) and ONNX Runtime's quantize_dynamic per
-channel; slimformer's int8 recipe on the unpruned model for reference.
+(`model.to(torch.bfloat16)`, fast on CPUs with AMX-BF16), ONNX Runtime's quantize_dynamic per
+channel and, when `openvino` is installed, OpenVINO on the float graph (bf16 where the CPU has
+it); slimformer's int8 recipe (ONNX Runtime) and int8-weights export (OpenVINO) on the unpruned
+model for reference.
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def run_recipe(name: str, task, texts, out: Path, original=None) -> dict:
             "steps": [{"method": s.method, "seconds": s.seconds} for s in res.steps]}
 
 
-def peers(base, calib, tmp: Path):
+def peers(base, calib, tmp: Path, threads: int):
     """(name, model, bytes) of what a user would try without us."""
     m = copy.deepcopy(base)
     m.model.to(torch.bfloat16)
@@ -65,6 +67,16 @@ def peers(base, calib, tmp: Path):
 
     plain = export_onnx(base, tmp / "ort-fp32", optimize=False)
     yield "peer: ONNX Runtime quantize_dynamic per-channel", *ort_int8_peer(plain, tmp / "ort-int8")
+    from slimformer.export.runtime import load_onnx, openvino_available
+
+    if openvino_available():  # the runtime Intel-CPU users pick; bf16 where the CPU has it
+        m = load_onnx(plain, threads=threads, runtime="openvino")
+        yield f"peer: OpenVINO {m.session.precision} (float graph)", m, (plain / "model.onnx").stat().st_size
+        w8 = export_onnx(base, tmp / "sf-w8", quantize="int8-weights")
+        yield ("slimformer int8-weights -> OpenVINO (6 layers, for reference)", load_onnx(w8, threads=threads),
+               (w8 / "model.onnx").stat().st_size)
+    else:
+        print("openvino not installed: no OpenVINO peer (pip install openvino)")
     from slimformer.export.step import artifact_dir
     from slimformer.recipes.compress import run_steps_to_artifact
 
@@ -106,9 +118,13 @@ def main() -> None:
     calib = sf.calibration_texts(sf.load_task("classification", a.data / "sst2" / "dev.tsv"), n=128)
     with tempfile.TemporaryDirectory() as d:
         built, quality = {}, {}
-        variants = [(original, base, saved_bytes(base)["bytes"]), *peers(base, calib, Path(d))]
+        variants = [(original, base, saved_bytes(base)["bytes"]), *peers(base, calib, Path(d), a.threads)]
         for name in a.recipes:
             art = sf.load(cache / name)
+            if hasattr(art, "runtime"):  # an exported folder: its runtime with this run's thread count
+                from slimformer.export.runtime import load_onnx
+
+                art = load_onnx(cache / name, threads=a.threads)
             variants.append((f"slimformer recipe {name}", art, saved_bytes(art)["bytes"]))
         for name, m, nbytes in variants:
             sp = measure(m, task, TaskOptions(progress=False))[0][metric]

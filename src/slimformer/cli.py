@@ -111,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a model quantized by slimformer (weight_only with integer zero points and whole groups, "
                    "or int8_dynamic) in the compressed-tensors format, codes and scales carried over exactly; loads with "
                    "AutoModelForCausalLM.from_pretrained (pip install compressed-tensors) and vLLM")
-    p.add_argument("--quantize", choices=["int8", "int8-static"], help="int8: SmoothQuant-equalized dynamic int8 "
-                   "(weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: activation "
-                   "ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops")
+    p.add_argument("--quantize", choices=["int8", "int8-static", "int8-weights"], help="int8: SmoothQuant-equalized "
+                   "dynamic int8 (weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: "
+                   "activation ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops; "
+                   "int8-weights: int8 weights per channel (slimformer's own codes), activations quantized at run time "
+                   "by OpenVINO (pip install 'slimformer[openvino]'; the fastest encoder path on AVX-512 VNNI/BF16 CPUs)")
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer (default: "
                    "build the graph with and without it and keep the faster on this machine)")
     p.add_argument("--data", help="calibration text for int8 / int8-static (one text per line; default: packaged "
@@ -444,8 +446,9 @@ def cmd_export(a) -> None:
     calib = calibration_texts(a.data or sample_sentences(), n=128) if a.quantize else None
     out = export_onnx(model, a.out, optimize=False if a.no_optimize else "auto", quantize=a.quantize,
                       calibration_texts=calib)
-    print(f"wrote {out}/model.onnx ({a.quantize or 'float32'}; run it with slimformer.export.load_onnx "
-          "or onnxruntime)")
+    runner = "OpenVINO (or onnxruntime, slower)" if a.quantize == "int8-weights" else "onnxruntime"
+    print(f"wrote {out}/model.onnx ({a.quantize or 'float32'}; run it with slimformer.load(DIR), "
+          f"slimformer.export.load_onnx or {runner})")
 
 
 def cmd_prune(a) -> None:

@@ -8,6 +8,8 @@ from slimformer.core import hardware
 from slimformer.core.errors import ConfigError
 from slimformer.recipes import CompressOptions
 from slimformer.evaluate import EvalOptions, TaskOptions, TimingOptions
+from slimformer.export import runtime
+from slimformer.export.runtime import openvino_available
 from slimformer.testing import tiny_slim
 
 pytest.importorskip("onnxruntime")
@@ -22,22 +24,38 @@ def test_deploy_times_both_candidates_and_writes_the_faster(tmp_path, monkeypatc
     sm = tiny_slim("bert", "embedding")
     res = sf.compress(sm, [sf.export.DeployConfig(repeats=2)], None, tmp_path / "out", FAST)
     d = res.steps[0].details
-    assert set(d["throughput"]) == {"onnx-int8", "bf16"} and d["picked"] == max(d["throughput"], key=d["throughput"].get)
+    ov = {"openvino-int8"} if openvino_available() else set()
+    assert set(d["throughput"]) == {"onnx-int8", "bf16"} | ov and d["picked"] == max(d["throughput"], key=d["throughput"].get)
     out = sf.load(tmp_path / "out")
     if d["picked"] == "bf16":
         assert next(out.model.parameters()).dtype == torch.bfloat16
     else:
         assert (tmp_path / "out" / "slimformer_onnx.json").exists()
+        assert out.runtime == ("openvino" if d["picked"] == "openvino-int8" else "onnxruntime")
     assert out.embed(TEXTS[:2]).shape == (2, sm.model.config.hidden_size)
 
 
-def test_deploy_without_native_bf16_is_the_int8_export(tmp_path, monkeypatch):
+def test_deploy_without_native_bf16_or_openvino_is_the_int8_export(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
     sm = tiny_slim("bert", "embedding")
     res = sf.compress(sm, [sf.export.DeployConfig()], None, tmp_path / "out", FAST)
-    assert res.steps[0].details["picked"] == "onnx-int8" and "bf16 not tried" in " ".join(res.steps[0].warnings)
+    said = " ".join(res.steps[0].warnings)
+    assert res.steps[0].details["picked"] == "onnx-int8" and "bf16 not tried" in said and "openvino is not installed" in said
     assert (tmp_path / "out" / "slimformer_onnx.json").exists()
     with pytest.raises(ConfigError, match="no candidate can run"):
         sf.compress(tiny_slim(), [sf.export.DeployConfig(candidates=("bf16",))], None, None, FAST)
-    with pytest.raises(ConfigError, match="accepted: a non-empty list of onnx-int8, bf16"):
+    with pytest.raises(ConfigError, match="accepted: a non-empty list of onnx-int8, openvino-int8, bf16"):
         sf.export.DeployConfig(candidates=("tensorrt",))
+
+
+def test_deploy_openvino_candidate_writes_a_folder_that_reloads_on_openvino(tmp_path, monkeypatch):
+    """Only the OpenVINO candidate: the int8-weights export, reloaded from --out with OpenVINO."""
+    pytest.importorskip("openvino")
+    sm = tiny_slim("bert", "embedding")
+    res = sf.compress(sm, [sf.export.DeployConfig(candidates=("openvino-int8",))], None, tmp_path / "out", FAST)
+    assert res.steps[0].details["picked"] == "openvino-int8"
+    out = sf.load(tmp_path / "out")
+    assert out.runtime == "openvino" and out.meta["quantize"] == "int8-weights"
+    cos = torch.nn.functional.cosine_similarity(out.embed(TEXTS[:4]), sm.embed(TEXTS[:4]))
+    assert cos.min() > 0.98

@@ -408,3 +408,49 @@ def test_int8_static_bad_options_are_clear_errors(tiny_bert, tmp_path):
     with pytest.raises(ConfigError, match="quantize='int4'.*'int8-static'"):
         export_onnx(tiny_bert, tmp_path / "m", quantize="int4")
     assert not (tmp_path / "m").exists()
+
+
+def test_int8_weights_export_holds_our_int8_codes_and_runs_on_both_runtimes(tiny_bert, tmp_path):
+    """quantize="int8-weights": every weight MatMul reads int8 codes through DequantizeLinear, the
+    same codes and scales as slimformer's PyTorch Int8Linear; ONNX Runtime runs the graph (float
+    products on the dequantized weights: close to a float model with those weights), OpenVINO runs
+    it with run-time activation quantization where installed; the meta names OpenVINO."""
+    import onnx
+    from onnx import numpy_helper
+
+    from slimformer.quantize.modules import Int8Linear
+
+    folder = export_onnx(tiny_bert, tmp_path / "w8", quantize="int8-weights")
+    meta, steps = _meta(folder), _steps(folder)
+    assert meta["runtime"] == "openvino" and meta["openvino"]["dynamic_quantization_group_size"] == 384
+    assert steps["int8_weights"]["matmuls"] == 12 and steps["int8_weights"]["token_table"]
+    proto = onnx.load(str(folder / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 13 and all(inits[n.input[0]].dtype == "int8" for n in dq)
+    q = Int8Linear.from_float(tiny_bert.model.encoder.layer[0].attention.self.query)
+    w = tiny_bert.model.encoder.layer[0].attention.self.query.weight.detach().T.numpy()
+    assert not any(a.shape == w.shape and (a == w).all() for a in inits.values())  # the float weight is gone
+    codes = q.weight_int8.T.numpy()
+    match = [n for n in dq if inits[n.input[0]].shape == codes.shape and (inits[n.input[0]] == codes).all()
+             and torch.equal(torch.from_numpy(inits[n.input[1]].copy()), q.weight_scale)]
+    assert len(match) == 1
+    om = load_onnx(folder, runtime="onnxruntime")
+    assert om.runtime == "onnxruntime" and _min_cosine(tiny_bert, om) > 0.999
+    with pytest.raises(Exception, match="runtime='tensorrt'"):
+        load_onnx(folder, runtime="tensorrt")
+    from slimformer.export.runtime import openvino_available
+
+    if openvino_available():
+        import slimformer as sf
+
+        ov = load_onnx(folder, threads=1)
+        assert ov.runtime == "openvino" and ov.session.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "384"
+        assert _min_cosine(tiny_bert, ov) > 0.98
+        assert sf.load(folder).runtime == "openvino"
+
+
+def test_int8_weights_rejects_a_bad_group_size(tiny_bert, tmp_path):
+    with pytest.raises(ConfigError, match="act_group_size"):
+        export_onnx(tiny_bert, tmp_path / "x", quantize="int8-weights", act_group_size=-1)
+    assert not (tmp_path / "x").exists()

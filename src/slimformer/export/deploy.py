@@ -1,10 +1,12 @@
 """The `deploy` step: build the deployable the way this machine runs fastest.
 
-Candidates: "onnx-int8" (the int8 ONNX Runtime export of the `onnx` step) and "bf16" (the PyTorch
-model cast to bfloat16; a candidate only where the CPU runs bf16 natively: AMX-BF16 or
+Candidates: "onnx-int8" (the int8 ONNX Runtime export of the `onnx` step), "openvino-int8" (the
+`int8-weights` export run by OpenVINO: int8 weights, activations quantized at run time, bf16
+elsewhere where the CPU has it; a candidate only where `openvino` is installed) and "bf16" (the
+PyTorch model cast to bfloat16; a candidate only where the CPU runs bf16 natively: AMX-BF16 or
 AVX512-BF16). Each is timed on this machine (batch 32 x 128 of the step's texts, interleaved,
-medians) and the faster one is what the recipe ends with; the details keep both timings and the
-CPU flags, so the report says why. On a CPU without native bf16 the step is the int8 export."""
+medians) and the fastest is what the recipe ends with; the details keep every timing and the
+CPU flags, so the report says why. With none of the optional ones, the step is the int8 export."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +16,7 @@ from ..core.config import Applied, MethodConfig
 from ..core.errors import ConfigError
 from ..core.hardware import cpu_info, fast_bf16
 
-CANDIDATES = ("onnx-int8", "bf16")
+CANDIDATES = ("onnx-int8", "openvino-int8", "bf16")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def deploy_step(sm, cfg: DeployConfig, data) -> Applied:
     from ..evaluate.efficiency import make_inputs
     from ..quantize.cast import cast
     from ..quantize.configs import CastConfig
-    from .runtime import OnnxSlimModel
+    from .runtime import OnnxSlimModel, openvino_available
     from .step import ExportConfig, onnx_step
 
     if isinstance(sm, OnnxSlimModel):
@@ -57,6 +59,12 @@ def deploy_step(sm, cfg: DeployConfig, data) -> Applied:
     built, notes = {}, []
     if "onnx-int8" in cfg.candidates:
         built["onnx-int8"] = onnx_step(sm, ExportConfig(quantize="int8"), data).model
+    if "openvino-int8" in cfg.candidates:
+        if device == "cpu" and openvino_available():
+            built["openvino-int8"] = onnx_step(sm, ExportConfig(quantize="int8-weights"), data, name="openvino").model
+        else:
+            notes.append("openvino-int8 not tried: " + ("the model is on " + device if device != "cpu" else
+                                                        "openvino is not installed (pip install 'slimformer[openvino]')"))
     if "bf16" in cfg.candidates:
         if fast_bf16(device):
             m = copy.deepcopy(sm)

@@ -53,6 +53,16 @@ calibration since ORT has no MSE observer - see STATIC_OBSERVERS), int8 weights 
 benchmarks/results/onnx_static.md). The attention mask and masked scores stay float (mask_readers);
 the 4-bit token table works as in int8. Recorded as "quantize_static" in slimformer_onnx.json.
 
+`quantize="int8-weights"`: the plain graph with every MatMul weight (and the token-embedding
+table) as int8 codes per output channel behind a standard DequantizeLinear: the same codes and
+scales as slimformer's PyTorch int8 (`Int8Linear`). No activation quantization is in the graph:
+OpenVINO's CPU plugin recognizes int8-compressed weights and quantizes activations itself at run
+time (dynamic quantization per group of `act_group_size` input channels), so its products run in
+int8 (VNNI / AMX) and the rest in bf16 where the CPU has it. `load_onnx` runs such a folder with
+OpenVINO when `openvino` is installed (`pip install 'slimformer[openvino]'`), else with ONNX
+Runtime (correct, but ORT dequantizes the weights and runs float products). The fastest MiniLM
+path on an AVX-512 VNNI + BF16 CPU (benchmarks/results/runtime_minilm.md).
+
 Every choice is an option (`EXPORT_OPTIONS`), e.g. `export_onnx(sm, out, quantize="int8",
 optimize=False, smooth_alpha=None, reduce_range=False, embedding_bits=8)` is the plain ORT
 per-channel recipe.
@@ -73,8 +83,8 @@ from torch import nn
 from .._version import __version__
 from ..core.errors import ConfigError, SlimformerError
 
-from .onnx_graph import (_calibration_texts, _optimize, _quiet, _token_gather_4bit, _torch_batches,  # noqa: F401
-                         activation_absmax, fold_vo_smoothing, int8_flow, mask_readers, module_roles,
+from .onnx_graph import (_calibration_texts, _optimize, _quiet, _token_gather_4bit, _token_table,  # noqa: F401
+                         _torch_batches, activation_absmax, fold_vo_smoothing, int8_flow, int8_weight_graph, mask_readers, module_roles,
                          onnx_node_roles, quantize_int8, quantize_int8_static, smooth_graph, weight_matmul_groups)
 from .options import (DEFAULT_OPSET, EXPORT_OPTIONS, FUSION_PROFILES, MODEL_FILE, ONNX_META_FILE,  # noqa: F401
                       QUANTIZE_MODES, ROLES, SESSION_DISABLED_OPTIMIZERS, STATIC_OBSERVERS, SUPPORTED_KINDS,
@@ -91,7 +101,8 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
     ONNX Runtime's transformer optimizer with the `fusion` profile ("cpu": GELU and
     LayerNorm fusions only; "full": also Attention, SkipLayerNorm, EmbedLayerNorm - faster on GPU,
     slower on CPU in our measurements; "none"). quantize: None (float32), "int8" (dynamic) or
-    "int8-static" (calibrated activation ranges, QDQ).
+    "int8-static" (calibrated activation ranges, QDQ) or "int8-weights" (int8 weights per channel
+    in DequantizeLinear, activations quantized by the runtime: for OpenVINO, see below).
     calibration_texts: texts for the int8 activation statistics (default: packaged sample
     sentences). opts: see EXPORT_OPTIONS. Returns the folder path. The folder is written to a
     temporary folder beside `out_dir` and renamed into place; an existing `out_dir` is replaced
@@ -105,6 +116,9 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
     if optimize not in (True, False, "auto"):
         raise ConfigError(f"export_onnx: optimize={optimize!r}; accepted: true, false, 'auto' (build both graphs, "
                           "keep the one that runs faster on this machine)")
+
+    if quantize == "int8-weights":
+        optimize = False  # one graph: the plain one, which OpenVINO fuses itself
 
     def write(tmp: Path) -> None:
         if optimize == "auto":
@@ -183,8 +197,10 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
     work.mkdir()
     steps: list[dict] = []
     model = sm.model
-    int8 = quantize in QUANTIZE_MODES
+    int8 = quantize in ("int8", "int8-static")
     static = quantize == "int8-static"
+    if quantize == "int8-weights":
+        optimize = False  # the runtime (OpenVINO) fuses the plain graph itself; ORT's contrib ops are not for it
     smooth = int8 and o["smooth_alpha"] is not None
     texts = _calibration_texts(calibration_texts, o["calibration_samples"]) if smooth or static else None
     feeds = None
@@ -229,6 +245,14 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
             steps.append({"step": "embedding_4bit", "applied": True, **info})
         elif why:
             steps.append({"step": "embedding_4bit", "applied": False, "why": why})
+    elif quantize == "int8-weights":
+        import onnx
+
+        proto = onnx.load(str(path))
+        table = _token_table(model) if o["quantize_embeddings"] else None
+        info = int8_weight_graph(proto, table)
+        onnx.save(proto, str(folder / MODEL_FILE))
+        steps.append({"step": "int8_weights", **info})
     else:
         shutil.move(str(path), folder / MODEL_FILE)
     shutil.rmtree(work)
@@ -348,6 +372,8 @@ def _meta(sm, names, outputs, optimize, quantize, o, steps, folder: Path) -> dic
         "quantize": quantize,
         "options": options,
         "session": {"disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS)},
+        "runtime": "openvino" if quantize == "int8-weights" else "onnxruntime",
+        **({"openvino": {"dynamic_quantization_group_size": o["act_group_size"]}} if quantize == "int8-weights" else {}),
         "steps": steps,
         "model_meta": sm.meta,
     }

@@ -500,3 +500,56 @@ def int8_flow(proto) -> dict:
 
 def _has_contrib_ops(proto) -> bool:
     return any(n.domain == "com.microsoft" for n in proto.graph.node)
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 weights for runtimes that quantize activations themselves (quantize="int8-weights")
+
+
+def int8_weight_graph(proto, token_table: np.ndarray | None = None) -> dict:
+    """In place: each MatMul with a 2-D constant weight W (in, out) gets int8 codes per output
+    channel (symmetric, the same codes and scales as slimformer's PyTorch Int8Linear:
+    core.qmath.quantize_per_channel_symmetric) behind a standard DequantizeLinear(axis=1); the
+    token-embedding table (when `token_table` is given and a Gather reads it) the same per row.
+    Activations stay float in the graph: a runtime that recognizes int8-compressed weights
+    (OpenVINO's CPU plugin) quantizes them itself at run time, per token or per group of
+    channels, and runs int8 products; any other runtime dequantizes and runs the float graph."""
+    from onnx import helper, numpy_helper
+
+    from ..core.qmath import quantize_per_channel_symmetric
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    readers: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def replace(name: str, axis: int) -> int:
+        w = torch.from_numpy(numpy_helper.to_array(inits[name]).astype(np.float32))
+        q, s = quantize_per_channel_symmetric(w, 8, axis=axis)
+        proto.graph.initializer.remove(inits[name])
+        proto.graph.initializer.extend([numpy_helper.from_array(q.numpy(), name + "_int8"),
+                                        numpy_helper.from_array(s.numpy().astype(np.float32), name + "_scale"),
+                                        numpy_helper.from_array(np.zeros(s.shape, np.int8), name + "_zero")])
+        proto.graph.node.insert(0, helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale",
+                                                                         name + "_zero"], [name], axis=axis,
+                                                    name=name + "_dequantize"))
+        return int(w.numel())
+
+    matmuls, elements, table = 0, 0, None
+    for name, init in list(inits.items()):
+        users = readers.get(name, [])
+        if (len(init.dims) == 2 and users and init.data_type == 1
+                and all(u.op_type == "MatMul" and len(u.input) == 2 and u.input[1] == name for u in users)):
+            elements += replace(name, axis=1)
+            matmuls += len(users)
+    if token_table is not None:
+        for name, init in list(inits.items()):
+            users = readers.get(name, [])
+            if (tuple(init.dims) == token_table.shape and users and all(u.op_type == "Gather" and u.input[0] == name
+                                                                        for u in users)
+                    and np.array_equal(numpy_helper.to_array(init), token_table)):
+                elements += replace(name, axis=0)
+                table = name
+                break
+    return {"matmuls": matmuls, "weights_int8": elements, "token_table": table}

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,67 @@ import torch
 from ..core.errors import ModelLoadError
 from ..models.wrapper import Pooling
 from .options import MODEL_FILE, ONNX_META_FILE
+
+_log = logging.getLogger(__name__)
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+class OpenVinoSession:
+    """OpenVINO's compiled model behind the part of ONNX Runtime's session interface the wrappers
+    use (get_inputs / get_outputs / run), so an exported folder runs unchanged on either.
+
+    precision: "bf16" where the CPU runs bf16 natively (AMX-BF16 / AVX512-BF16), else "f32" (the
+    inference precision of the float ops); int8-compressed weights (quantize="int8-weights") run
+    int8 products with activations quantized at run time per token and group of
+    `dynamic_quantization_group_size` channels (0: off, float products on the dequantized weights)."""
+
+    class _Port:
+        def __init__(self, name, shape=None):
+            self.name, self.shape = name, shape
+
+    def __init__(self, model_path, threads: int | None = None, options: dict | None = None,
+                 precision: str | None = None):
+        if not openvino_available():
+            raise ModelLoadError("runtime='openvino' needs the openvino package: pip install 'slimformer[openvino]'")
+        import openvino as ov
+
+        from ..core.hardware import fast_bf16
+
+        options = options or {}
+        self.precision = precision or ("bf16" if fast_bf16("cpu") else "f32")
+        cfg = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(threads)
+        g = options.get("dynamic_quantization_group_size")
+        if g is not None:
+            cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(int(g))
+        self.config = cfg
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", cfg)
+        except Exception as e:  # OpenVINO raises RuntimeError with its own text
+            raise ModelLoadError(f"{model_path}: OpenVINO could not compile it ({type(e).__name__}: "
+                                 f"{str(e)[:300]})") from None
+        self.request = self.compiled.create_infer_request()
+        self._inputs = [self._Port(p.get_any_name()) for p in self.compiled.inputs]
+        self._outputs = [self._Port(p.get_any_name()) for p in self.compiled.outputs]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, names, feed):
+        res = self.request.infer(feed)
+        by_name = {k.get_any_name(): v for k, v in res.items()}
+        return [np.array(by_name[n]) for n in (names or [o.name for o in self._outputs])]
 
 
 class _OrtModule:
@@ -81,9 +143,11 @@ class OnnxSlimModel:
     steal them from whatever runs next - a torch model timed right after an ORT call ran 3-25x
     slower here - and on a busy machine ORT itself was faster without it.
     The session is created once, with the graph-optimizer settings recorded at export time.
+    runtime: "onnxruntime" or "openvino"; None: the one the export names (slimformer_onnx.json
+    "runtime": OpenVINO for quantize="int8-weights" when it is installed, else ONNX Runtime).
     """
 
-    def __init__(self, folder, threads: int | None = None, spin: bool = True):
+    def __init__(self, folder, threads: int | None = None, spin: bool = True, runtime: str | None = None):
         from .options import require_onnx
 
         require_onnx()
@@ -107,6 +171,22 @@ class OnnxSlimModel:
             raise ModelLoadError(f"{folder}: could not read the config or tokenizer ({e})") from None
         if self.kind == "causal-lm" and getattr(self.tokenizer, "pad_token", None) is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if runtime is None:
+            runtime = self.meta.get("runtime", "onnxruntime")
+            if runtime == "openvino" and not openvino_available():
+                _log.warning("%s is meant for OpenVINO (int8 weights, activations quantized at run time), which is "
+                             "not installed: running it with ONNX Runtime, correct but slower "
+                             "(pip install 'slimformer[openvino]')", folder)
+                runtime = "onnxruntime"
+        if runtime not in RUNTIMES:
+            raise ModelLoadError(f"load_onnx: runtime={runtime!r}; accepted: {', '.join(RUNTIMES)}")
+        self.runtime = runtime
+        model_path = folder / self.meta.get("model_file", MODEL_FILE)
+        out_name = self.meta["outputs"][0]["name"]
+        if runtime == "openvino":
+            self.session = OpenVinoSession(model_path, threads, self.meta.get("openvino", {}))
+            self.model = _OrtModule(self.session, self.config, self.kind, out_name)
+            return
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
@@ -115,13 +195,11 @@ class OnnxSlimModel:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         disabled = self.meta.get("session", {}).get("disabled_optimizers") or None
-        model_path = folder / self.meta.get("model_file", MODEL_FILE)
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=disabled)
         except Exception as e:  # ORT raises its own exception types
             raise ModelLoadError(f"{model_path}: ONNX Runtime could not load it ({type(e).__name__}: {e})") from None
-        out_name = self.meta["outputs"][0]["name"]
         self.model = _OrtModule(self.session, self.config, self.kind, out_name)
 
     def __call__(self, *args, **kwargs):
@@ -208,9 +286,9 @@ class OnnxSlimModel:
         return f"OnnxSlimModel({self.source!r}, kind={self.kind!r}, quantize={self.meta.get('quantize')!r})"
 
 
-def load_onnx(folder, threads: int | None = None, spin: bool = True) -> OnnxSlimModel:
+def load_onnx(folder, threads: int | None = None, spin: bool = True, runtime: str | None = None) -> OnnxSlimModel:
     """Load a folder written by `export_onnx` (see OnnxSlimModel)."""
-    return OnnxSlimModel(folder, threads=threads, spin=spin)
+    return OnnxSlimModel(folder, threads=threads, spin=spin, runtime=runtime)
 
 
 def _load_folder(folder, kind=None) -> OnnxSlimModel:

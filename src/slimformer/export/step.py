@@ -29,8 +29,9 @@ class ExportConfig(MethodConfig):
     """Export to an ONNX folder run by ONNX Runtime (CPU); the last step of a recipe.
 
     quantize: "none" (float32), "int8" (SmoothQuant-equalized dynamic int8 tuned for ONNX Runtime
-    on CPU, weights per channel, 4-bit token-embedding table) or "int8-static" (QDQ graph with
-    activation ranges calibrated on the step's data). optimize: "auto" (default: build the graph
+    on CPU, weights per channel, 4-bit token-embedding table), "int8-static" (QDQ graph with
+    activation ranges calibrated on the step's data) or "int8-weights" (int8 weights, activations
+    quantized at run time by OpenVINO; see export_onnx). optimize: "auto" (default: build the graph
     with and without ONNX Runtime's transformer optimizer and keep the one that runs faster on this
     machine; MiniLM int8: the optimizer's graph was ~3% faster on an AVX2 CPU, ~12% slower on an
     AVX-512 VNNI / AMX Xeon), true or false. embedding_bits: 4 (block-quantized table, ONNX Runtime only) or 8.
@@ -68,8 +69,9 @@ class ExportConfig(MethodConfig):
                 "static_observer": self.static_observer, "calibration_samples": self.calibration_samples}
 
 
-def onnx_step(sm, cfg: ExportConfig, data) -> Applied:
-    """Export `sm` (calibrating on `data` for int8) and return the loaded artifact as the model."""
+def onnx_step(sm, cfg: ExportConfig, data, name: str = "onnx") -> Applied:
+    """Export `sm` (calibrating on `data` for int8) into the artifact folder's `name` subfolder and
+    return the loaded artifact as the model."""
     from .onnx import export_onnx
     from .runtime import OnnxSlimModel, load_onnx
 
@@ -79,7 +81,7 @@ def onnx_step(sm, cfg: ExportConfig, data) -> Applied:
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="slimformer-onnx-"))
     o = cfg.options()
-    folder = export_onnx(sm, Path(base) / "onnx", quantize=o.pop("quantize"), optimize=o.pop("optimize"),
+    folder = export_onnx(sm, Path(base) / name, quantize=o.pop("quantize"), optimize=o.pop("optimize"),
                          calibration_texts=list(data) if data else None, **o)
     art = load_onnx(folder)
     art.meta.setdefault("source_meta", {k: v for k, v in sm.meta.items() if k in ("steps", "recipe")})

@@ -172,15 +172,32 @@ def _work_folder(out, rec, model, keep: bool) -> tuple[Path, bool]:
         return Path(tempfile.mkdtemp(prefix=".slimformer-work-", dir=_work_parent(out))), False
     out = Path(out).expanduser().resolve()
     work = out.parent / f".{out.name}.slimformer-work"
-    stamp = json.dumps({"recipe": rec.to_dict(), "model": model.source}, sort_keys=True, default=str)
+    key = _resume_key(rec, model)
     marker = work / "run.json"
-    if work.is_dir() and marker.exists() and marker.read_text() == stamp:
+    if work.is_dir() and marker.exists() and _marker_key(marker, len(key["steps"])) == key:
         return work, True
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    marker.write_text(stamp)
+    marker.write_text(json.dumps({"recipe": rec.to_dict(), "model": model.source}, sort_keys=True, default=str))
     return work, False
+
+
+def _resume_key(rec, model) -> dict:
+    """What a run's checkpoints depend on: the model and the steps up to the last one that trains
+    (a changed step after it, e.g. deploy's candidates, re-runs from the trained model instead of
+    throwing the training away)."""
+    steps = json.loads(json.dumps(rec.to_dict()["steps"], sort_keys=True, default=str))
+    last = max((i for i, s in enumerate(rec.steps) if s.method == "distill"), default=len(steps) - 1)
+    return {"model": model.source, "steps": steps[: last + 1]}
+
+
+def _marker_key(marker: Path, n: int) -> dict | None:
+    try:
+        old = json.loads(marker.read_text())
+        return {"model": old["model"], "steps": old["recipe"]["steps"][:n]}
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _work_parent(out) -> str | None:
