@@ -99,6 +99,27 @@ def test_a_work_folder_of_another_recipe_is_not_resumed(tmp_path, monkeypatch):
     assert not res.resumed and res.steps[1].details["resumed_from"] == 0
 
 
+def test_a_changed_step_after_training_still_resumes_the_training(tmp_path, monkeypatch):
+    """The checkpoints depend on the steps up to the one that trains: a run killed during training
+    and re-run with another last step (here an export) resumes instead of training again."""
+    pytest.importorskip("onnxruntime")
+    task = _stsb(tmp_path)
+    real_save = trainer_mod.Trainer.save_checkpoint
+
+    def killed(self):
+        real_save(self)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compress(tiny_slim("bert", "embedding"), RECIPE + [sf.export.DeployConfig(candidates=("onnx-int8",))], task,
+                 tmp_path / "out", FAST)
+    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", real_save)
+    res = compress(tiny_slim("bert", "embedding"), RECIPE + [sf.export.ExportConfig(quantize="none")], task,
+                   tmp_path / "out", FAST)
+    assert res.resumed and res.steps[1].details["resumed_from"] > 0
+
+
 def test_compress_unlabeled_path_is_checked_before_any_work(tmp_path):
     opts = CompressOptions(evaluate=FAST.evaluate, unlabeled=str(tmp_path / "missing.txt"))
     with pytest.raises(sf.DataError, match="missing.txt"):
