@@ -106,3 +106,41 @@ def ort_int8_peer(plain, out):
             (out / f.name).write_bytes(f.read_bytes())
     quantize_dynamic(str(plain / "model.onnx"), str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8)
     return load_onnx(out), (out / "model.onnx").stat().st_size
+
+
+def nncf_int8_peer(sm, plain, out, texts, threads: int):
+    """What an OpenVINO user does for int8: NNCF post-training quantization (`nncf.quantize`,
+    transformer preset: SmoothQuant, static int8 activations, fast bias correction) of the plain
+    fp32 export `plain`, calibrated on `texts` (tokenized by `sm`, batches of 8, 128 tokens), run by
+    OpenVINO (bf16 elsewhere where the CPU has it). Returns (model, bytes of the saved IR weights),
+    or None when nncf / openvino are not installed."""
+    import copy
+    import importlib.util
+
+    if importlib.util.find_spec("nncf") is None or importlib.util.find_spec("openvino") is None:
+        print("nncf / openvino not installed: no NNCF int8 peer (pip install nncf openvino)")
+        return None
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    from slimformer.export import load_onnx
+    from slimformer.export.runtime import OpenVinoSession
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    core = ov.Core()
+    model = core.read_model(str(plain / "model.onnx"))
+    names = [i.get_any_name() for i in model.inputs]
+    feeds = []
+    for i in range(0, len(texts), 8):
+        enc = sm.tokenize(texts[i:i + 8], 128)
+        feeds.append({n: enc[n].numpy() for n in names})
+    q = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(q, str(out / "model.xml"))
+    m = copy.copy(load_onnx(plain))
+    m.model = copy.copy(m.model)
+    m.model.session = OpenVinoSession(out / "model.xml", threads)
+    m.model.input_names = [i.name for i in m.model.session.get_inputs()]
+    return m, (out / "model.bin").stat().st_size

@@ -16,8 +16,9 @@ evaluations). Then, in one process and interleaved rounds, every variant is time
 batch 32 x 128 and latency at batch 1 x 128 as ratios to fp32 PyTorch; peers: plain bf16 PyTorch
 (`model.to(torch.bfloat16)`, fast on CPUs with AMX-BF16), ONNX Runtime's quantize_dynamic per
 channel and, when `openvino` is installed, OpenVINO on the float graph (bf16 where the CPU has
-it); slimformer's int8 recipe (ONNX Runtime) and int8-weights export (OpenVINO) on the unpruned
-model for reference.
+it) and OpenVINO int8 through NNCF's post-training quantization (when `nncf` is installed);
+slimformer's int8 recipe (ONNX Runtime) and int8-weights export (OpenVINO) on the unpruned model
+for reference.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, ort_int8_peer, timings, unlabeled_sentences, write  # noqa: E402
+from common import base_parser, nncf_int8_peer, ort_int8_peer, timings, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_classification, run_stsb  # noqa: E402
@@ -72,6 +73,9 @@ def peers(base, calib, tmp: Path, threads: int):
     if openvino_available():  # the runtime Intel-CPU users pick; bf16 where the CPU has it
         m = load_onnx(plain, threads=threads, runtime="openvino")
         yield f"peer: OpenVINO {m.session.precision} (float graph)", m, (plain / "model.onnx").stat().st_size
+        got = nncf_int8_peer(base, plain, tmp / "nncf", calib, threads)
+        if got:
+            yield "peer: OpenVINO int8 (NNCF quantize, static activations)", *got
         w8 = export_onnx(base, tmp / "sf-w8", quantize="int8-weights")
         yield ("slimformer int8-weights -> OpenVINO (6 layers, for reference)", load_onnx(w8, threads=threads),
                (w8 / "model.onnx").stat().st_size)

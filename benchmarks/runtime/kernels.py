@@ -6,7 +6,8 @@
 
 MiniLM (default model), one process, interleaved timing rounds: fp32 PyTorch, bf16 PyTorch
 (`model.to(torch.bfloat16)`), torch `quantize_dynamic`, ONNX Runtime fp32 and int8 per-channel,
-OpenVINO fp32 and bf16 (when `openvino` is installed: `pip install openvino`), slimformer's PyTorch
+OpenVINO fp32 and bf16 (when `openvino` is installed: `pip install openvino`) and OpenVINO int8 through
+NNCF's post-training quantization (when `nncf` is installed), slimformer's PyTorch
 int8 (W8A8 dynamic) with the kernel `core.kernels` picks and with the float reference path, and
 slimformer's ONNX int8 export. Throughput at batch 32 x 128, latency at 1 x 128 as ratios to fp32
 PyTorch; cosine of embeddings vs fp32 on 512 STS-B dev sentences; STS-B dev Spearman.
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, ort_int8_peer, timings, write  # noqa: E402
+from common import base_parser, nncf_int8_peer, ort_int8_peer, timings, write  # noqa: E402
 from slimformer.core.kernels import kernel_report, kernels_of, use_kernels  # noqa: E402
 from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import (TimingOptions, generation_speed, make_inputs,  # noqa: E402
@@ -97,6 +98,9 @@ def minilm_variants(base, calib, tmp: Path, threads: int):
             m.model.session = OpenVinoSession(plain / "model.onnx", threads, precision=prec)
             m.model.input_names = [i.name for i in m.model.session.get_inputs()]
             yield f"peer: OpenVINO {prec}", m, (plain / "model.onnx").stat().st_size // (1 if prec == "f32" else 2)
+        got = nncf_int8_peer(base, plain, tmp / "nncf", calib, threads)
+        if got:
+            yield "peer: OpenVINO int8 (NNCF quantize, static activations)", *got
     ours = copy.deepcopy(base)
     sf.quantize_(ours, sf.Int8DynamicConfig())
     picked = kernels_of(ours)
@@ -104,9 +108,9 @@ def minilm_variants(base, calib, tmp: Path, threads: int):
     yield "slimformer int8 PyTorch, reference kernel (float)", forced(ours, REFERENCE), saved_bytes(ours)["bytes"]
     exp = export_onnx(base, tmp / "sf-int8", quantize="int8", optimize="auto", calibration_texts=calib)
     yield "slimformer int8 -> ONNX Runtime (export --quantize int8)", load_onnx(exp), (exp / "model.onnx").stat().st_size
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
+    from slimformer.export.runtime import openvino_available
+
+    if not openvino_available():
         return
     w8 = export_onnx(base, tmp / "sf-w8", quantize="int8-weights")
     m = load_onnx(w8, threads=threads)

@@ -536,11 +536,12 @@ def int8_weight_graph(proto, token_table: np.ndarray | None = None) -> dict:
                                                     name=name + "_dequantize"))
         return int(w.numel())
 
-    matmuls, elements, table = 0, 0, None
+    matmuls, elements, table, widths = 0, 0, None, set()
     for name, init in list(inits.items()):
         users = readers.get(name, [])
         if (len(init.dims) == 2 and users and init.data_type == 1
                 and all(u.op_type == "MatMul" and len(u.input) == 2 and u.input[1] == name for u in users)):
+            widths.add(int(init.dims[0]))
             elements += replace(name, axis=1)
             matmuls += len(users)
     if token_table is not None:
@@ -552,4 +553,4 @@ def int8_weight_graph(proto, token_table: np.ndarray | None = None) -> dict:
                 elements += replace(name, axis=0)
                 table = name
                 break
-    return {"matmuls": matmuls, "weights_int8": elements, "token_table": table}
+    return {"matmuls": matmuls, "weights_int8": elements, "token_table": table, "input_widths": sorted(widths)}
