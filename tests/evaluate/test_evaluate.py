@@ -91,6 +91,7 @@ def test_perplexity_records_window_and_stride():
     s = r.env["task_settings"]
     assert s["ppl_window"] == 16 and s["ppl_stride"] == 8 and s["ppl_scored"] == s["ppl_tokens"] - 1
     assert r.env["kernels"] == {}                     # a float model runs no quantized kernel
+    assert r.env["runtime"] == "pytorch"
     import slimformer as sf
     from slimformer.core.kernels import kernel
 

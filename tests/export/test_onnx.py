@@ -437,6 +437,9 @@ def test_int8_weights_export_holds_our_int8_codes_and_runs_on_both_runtimes(tiny
     assert len(match) == 1
     om = load_onnx(folder, runtime="onnxruntime")
     assert om.runtime == "onnxruntime" and _min_cosine(tiny_bert, om) > 0.999
+    from slimformer.evaluate import EvalOptions, evaluate
+
+    assert evaluate(om, None, None, EvalOptions(efficiency=False)).env["runtime"]["name"] == "onnxruntime"
     with pytest.raises(Exception, match="runtime='tensorrt'"):
         load_onnx(folder, runtime="tensorrt")
     from slimformer.export.runtime import openvino_available
@@ -448,6 +451,8 @@ def test_int8_weights_export_holds_our_int8_codes_and_runs_on_both_runtimes(tiny
         assert ov.runtime == "openvino" and ov.session.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "384"
         assert _min_cosine(tiny_bert, ov) > 0.98
         assert sf.load(folder).runtime == "openvino"
+        env = evaluate(ov, None, None, EvalOptions(efficiency=False)).env["runtime"]
+        assert env["name"] == "openvino" and env["INFERENCE_PRECISION_HINT"] == ov.session.precision
 
 
 def test_int8_weights_rejects_a_bad_group_size(tiny_bert, tmp_path):

@@ -51,6 +51,9 @@ def evaluate(model, task=None, reference=None, options: EvalOptions | None = Non
         from ..core.kernels import kernels_of
 
         res.env["kernels"] = kernels_of(model)
+        runtime = getattr(model, "runtime", None)   # an exported folder: which runtime ran it, and how
+        res.env["runtime"] = ({"name": runtime, **getattr(getattr(model, "session", None), "config", {})}
+                              if runtime else "pytorch")
         res.env["task"] = task.kind if task is not None else None
         res.env["data"] = task.source if task is not None else "packaged sample sentences (no task metrics)"
         if task is not None:
