@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dynamic int8 (weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: "
                    "activation ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops; "
                    "int8-weights: int8 weights per channel (slimformer's own codes), activations quantized at run time "
-                   "by OpenVINO (pip install 'slimformer[openvino]'; the fastest encoder path on AVX-512 VNNI/BF16 CPUs)")
+                   "by OpenVINO (pip install 'slimformer[openvino]'); recipe 'fastest' times it against the others")
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer (default: "
                    "build the graph with and without it and keep the faster on this machine)")
     p.add_argument("--data", help="calibration text for int8 / int8-static (one text per line; default: packaged "

@@ -63,8 +63,10 @@ products run in int8 (VNNI / AMX) and the rest in bf16 where the CPU has it. Min
 and 1536), 1 thread: group 384 3.3-3.55x fp32 PyTorch at cosine 0.9976, 128 3.21x at 0.9988, 32
 2.70x at 0.9994 (OpenVINO bf16 of the float graph: 2.6-2.7x in the same runs). `load_onnx` runs such a folder with
 OpenVINO when `openvino` is installed (`pip install 'slimformer[openvino]'`), else with ONNX
-Runtime (correct, but ORT dequantizes the weights and runs float products). The fastest MiniLM
-path on an AVX-512 VNNI + BF16 CPU (benchmarks/results/runtime_minilm.md).
+Runtime (correct, but ORT dequantizes the weights and runs float products). MiniLM on an AVX-512
+VNNI + BF16 EPYC, 1 thread (benchmarks/results/runtime_minilm.md): 3.30x fp32 PyTorch at cosine
+0.9976, alone, where quantize="int8" on ONNX Runtime ran at 5.00x; beside a training job OpenVINO
+kept its speed and won (the deploy step times both).
 
 Every choice is an option (`EXPORT_OPTIONS`), e.g. `export_onnx(sm, out, quantize="int8",
 optimize=False, smooth_alpha=None, reduce_range=False, embedding_bits=8)` is the plain ORT
