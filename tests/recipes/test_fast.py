@@ -82,8 +82,8 @@ def test_an_interrupted_compress_resumes_from_its_checkpoint(tmp_path, monkeypat
     assert not work.exists()
 
 
-def test_a_work_folder_of_another_recipe_is_not_resumed(tmp_path, monkeypatch):
-    task = _stsb(tmp_path)
+def _killed_at_first_checkpoint(monkeypatch, recipe, task, out):
+    """Run compress until the trainer's first checkpoint is written, then stop it there."""
     real_save = trainer_mod.Trainer.save_checkpoint
 
     def killed(self):
@@ -92,8 +92,13 @@ def test_a_work_folder_of_another_recipe_is_not_resumed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
-        compress(tiny_slim("bert", "embedding"), RECIPE, task, tmp_path / "out", FAST)
+        compress(tiny_slim("bert", "embedding"), recipe, task, out, FAST)
     monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", real_save)
+
+
+def test_a_work_folder_of_another_recipe_is_not_resumed(tmp_path, monkeypatch):
+    task = _stsb(tmp_path)
+    _killed_at_first_checkpoint(monkeypatch, RECIPE, task, tmp_path / "out")
     other = [RECIPE[0], sf.DistillConfig(losses=("embedding_mse",), max_steps=4, batch_size=16, mixed_precision="no")]
     res = compress(tiny_slim("bert", "embedding"), other, task, tmp_path / "out", FAST)
     assert not res.resumed and res.steps[1].details["resumed_from"] == 0
@@ -104,17 +109,8 @@ def test_a_changed_step_after_training_still_resumes_the_training(tmp_path, monk
     and re-run with another last step (here an export) resumes instead of training again."""
     pytest.importorskip("onnxruntime")
     task = _stsb(tmp_path)
-    real_save = trainer_mod.Trainer.save_checkpoint
-
-    def killed(self):
-        real_save(self)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", killed)
-    with pytest.raises(KeyboardInterrupt):
-        compress(tiny_slim("bert", "embedding"), RECIPE + [sf.export.DeployConfig(candidates=("onnx-int8",))], task,
-                 tmp_path / "out", FAST)
-    monkeypatch.setattr(trainer_mod.Trainer, "save_checkpoint", real_save)
+    _killed_at_first_checkpoint(monkeypatch, RECIPE + [sf.export.DeployConfig(candidates=("onnx-int8",))], task,
+                                tmp_path / "out")
     res = compress(tiny_slim("bert", "embedding"), RECIPE + [sf.export.ExportConfig(quantize="none")], task,
                    tmp_path / "out", FAST)
     assert res.resumed and res.steps[1].details["resumed_from"] > 0
