@@ -114,7 +114,6 @@ def nncf_int8_peer(sm, plain, out, texts, threads: int):
     fp32 export `plain`, calibrated on `texts` (tokenized by `sm`, batches of 8, 128 tokens), run by
     OpenVINO (bf16 elsewhere where the CPU has it). Returns (model, bytes of the saved IR weights),
     or None when nncf / openvino are not installed."""
-    import copy
     import importlib.util
 
     if importlib.util.find_spec("nncf") is None or importlib.util.find_spec("openvino") is None:
@@ -124,9 +123,6 @@ def nncf_int8_peer(sm, plain, out, texts, threads: int):
 
     import nncf
     import openvino as ov
-
-    from slimformer.export import load_onnx
-    from slimformer.export.runtime import OpenVinoSession
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     core = ov.Core()
@@ -139,8 +135,19 @@ def nncf_int8_peer(sm, plain, out, texts, threads: int):
     q = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(q, str(out / "model.xml"))
-    m = copy.copy(load_onnx(plain))
+    return openvino_on(plain, out / "model.xml", threads), (out / "model.bin").stat().st_size
+
+
+def openvino_on(folder, model_path, threads: int, precision: str | None = None):
+    """The exported `folder` (its tokenizer, pooling and wrapper) running the graph at `model_path`
+    (an .onnx or an OpenVINO .xml) on OpenVINO at `precision` (None: bf16 where the CPU has it)."""
+    import copy
+
+    from slimformer.export import load_onnx
+    from slimformer.export.runtime import OpenVinoSession
+
+    m = copy.copy(load_onnx(folder))
     m.model = copy.copy(m.model)
-    m.model.session = OpenVinoSession(out / "model.xml", threads)
+    m.model.session = OpenVinoSession(model_path, threads, precision=precision)
     m.model.input_names = [i.name for i in m.model.session.get_inputs()]
-    return m, (out / "model.bin").stat().st_size
+    return m

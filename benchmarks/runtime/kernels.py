@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, nncf_int8_peer, ort_int8_peer, timings, write  # noqa: E402
+from common import base_parser, nncf_int8_peer, openvino_on, ort_int8_peer, timings, write  # noqa: E402
 from slimformer.core.kernels import kernel_report, kernels_of, use_kernels  # noqa: E402
 from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import (TimingOptions, generation_speed, make_inputs,  # noqa: E402
@@ -85,18 +85,13 @@ def minilm_variants(base, calib, tmp: Path, threads: int):
     plain = export_onnx(base, tmp / "ort-fp32", optimize=False)
     yield "peer: ONNX Runtime fp32", load_onnx(plain), (plain / "model.onnx").stat().st_size
     yield "peer: ONNX Runtime int8 per-channel", *ort_int8_peer(plain, tmp / "ort-int8")
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
+    from slimformer.export.runtime import openvino_available
+
+    if not openvino_available():
         print("openvino not installed: skipping the OpenVINO rows (pip install openvino)")
     else:
-        from slimformer.export.runtime import OpenVinoSession
-
         for prec in ("f32", "bf16"):
-            m = copy.copy(load_onnx(plain))
-            m.model = copy.copy(m.model)
-            m.model.session = OpenVinoSession(plain / "model.onnx", threads, precision=prec)
-            m.model.input_names = [i.name for i in m.model.session.get_inputs()]
+            m = openvino_on(plain, plain / "model.onnx", threads, prec)
             yield f"peer: OpenVINO {prec}", m, (plain / "model.onnx").stat().st_size // (1 if prec == "f32" else 2)
         got = nncf_int8_peer(base, plain, tmp / "nncf", calib, threads)
         if got:
@@ -108,8 +103,6 @@ def minilm_variants(base, calib, tmp: Path, threads: int):
     yield "slimformer int8 PyTorch, reference kernel (float)", forced(ours, REFERENCE), saved_bytes(ours)["bytes"]
     exp = export_onnx(base, tmp / "sf-int8", quantize="int8", optimize="auto", calibration_texts=calib)
     yield "slimformer int8 -> ONNX Runtime (export --quantize int8)", load_onnx(exp), (exp / "model.onnx").stat().st_size
-    from slimformer.export.runtime import openvino_available
-
     if not openvino_available():
         return
     w8 = export_onnx(base, tmp / "sf-w8", quantize="int8-weights")

@@ -60,9 +60,9 @@ OpenVINO's CPU plugin recognizes int8-compressed weights and quantizes activatio
 time (dynamic quantization per group of `act_group_size` input channels; the group must divide a
 product's input width, else OpenVINO leaves that product in float: the export warns), so its
 products run in int8 (VNNI / AMX) and the rest in bf16 where the CPU has it. MiniLM (widths 384
-and 1536), 1 thread: group 384 3.3-3.55x fp32 PyTorch at cosine 0.9976, 128 3.21x at 0.9988, 32
-2.70x at 0.9994 (OpenVINO bf16 of the float graph: 2.6-2.7x in the same runs). `load_onnx` runs such a folder with
-OpenVINO when `openvino` is installed (`pip install 'slimformer[openvino]'`), else with ONNX
+and 1536), 1 thread, one sweep: group 384 3.55x fp32 PyTorch at cosine 0.9976, 128 3.21x at
+0.9988, 32 2.70x at 0.9994, 0 (off) 2.45x at 0.9996; OpenVINO bf16 of the float graph 2.65x.
+`load_onnx` runs such a folder with OpenVINO when `openvino` is installed (`pip install 'slimformer[openvino]'`), else with ONNX
 Runtime (correct, but ORT dequantizes the weights and runs float products). MiniLM on an AVX-512
 VNNI + BF16 EPYC, 1 thread (benchmarks/results/runtime_minilm.md): 3.30x fp32 PyTorch at cosine
 0.9976, alone, where quantize="int8" on ONNX Runtime ran at 5.00x; beside a training job OpenVINO
@@ -89,8 +89,8 @@ from .._version import __version__
 from ..core.errors import ConfigError, SlimformerError
 
 from .onnx_graph import (_calibration_texts, _optimize, _quiet, _token_gather_4bit, _token_table,  # noqa: F401
-                         _torch_batches, activation_absmax, fold_vo_smoothing, int8_flow, int8_weight_graph, mask_readers, module_roles,
-                         onnx_node_roles, quantize_int8, quantize_int8_static, smooth_graph, weight_matmul_groups)
+                         _torch_batches, activation_absmax, fold_vo_smoothing, int8_flow, int8_weight_graph,
+                         mask_readers, module_roles, onnx_node_roles, quantize_int8, quantize_int8_static, smooth_graph, weight_matmul_groups)
 from .options import (DEFAULT_OPSET, EXPORT_OPTIONS, FUSION_PROFILES, MODEL_FILE, ONNX_META_FILE,  # noqa: F401
                       QUANTIZE_MODES, ROLES, SESSION_DISABLED_OPTIMIZERS, STATIC_OBSERVERS, SUPPORTED_KINDS,
                       _MAX_BYTES, _options, input_names, require_onnx)
@@ -123,7 +123,7 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
                           "keep the one that runs faster on this machine)")
 
     if quantize == "int8-weights":
-        optimize = False  # one graph: the plain one, which OpenVINO fuses itself
+        optimize = False  # one graph, the plain one: OpenVINO fuses it itself; ORT's contrib ops are not for it
 
     def write(tmp: Path) -> None:
         if optimize == "auto":
@@ -204,8 +204,6 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
     model = sm.model
     int8 = quantize in ("int8", "int8-static")
     static = quantize == "int8-static"
-    if quantize == "int8-weights":
-        optimize = False  # the runtime (OpenVINO) fuses the plain graph itself; ORT's contrib ops are not for it
     smooth = int8 and o["smooth_alpha"] is not None
     texts = _calibration_texts(calibration_texts, o["calibration_samples"]) if smooth or static else None
     feeds = None

@@ -44,11 +44,10 @@ EXPORT_OPTIONS: dict = {
                                     # ~3% faster on MiniLM, cosine to float32 unchanged at 4 digits)
     "exporter": "torchscript",      # "torchscript" (keeps module names: roles, fusions) | "dynamo"
     "static_observer": "minmax",    # int8-static activation ranges: "minmax" | "percentile" | "mse" (ORT Entropy)
-    "static_percentile": 99.999,
+    "static_percentile": 99.999,    # int8-static with static_observer="percentile": the percentile kept, in (0, 100]
     "act_group_size": 384,          # int8-weights on OpenVINO: activations quantized at run time per token and
-                                    # group of this many input channels; 0: off (float products). MiniLM,
-                                    # 1 thread: 32: 2.70x fp32, cosine 0.9994; 128: 3.21x, 0.9988; 384:
-                                    # 3.55x, 0.9976; 0: 2.45x, 0.9996 (OpenVINO bf16 of the float graph 2.65x)    # int8-static with static_observer="percentile": the percentile kept, in (0, 100]
+                                    # group of this many input channels (must divide each input width); 0: off
+                                    # (float products). Measured on MiniLM: see export/onnx.py
 }
 
 

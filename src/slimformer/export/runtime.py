@@ -37,8 +37,10 @@ class OpenVinoSession:
     `dynamic_quantization_group_size` channels (0: off, float products on the dequantized weights)."""
 
     class _Port:
-        def __init__(self, name, shape=None):
-            self.name, self.shape = name, shape
+        shape = None  # read only for KV-cache inputs, which OpenVINO-run folders do not have
+
+        def __init__(self, name):
+            self.name = name
 
     def __init__(self, model_path, threads: int | None = None, options: dict | None = None,
                  precision: str | None = None):

@@ -21,6 +21,7 @@ from .recipe import load_recipe
 from .result import CompressionResult, StepRecord
 
 ARTIFACT_METHODS = ("onnx", "deploy")  # steps that may turn the model into a deployable artifact: last in a recipe
+TRAINING_METHODS = ("distill",)  # steps that keep checkpoints in the work folder (resumable)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     if out is not None:
         check_out_dir(out)
     unlabeled = _unlabeled(opts.unlabeled)  # a bad path fails here, before any work
-    trains = any(s.method == "distill" for s in rec.steps)
+    trains = any(s.method in TRAINING_METHODS for s in rec.steps)
     reference = copy.deepcopy(model) if opts.evaluation or trains else None
     baseline = evaluate(model, task, None, opts.evaluate) if opts.evaluation else None
     calib = calibration_texts_for(task, opts.calibration_samples, opts.seed, opts.calibration_source)
@@ -187,8 +188,8 @@ def _resume_key(rec, model) -> dict:
     """What a run's checkpoints depend on: the model and the steps up to the last one that trains
     (a changed step after it, e.g. deploy's candidates, re-runs from the trained model instead of
     throwing the training away)."""
-    steps = json.loads(json.dumps(rec.to_dict()["steps"], sort_keys=True, default=str))
-    last = max((i for i, s in enumerate(rec.steps) if s.method == "distill"), default=len(steps) - 1)
+    steps = json.loads(json.dumps(rec.to_dict()["steps"], default=str))
+    last = max((i for i, s in enumerate(rec.steps) if s.method in TRAINING_METHODS), default=len(steps) - 1)
     return {"model": model.source, "steps": steps[: last + 1]}
 
 
