@@ -90,6 +90,19 @@ def test_int8_linear_every_kernel_gives_the_reference_products(act):
     assert q.kernel_op == "int8_linear" and Int8Linear.from_float(lin, act=None).kernel_op is None
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_in_row_chunks_equals_one_token_at_a_time(bias):
+    """The per-token path runs ROWS tokens at a time: across chunk boundaries (a batch of
+    2.3 chunks) every token gets the output it gets alone."""
+    torch.manual_seed(0)
+    q = Int8Linear.from_float(torch.nn.Linear(48, 24, bias=bias))
+    x = torch.randn(3, (Int8Linear.ROWS * 23) // 30, 48)
+    y = q(x)
+    assert y.shape == (3, x.shape[1], 24)
+    alone = torch.stack([torch.cat([q(x[b, t:t + 1]) for t in range(x.shape[1])]) for b in range(3)])
+    torch.testing.assert_close(y, alone, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("float_zero", [False, True])
 @pytest.mark.parametrize("shape", [(64, 128, 32), (48, 256, 128), (32, 576, 128), (40, 128, 32), (64, 96, 16)])
 def test_int4_linear_every_kernel_within_bf16_rounding_of_dequant(shape, float_zero):

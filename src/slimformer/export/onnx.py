@@ -59,13 +59,12 @@ scales as slimformer's PyTorch int8 (`Int8Linear`). No activation quantization i
 OpenVINO's CPU plugin recognizes int8-compressed weights and quantizes activations itself at run
 time (dynamic quantization per group of `act_group_size` input channels; the group must divide a
 product's input width, else OpenVINO leaves that product in float: the export warns), so its
-products run in int8 (VNNI / AMX) and the rest in bf16 where the CPU has it. MiniLM (widths 384
-and 1536), 1 thread, one sweep: group 384 3.55x fp32 PyTorch at cosine 0.9976, 128 3.21x at
-0.9988, 32 2.70x at 0.9994, 0 (off) 2.45x at 0.9996; OpenVINO bf16 of the float graph 2.65x.
-`load_onnx` runs such a folder with OpenVINO when `openvino` is installed (`pip install 'slimformer[openvino]'`), else with ONNX
+products run in int8 (VNNI / AMX) and the rest in bf16 where the CPU has it. Smaller groups stay
+closer to float and run slower; 384 (MiniLM's width) was the fastest that divides both of
+MiniLM's input widths (384, 1536) in a sweep by hand. `load_onnx` runs such a folder with OpenVINO when `openvino` is installed (`pip install 'slimformer[openvino]'`), else with ONNX
 Runtime (correct, but ORT dequantizes the weights and runs float products). MiniLM on an AVX-512
-VNNI + BF16 EPYC, 1 thread (benchmarks/results/runtime_minilm.md): 3.30x fp32 PyTorch at cosine
-0.9976, alone, where quantize="int8" on ONNX Runtime ran at 5.00x; beside a training job OpenVINO
+VNNI + BF16 EPYC, 1 thread (benchmarks/results/runtime_minilm.md): 3.38x fp32 PyTorch at cosine
+0.9976, alone, where quantize="int8" on ONNX Runtime ran at 5.27x; beside a training job OpenVINO
 kept its speed and won (the deploy step times both).
 
 Every choice is an option (`EXPORT_OPTIONS`), e.g. `export_onnx(sm, out, quantize="int8",

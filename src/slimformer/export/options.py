@@ -47,7 +47,7 @@ EXPORT_OPTIONS: dict = {
     "static_percentile": 99.999,    # int8-static with static_observer="percentile": the percentile kept, in (0, 100]
     "act_group_size": 384,          # int8-weights on OpenVINO: activations quantized at run time per token and
                                     # group of this many input channels (must divide each input width); 0: off
-                                    # (float products). Measured on MiniLM: see export/onnx.py
+                                    # (float products). See export/onnx.py
 }
 
 
