@@ -4,12 +4,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / ".cache" / "bench"  # trained checkpoints benchmarks reuse (ignored by git)
+PACKAGES = ("slimformer", "torch", "transformers", "accelerate", "onnxruntime", "openvino", "nncf", "optimum",
+            "tokenizers", "numpy")
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -20,9 +25,38 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def provenance() -> dict:
+    """What produced a result: the command line, the commit (and whether the tree had changes),
+    package versions, the CPU and its flags, the torch thread count."""
+    import importlib.metadata as md
+
+    import torch
+
+    from slimformer.core.hardware import cpu_info
+
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return {"argv": [Path(sys.argv[0]).relative_to(ROOT).as_posix() if Path(sys.argv[0]).resolve().is_relative_to(ROOT)
+                     else sys.argv[0], *sys.argv[1:]],
+            "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "versions": versions, "cpu": cpu_info(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
 def write(name: str, payload: dict, markdown: str, out: Path = RESULTS) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), **payload}
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), **provenance(),
+               **payload}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
     (out / f"{name}.md").write_text(markdown)
     print(markdown)
@@ -45,6 +79,30 @@ def interleaved_speedup(base, other, enc: dict, rounds: int = 5) -> float:
                 m.model(**enc)
                 acc.append(time.perf_counter() - t0)
     return statistics.median(tb) / statistics.median(to)
+
+
+def throughput_ratio(base, other, enc: dict, rounds: int = 5) -> float:
+    """base time / other time on `enc` (interleaved medians; see interleaved_speedup)."""
+    return interleaved_speedup(base, other, enc, rounds)
+
+
+def sst2_teacher(data: Path, epochs: float = 1.0, lr: float = 1e-4) -> tuple[object, dict]:
+    """The fine-tuned SST-2 teacher (MiniLM + a classifier head): loaded from the cache, or trained
+    (and saved) once."""
+    import slimformer as sf
+
+    folder = CACHE / "sst2-teacher"
+    dev = sf.load_task("classification", data / "sst2" / "dev.tsv")
+    if (folder / "config.json").exists():
+        return sf.load(folder), {"cached": True}
+    train = sf.load_task("classification", data / "sst2" / "train.tsv")
+    t0 = time.perf_counter()
+    model, res = sf.finetune(sf.load(), train, sf.FinetuneConfig(epochs=epochs, lr=lr),
+                             out_dir=CACHE / "sst2-teacher.training", eval_task=dev)
+    info = {"cached": False, "epochs": epochs, "lr": lr, "seconds": time.perf_counter() - t0,
+            "precision": res.precision, "steps": res.steps}
+    sf.save(model, folder)
+    return model, info
 
 
 UNLABELED = ("sst2/train.tsv", "multi30k/train.en", "stsb/stsb-en-train.csv")

@@ -22,12 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, unlabeled_sentences, write  # noqa: E402
+from common import CACHE, base_parser, sst2_teacher, unlabeled_sentences, write  # noqa: E402
 from slimformer.distill import TaskSpec, distill_multitask  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
-from sst2 import CACHE, sst2_teacher  # noqa: E402
 
 
 @torch.no_grad()

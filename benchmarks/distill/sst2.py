@@ -21,30 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, interleaved_speedup, write  # noqa: E402
+from common import CACHE, base_parser, interleaved_speedup, sst2_teacher, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_classification  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
-
-CACHE = Path(__file__).resolve().parents[2] / ".cache" / "bench"
-TEACHER_DIR = CACHE / "sst2-teacher"
-
-
-def sst2_teacher(data: Path, epochs: float = 1.0, lr: float = 1e-4) -> tuple[object, dict]:
-    """The fine-tuned SST-2 teacher: loaded from the cache, or trained (and saved) once."""
-    dev = sf.load_task("classification", data / "sst2" / "dev.tsv")
-    if (TEACHER_DIR / "config.json").exists():
-        return sf.load(TEACHER_DIR), {"cached": True}
-    train = sf.load_task("classification", data / "sst2" / "train.tsv")
-    t0 = time.perf_counter()
-    model, res = sf.finetune(sf.load(), train, sf.FinetuneConfig(epochs=epochs, lr=lr),
-                             out_dir=CACHE / "sst2-teacher.training", eval_task=dev)
-    info = {"cached": False, "epochs": epochs, "lr": lr, "seconds": time.perf_counter() - t0,
-            "precision": res.precision, "steps": res.steps}
-    sf.save(model, TEACHER_DIR)
-    return model, info
-
 
 def main() -> None:
     ap = base_parser(__doc__)

@@ -21,17 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, interleaved_speedup, unlabeled_sentences, write  # noqa: E402
+from common import base_parser, throughput_ratio, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
 
 STUDENTS = {"3": [0, 2, 4], "2": [0, 3]}
-
-
-def throughput_ratio(teacher, student, enc, rounds: int = 5) -> float:
-    return interleaved_speedup(teacher, student, enc, rounds)
 
 
 def main() -> None:

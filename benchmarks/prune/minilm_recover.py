@@ -16,17 +16,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
 
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, unlabeled_sentences, write  # noqa: E402
+from common import base_parser, throughput_ratio, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
-from stsb import throughput_ratio  # noqa: E402
 
 PLANS = {
     "ffn 50% + heads 25% (taylor)": [sf.FFNPruningConfig(amount=0.5, importance="taylor"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.config import Applied, MethodConfig, register_method
+from ..core.config import Applied, MethodConfig, Traits, register_method
 from ..models.hooks import register_meta_hook
 from .hf import set_attention_
 from .registry import ATTENTION, check_options
@@ -28,11 +28,11 @@ class AttentionConfig(MethodConfig):
         check_options(self.impl, self.options)
 
 
-def _apply(sm, cfg: AttentionConfig, data=None) -> Applied:
+@register_method(AttentionConfig, traits=Traits())
+def _apply(sm, cfg: AttentionConfig, run=None) -> Applied:
     key = set_attention_(sm, cfg.impl, **cfg.options)
     return Applied([f"attention: {cfg.impl}" + (f" {cfg.options}" if cfg.options else "")],
                    {"impl": cfg.impl, "options": dict(cfg.options), "transformers_key": key})
 
 
-register_method(AttentionConfig, _apply)
 register_meta_hook("attention", lambda sm, v: set_attention_(sm, v["impl"], **v.get("options", {})))

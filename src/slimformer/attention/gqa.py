@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..core.config import Applied, MethodConfig, register_method
+from ..core.config import Applied, MethodConfig, Traits, register_method
 from ..core.errors import ConfigError, UnsupportedArchitectureError
 from ..models.hooks import register_module_type
 from ..models.surgery import set_module
@@ -37,7 +37,8 @@ class GQAConfig(MethodConfig):
             raise ConfigError(f"GQAConfig.kv_heads={self.kv_heads!r}; accepted: an integer >= 1")
 
 
-def to_gqa_(model, cfg: GQAConfig, data=None) -> Applied:
+@register_method(GQAConfig, traits=Traits(changes_shapes=True))
+def to_gqa_(model, cfg: GQAConfig, run=None) -> Applied:
     hf = getattr(model, "model", model)
     adapter = get_adapter(hf)
     names = {id(m): n for n, m in hf.named_modules()}
@@ -87,5 +88,4 @@ def _build_linear(model, name, info):
     return nn.Linear(info["in"], info["out"], bias=info["bias"])
 
 
-register_method(GQAConfig, to_gqa_)
 register_module_type("linear", _build_linear)

@@ -5,7 +5,6 @@ name the method and give its fields; unknown fields are errors that name the fie
 """
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import typing
 from typing import Any, Callable, ClassVar
@@ -73,16 +72,42 @@ class MethodConfig:
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class Traits:
+    """What the pipeline needs to know about a method, declared where it is registered.
+
+    artifact: turns the model into a deployable artifact (an export): the last step of a recipe.
+    trains: trains; keeps checkpoints in its step folder, so an interrupted run resumes.
+    needs_original: reads the model as it was before the recipe (`run.original()`, e.g. a teacher).
+    needs_calibration: calibrates on `run.calibration`. changes_shapes: removes or resizes layers,
+    heads or neurons. bytes_only: saves bytes on disk, not compute (the report says "size only").
+    wraps_training: acts during the next training step of the recipe (training-time pruning): it
+    must be followed by a step that trains. portable: what it leaves can be written to plain formats
+    (ONNX LM graphs, GGUF, compressed-tensors); False for run-time transforms only slimformer's
+    modules compute (a Hadamard rotation)."""
+
+    artifact: bool = False
+    trains: bool = False
+    needs_original: bool = False
+    needs_calibration: bool = False
+    changes_shapes: bool = False
+    bytes_only: bool = False
+    wraps_training: bool = False
+    portable: bool = True
+
+    def names(self) -> list[str]:
+        default = Traits()
+        return [f.name if getattr(self, f.name) is True else f"not {f.name}"
+                for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+
+
 class _MethodEntry(typing.NamedTuple):
     config_cls: type
     handler: Callable
+    traits: Traits
 
 
 METHODS: Registry[_MethodEntry] = Registry("method")
-
-# the model as it was before the recipe started (compress sets it): a `distill` step that
-# recovers a pruned model uses it as the teacher
-ORIGINAL_MODEL: contextvars.ContextVar = contextvars.ContextVar("slimformer_original_model", default=None)
 
 
 @dataclasses.dataclass
@@ -96,22 +121,35 @@ class Applied:
     model: Any = None
 
 
-def register_method(config_cls: type, handler: Callable) -> None:
-    """Register `handler(model, config, data) -> Applied` for `config_cls`."""
-    METHODS.register(config_cls.method, _MethodEntry(config_cls, handler))
+def register_method(config_cls: type, handler: Callable | None = None, traits: Traits | None = None):
+    """Register `handler(model, config, run) -> Applied` for `config_cls` with its traits; as a
+    decorator beside the handler: `@register_method(SvdConfig, traits=Traits(needs_calibration=True))`."""
+    def deco(fn: Callable) -> Callable:
+        METHODS.register(config_cls.method, _MethodEntry(config_cls, fn, traits or Traits()))
+        return fn
+
+    return deco(handler) if handler is not None else deco
 
 
 def handler_for(config: MethodConfig) -> Callable:
     return METHODS.get(config.method).handler
 
 
-def apply_method(model, config: MethodConfig, data=None, record: bool = True) -> Applied:
-    """Run `config`'s handler on `model` (a SlimModel, changed in place). With `record`, the step
-    (its config and details) is appended to `model.meta["steps"]`, one entry per step, so the same
-    method twice keeps both (a step that returns another artifact, an export, records itself there)."""
+def traits_of(method) -> Traits:
+    """The traits of a method (a name or a config)."""
+    return METHODS.get(method if isinstance(method, str) else method.method).traits
+
+
+def apply_method(model, config: MethodConfig, run=None, record: bool = True) -> Applied:
+    """Run `config`'s handler on `model` (a SlimModel, changed in place) with `run` (a Run, or
+    calibration texts, or None). With `record`, the step (its config and details) is appended to
+    `model.meta["steps"]`, one entry per step, so the same method twice keeps both (a step that
+    returns another artifact, an export, records itself there)."""
+    from .run import Run
+
     if not isinstance(config, MethodConfig):
         raise ConfigError(f"expected a method config (e.g. slimformer.Int8DynamicConfig()), got {type(config).__name__}")
-    out = handler_for(config)(model, config, data)
+    out = handler_for(config)(model, config, Run.of(run))
     if out is None:
         out = Applied()
     elif isinstance(out, list):

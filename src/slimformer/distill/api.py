@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..core.config import ORIGINAL_MODEL, Applied
+from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError, DataError
 from ..data.unlabeled import training_texts
 from ..train import TrainConfig, Trainer
@@ -64,22 +64,24 @@ def model_outputs(sm, enc: dict, needs: set[str]) -> Outputs:
                    qkv=[tuple(s) for s in qkv] if qkv else None, embedding=emb)
 
 
-def _load_teacher(spec, original):
+def _load_teacher(spec, run):
     from ..models import load
 
     if spec:
         return load(spec)
-    if original is None:
+    if run.original is None:
         raise ConfigError("distill: no teacher: give teacher=PATH (or 'default'), or run the step inside a recipe "
                           "(the teacher is then the model before the recipe)")
-    return original
+    return run.original()
 
 
-def distill(student, teacher, data, config: DistillConfig | None = None, out_dir=None, eval_task=None):
+def distill(student, teacher, data, config: DistillConfig | None = None, out_dir=None, eval_task=None, *,
+            callbacks=()):
     """Train `student` (a SlimModel, changed in place) to match `teacher` on `data`: a list of
     texts (unlabeled) or a classification Task (labels feed the hard part of "kd"). `teacher` may
     be a list of teachers: their soft targets (probabilities) and embeddings are averaged. eval_task:
-    measured after each epoch; the best weights are kept. Returns the trainer's TrainResult."""
+    measured after each epoch; the best weights are kept. callbacks: trainer callbacks (training-time
+    pruning). Returns the trainer's TrainResult."""
     cfg = config or DistillConfig()
     if isinstance(teacher, (list, tuple)):
         teacher = Ensemble(list(teacher))
@@ -104,10 +106,11 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
     for t in teachers:
         t.eval()
     with frozen(*teachers):
-        return _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projections, out_dir, eval_task)
+        return _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projections, out_dir, eval_task,
+                        callbacks)
 
 
-def _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projections, out_dir, eval_task):
+def _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projections, out_dir, eval_task, callbacks):
     tok = student.tokenizer
 
     cached = _teacher_cache(teacher, texts, cfg, out_dir) if needs == {"embedding"} else None
@@ -147,7 +150,7 @@ def _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projecti
     trainer = Trainer(module, loss_fn, list(range(len(texts))), collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate(student.kind),
                                   batch_size=cfg.batch_size, seed=cfg.seed, warmup=0.1, mixed_precision=cfg.mixed_precision),
-                      out_dir=out_dir, eval_fn=_eval_fn(student, eval_task))
+                      out_dir=out_dir, eval_fn=_eval_fn(student, eval_task), callbacks=callbacks)
     result = trainer.fit()
     if eval_task is not None:
         trainer.load_best()
@@ -291,36 +294,73 @@ def sequence_kd_texts(teacher, prompts: list[str], max_new_tokens: int = 64, num
     return out
 
 
-def distill_step(sm, cfg: DistillConfig, data) -> Applied:
+@register_method(DistillConfig, traits=Traits(trains=True, needs_original=True))
+def distill_step(sm, cfg: DistillConfig, run) -> Applied:
     """Recipe step: recover the model by distillation from the teacher (default: the model as it
-    was before the recipe, so `prune -> distill` recipes work)."""
-    from ..core.workspace import STEP_DIR, TRAINING_TEXTS
-
-    teacher = _load_teacher(cfg.teacher, ORIGINAL_MODEL.get())
+    was before the recipe, so `prune -> distill` recipes work). Trains on the config's `unlabeled`
+    file, else the run's unlabeled texts, else (with a warning) its calibration texts; keeps
+    checkpoints in the step's folder; runs the training-time pruning of the steps before it."""
+    teacher = _load_teacher(cfg.teacher, run)
     warnings = []
     if cfg.unlabeled:
         texts = training_texts(cfg.unlabeled)
-    elif TRAINING_TEXTS.get():
-        texts = list(TRAINING_TEXTS.get())
+    elif run.unlabeled:
+        texts = list(run.unlabeled)
     else:
-        texts = list(data or [])
+        texts = list(run.calibration)
         warnings.append(f"distill: trained on the {len(texts)} calibration texts; give unlabeled sentences "
                         "(compress --unlabeled FILE, or the step's `unlabeled`) for a real recovery")
-    out_dir = STEP_DIR.get()  # inside compress: checkpoints there, so a re-run resumes
-    res = distill(sm, teacher, texts, cfg, out_dir=out_dir)
+    callbacks = run.take_training_callbacks()
+    eval_task = run.task if cfg.keep_best else None
+    res = distill(sm, teacher, texts, cfg, out_dir=run.step_dir, eval_task=eval_task, callbacks=callbacks)
     resumed = f", resumed at step {res.resumed_from}" if res.resumed_from else ""
     loss = f"{res.final_loss:.4g}" if res.final_loss is not None else "(no step left to run)"
+    details = {"steps": res.steps, "epochs": res.epochs, "seconds": res.seconds, "final_loss": res.final_loss,
+               "texts": len(texts), "precision": res.precision, "resumed_from": res.resumed_from,
+               "best": res.best, "curve": [h for h in res.history if "loss" in h]}
+    warnings += _finish_callbacks(sm, callbacks, details)
     return Applied(warnings + [f"distill: {res.steps} steps ({res.epochs:.2f} epochs) on {len(texts):,} texts in "
-                               f"{res.seconds:.0f} s{resumed}, final loss {loss}"],
-                   {"steps": res.steps, "epochs": res.epochs, "seconds": res.seconds, "final_loss": res.final_loss,
-                    "texts": len(texts), "precision": res.precision, "resumed_from": res.resumed_from,
-                    "curve": [h for h in res.history if "loss" in h]})
+                               f"{res.seconds:.0f} s{resumed}, final loss {loss}"], details)
+
+
+def _finish_callbacks(sm, callbacks, details: dict) -> list[str]:
+    """Let each training-time pruning callback make its masks permanent (details under "pruned")."""
+    warnings, pruned = [], []
+    for cb in callbacks:
+        finish = getattr(cb, "finalize", None)
+        if finish is not None:
+            out = finish() or {}
+            pruned.append({"callback": type(cb).__name__, **(out if isinstance(out, dict) else {"result": out})})
+            warnings.append(f"{type(cb).__name__}: applied during training and made permanent")
+    if pruned:
+        details["pruned_during_training"] = pruned
+    return warnings
+
+
+@register_method(FinetuneConfig, traits=Traits(trains=True))
+def finetune_step(sm, cfg: FinetuneConfig, run) -> Applied:
+    """Recipe step: fine-tune on the run's labeled training data (`run.train_task`; the CLI's
+    `finetune --data`), reporting the evaluation task's metric each epoch and keeping the best."""
+    if run.train_task is None:
+        raise ConfigError("finetune needs labeled training data: slimformer finetune --task T --data TRAIN, or "
+                          "compress(..., options=CompressOptions(train_task=...))")
+    callbacks = run.take_training_callbacks()
+    new, res = finetune(sm, run.train_task, cfg, out_dir=run.step_dir, eval_task=run.task, callbacks=callbacks)
+    details = {"steps": res.steps, "epochs": res.epochs, "seconds": res.seconds, "final_loss": res.final_loss,
+               "best": res.best, "precision": res.precision, "resumed_from": res.resumed_from,
+               "curve": [h for h in res.history if "loss" in h]}
+    warnings = _finish_callbacks(new, callbacks, details)
+    warnings.append(f"finetune: {res.steps} steps in {res.seconds:.0f} s" + (f"; best {res.best}" if res.best else ""))
+    if new is not sm:  # a new classification head on the encoder: the run continues with that model
+        new.meta.setdefault("steps", []).append({**cfg.to_dict(), "details": details})
+        return Applied(warnings, details, model=new)
+    return Applied(warnings, details)
 
 
 # ------------------------------------------------------------------ fine-tuning
 
 
-def finetune(model, task, config: FinetuneConfig | None = None, out_dir=None, eval_task=None):
+def finetune(model, task, config: FinetuneConfig | None = None, out_dir=None, eval_task=None, *, callbacks=()):
     """Fine-tune `model` on a labeled `task` (classification or stsb). An embedding model trained
     on classification becomes a classifier (a new head on its encoder); on stsb it stays a
     sentence encoder (cosine of a pair fit to score / 5). Returns the model (a new SlimModel for
@@ -362,7 +402,7 @@ def finetune(model, task, config: FinetuneConfig | None = None, out_dir=None, ev
     trainer = Trainer(sm.model, loss_fn, list(range(n)), collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
                                   warmup=cfg.warmup, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
-                      out_dir=out_dir, eval_fn=_eval_fn(sm, eval_task))
+                      out_dir=out_dir, eval_fn=_eval_fn(sm, eval_task), callbacks=callbacks)
     result = trainer.fit()
     if eval_task is not None:
         trainer.load_best()

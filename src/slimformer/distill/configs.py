@@ -23,7 +23,10 @@ class DistillConfig(MethodConfig):
     (a recipe that prunes, then recovers), or a model path / hub id / "default". unlabeled: a text
     file (one sentence a line) to train on; "" = the step's data. epochs / max_steps, lr,
     batch_size, max_length: training (the shared trainer, train.TrainConfig). mixed_precision:
-    "auto" (bf16 autocast where the device runs bf16 natively), "bf16", "fp16" (GPU) or "no"."""
+    "auto" (bf16 autocast where the device runs bf16 natively), "bf16", "fp16" (GPU) or "no".
+    keep_best: inside a recipe, measure the run's evaluation task after each epoch and keep the best
+    weights (the CLI's `distill --data`); off by default, so a recipe's figures are not picked on
+    the data they are reported on."""
 
     method = "distill"
     losses: tuple[str, ...] = ()
@@ -40,10 +43,12 @@ class DistillConfig(MethodConfig):
     max_length: int = 128
     seed: int = 0
     mixed_precision: str = "auto"
+    keep_best: bool = False
 
     def validate(self) -> None:
         from .losses import LOSSES
 
+        self._check_bool("keep_best")
         self._check_choice("mixed_precision", PRECISIONS)
         for name in self.losses:
             LOSSES.get(name)  # a clear error listing the accepted names

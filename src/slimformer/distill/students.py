@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 
 from ..adapters import get_adapter
-from ..core.config import Applied
+from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError
 from ..models.surgery import remove_layers_
+from .configs import ShrinkConfig
 
 
 def every_other_layer(model) -> list[int]:
@@ -30,7 +31,8 @@ def _check_keep(model, keep):
     return keep
 
 
-def shrink_step(sm, cfg, data=None) -> Applied:
+@register_method(ShrinkConfig, traits=Traits(changes_shapes=True))
+def shrink_step(sm, cfg, run=None) -> Applied:
     """Recipe step `shrink_layers`: keep cfg.keep (default: every other layer) of `sm`, in place."""
     before = len(get_adapter(sm.model).layers(sm.model))
     keep = _check_keep(sm, list(cfg.keep) or every_other_layer(sm))

@@ -8,7 +8,6 @@ Needs the `onnx` extra: pip install 'slimformer[onnx]'.
 """
 from __future__ import annotations
 
-from ..core.config import register_method
 from ..models.loading import FOLDER_LOADERS
 from .compressed_tensors import export_compressed_tensors
 from .gguf import export_gguf
@@ -17,9 +16,9 @@ from .onnx import EXPORT_OPTIONS, ONNX_META_FILE, export_onnx
 from .runtime import OnnxSlimModel, _load_folder, load_onnx
 from .deploy import DeployConfig, deploy_step
 from .step import ExportConfig, onnx_step
+from .formats import CompressedTensorsConfig, ExportedFiles, GgufConfig, OnnxLMConfig
 
-register_method(ExportConfig, onnx_step)
-register_method(DeployConfig, deploy_step)
 FOLDER_LOADERS[ONNX_META_FILE] = _load_folder  # slimformer.load(DIR) opens an exported folder
 
-__all__ = ["export_onnx", "export_compressed_tensors", "export_gguf", "export_onnx_lm", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig"]
+__all__ = ["export_onnx", "export_compressed_tensors", "export_gguf", "export_onnx_lm", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig",
+           "OnnxLMConfig", "GgufConfig", "CompressedTensorsConfig", "ExportedFiles"]

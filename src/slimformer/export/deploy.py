@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ..core.config import Applied, MethodConfig
+from ..core.config import Applied, MethodConfig, Traits, register_method
 from ..core.errors import ConfigError
 from ..core.hardware import cpu_info, fast_bf16
 
@@ -45,7 +45,8 @@ def _throughput(models: dict, enc: dict, repeats: int) -> dict:
     return {k: enc["input_ids"].shape[0] / v for k, v in secs.items()}
 
 
-def deploy_step(sm, cfg: DeployConfig, data) -> Applied:
+@register_method(DeployConfig, traits=Traits(artifact=True, needs_calibration=True))
+def deploy_step(sm, cfg: DeployConfig, run) -> Applied:
     from ..data import sample_sentences
     from ..evaluate.efficiency import make_inputs
     from ..quantize.cast import cast
@@ -58,10 +59,10 @@ def deploy_step(sm, cfg: DeployConfig, data) -> Applied:
     device = next(sm.model.parameters()).device.type
     built, notes = {}, []
     if "onnx-int8" in cfg.candidates:
-        built["onnx-int8"] = onnx_step(sm, ExportConfig(quantize="int8"), data).model
+        built["onnx-int8"] = onnx_step(sm, ExportConfig(quantize="int8"), run).model
     if "openvino-int8" in cfg.candidates:
         if device == "cpu" and openvino_available():
-            built["openvino-int8"] = onnx_step(sm, ExportConfig(quantize="int8-weights"), data, name="openvino").model
+            built["openvino-int8"] = onnx_step(sm, ExportConfig(quantize="int8-weights"), run, name="openvino").model
         else:
             notes.append("openvino-int8 not tried: " + ("the model is on " + device if device != "cpu" else
                                                         "openvino is not installed (pip install 'slimformer[openvino]')"))
@@ -78,7 +79,7 @@ def deploy_step(sm, cfg: DeployConfig, data) -> Applied:
         name = next(iter(built))
         speed = {}
     else:
-        enc = make_inputs(sm, list(data or []) or sample_sentences(), 32, 128)
+        enc = make_inputs(sm, list(run.calibration) or sample_sentences(), 32, 128)
         enc.pop("token_type_ids", None)
         speed = _throughput(built, enc, cfg.repeats)
         name = max(speed, key=speed.get)

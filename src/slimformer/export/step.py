@@ -2,26 +2,10 @@
 artifact and `compress` measures what the user will run."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..core.config import Applied, MethodConfig
+from ..core.config import Applied, MethodConfig, Traits, register_method
 from ..core.errors import ConfigError
-
-# where export steps write their artifact (compress sets a folder beside --out; default: a temp dir)
-ARTIFACT_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("slimformer_artifact_dir", default=None)
-
-
-@contextlib.contextmanager
-def artifact_dir(folder: Path):
-    token = ARTIFACT_DIR.set(Path(folder))
-    try:
-        yield
-    finally:
-        ARTIFACT_DIR.reset(token)
 
 
 @dataclass(frozen=True)
@@ -69,19 +53,18 @@ class ExportConfig(MethodConfig):
                 "static_observer": self.static_observer, "calibration_samples": self.calibration_samples}
 
 
-def onnx_step(sm, cfg: ExportConfig, data, name: str = "onnx") -> Applied:
-    """Export `sm` (calibrating on `data` for int8) into the artifact folder's `name` subfolder and
-    return the loaded artifact as the model."""
+@register_method(ExportConfig, traits=Traits(artifact=True, needs_calibration=True))
+def onnx_step(sm, cfg: ExportConfig, run, name: str = "onnx") -> Applied:
+    """Export `sm` (calibrating on the run's texts for int8) into the run's artifact folder (its
+    `name` subfolder) and return the loaded artifact as the model."""
     from .onnx import export_onnx
     from .runtime import OnnxSlimModel, load_onnx
 
     if isinstance(sm, OnnxSlimModel):
         raise ConfigError("onnx: the model is an ONNX export already; an export step must come last in a recipe")
-    base = ARTIFACT_DIR.get()
-    if base is None:
-        base = Path(tempfile.mkdtemp(prefix="slimformer-onnx-"))
     o = cfg.options()
-    folder = export_onnx(sm, Path(base) / name, quantize=o.pop("quantize"), optimize=o.pop("optimize"),
+    data = run.calibration
+    folder = export_onnx(sm, run.artifact_folder(name), quantize=o.pop("quantize"), optimize=o.pop("optimize"),
                          calibration_texts=list(data) if data else None, **o)
     art = load_onnx(folder)
     art.meta.setdefault("source_meta", {k: v for k, v in sm.meta.items() if k in ("steps", "recipe")})

@@ -15,7 +15,7 @@ from .loading import META_FILE, SLIM_WEIGHTS, quiet_transformers
 from .wrapper import SlimModel
 
 # files that mark a folder as written by slimformer (a saved model or an exported artifact)
-MARKERS = [META_FILE, "slimformer_onnx.json"]
+MARKERS = [META_FILE, "slimformer_onnx.json", "slimformer_export.json"]
 STALE_SECONDS = 3600  # temporary folders of an interrupted save older than this are removed
 
 

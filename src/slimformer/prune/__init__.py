@@ -2,22 +2,18 @@
 structure (attention heads, FFN neurons, whole layers; physically removed)."""
 from __future__ import annotations
 
-from ..core.config import MethodConfig, apply_method, register_method
+from ..core.config import MethodConfig, apply_method
 from ..models.hooks import register_module_type
-from .configs import (FFNPruningConfig, HeadPruningConfig, LayerDropConfig, MagnitudeConfig, SparseGPTConfig,
-                      WandaConfig)
+from .configs import (FFNPruningConfig, GradualMagnitudeConfig, GroupLassoConfig, HeadPruningConfig, LayerDropConfig,
+                      MagnitudeConfig, MovementConfig, SparseGPTConfig, WandaConfig)
+from . import during_training as _during  # noqa: F401  (registers movement, gradual_magnitude, group_lasso)
+from .neurons import NeuronMasking
 from .importance import IMPORTANCE
 from .modules import SparseLinear, restore_sparse_linear
 from .sparsity import magnitude, sparsegpt, wanda
 from .structured import drop_layers, prune_ffn, prune_heads
 from .training import GradualMagnitude, GroupLasso, MovementPruning, cubic_sparsity
 
-register_method(MagnitudeConfig, magnitude)
-register_method(WandaConfig, wanda)
-register_method(SparseGPTConfig, sparsegpt)
-register_method(HeadPruningConfig, prune_heads)
-register_method(FFNPruningConfig, prune_ffn)
-register_method(LayerDropConfig, drop_layers)
 register_module_type("sparse_linear", restore_sparse_linear)
 
 
@@ -59,5 +55,5 @@ def prune_(model, config: MethodConfig, data=None) -> list[str]:
 
 
 __all__ = ["prune_", "prune_config", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "HeadPruningConfig", "FFNPruningConfig",
-           "LayerDropConfig", "SparseLinear", "IMPORTANCE", "GradualMagnitude", "MovementPruning", "GroupLasso",
+           "LayerDropConfig", "MovementConfig", "GradualMagnitudeConfig", "GroupLassoConfig", "NeuronMasking", "SparseLinear", "IMPORTANCE", "GradualMagnitude", "MovementPruning", "GroupLasso",
            "cubic_sparsity"]

@@ -166,3 +166,73 @@ class LayerDropConfig(MethodConfig):
         self._check_choice("importance", ("block_influence", "last"))
         self._check_range("calibration_samples", 1, 4096)
         self._check_range("calibration_tokens", 8, 8192)
+
+
+@dataclass(frozen=True)
+class _DuringTrainingConfig(MethodConfig):
+    """Pruning that acts during the next training step of the recipe (distill or finetune):
+    amount: the fraction pruned at the end of the schedule, in [0, 1). structure: "ffn" (FFN
+    neurons, masked during training and physically removed after it: smaller and faster) or
+    "weights" (single weights of every Linear, stored sparse after it: smaller files, same speed
+    on CPU). start / end: where the cubic schedule (Zhu & Gupta 2017) starts and reaches `amount`,
+    as fractions of the training steps; every: steps between mask updates. scope: "layer" (the same
+    fraction in every layer) or "global" (ffn: neurons ranked over all layers)."""
+
+    amount: float = 0.5
+    structure: str = "ffn"
+    start: float = 0.0
+    end: float = 0.7
+    every: int = 50
+    scope: str = "layer"
+
+    def validate(self) -> None:
+        self._check_range("amount", 0.0, 1.0, hi_open=True)
+        self._check_choice("structure", ("ffn", "weights"))
+        self._check_range("start", 0.0, 1.0, hi_open=True)
+        self._check_range("end", 0.0, 1.0)
+        if self.end <= self.start:
+            raise ConfigError(f"{type(self).__name__}: end={self.end} must be after start={self.start} (fractions of "
+                              "the training steps)")
+        self._check_range("every", 1, 10**6)
+        self._check_choice("scope", ("layer", "global"))
+        if self.structure == "weights" and self.scope != "layer":
+            raise ConfigError(f"{type(self).__name__}: scope='global' applies to structure='ffn'")
+
+
+@dataclass(frozen=True)
+class MovementConfig(_DuringTrainingConfig):
+    """Movement pruning (Sanh et al. 2020) during the next training step: what moves towards zero
+    is pruned, whatever its size. For FFN neurons the score of a neuron accumulates -dL/dm, m the
+    gate on its activation (straight-through: a masked neuron keeps its score moving and can come
+    back before the schedule ends); for weights it accumulates -W * dL/dW."""
+
+    method = "movement"
+
+
+@dataclass(frozen=True)
+class GradualMagnitudeConfig(_DuringTrainingConfig):
+    """Gradual magnitude pruning (Zhu & Gupta 2017) during the next training step: the smallest
+    weights (or FFN neurons by the norm of their weights) are masked on a cubic schedule."""
+
+    method = "gradual_magnitude"
+
+
+@dataclass(frozen=True)
+class GroupLassoConfig(MethodConfig):
+    """L1 over groups (group lasso) during the next training step: each step adds weight x
+    w_g / ||w_g|| to the gradient of every attention head's and FFN neuron's weights, driving whole
+    groups to zero; after training, groups whose norm fell below threshold x their layer's median
+    are removed (smaller and faster)."""
+
+    method = "group_lasso"
+    weight: float = 1e-3
+    threshold: float = 0.05
+    heads: bool = True
+    ffn: bool = True
+
+    def validate(self) -> None:
+        self._check_range("weight", 0.0, 1.0, lo_open=True)
+        self._check_range("threshold", 0.0, 1.0)
+        self._check_bool("heads", "ffn")
+        if not (self.heads or self.ffn):
+            raise ConfigError("GroupLassoConfig: heads and ffn are both false; nothing to prune")

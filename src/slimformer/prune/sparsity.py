@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
 from ..adapters.base import is_linear, linear_classes, linear_weight
-from ..core.config import Applied
+from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError, DataError
 from ..core.targets import select_modules
 from ..data import model_batches
@@ -79,7 +79,8 @@ def _summary(per_layer: dict, cfg) -> dict:
             "per_layer": per_layer}
 
 
-def magnitude(sm, cfg: MagnitudeConfig, data) -> Applied:
+@register_method(MagnitudeConfig, traits=Traits(bytes_only=True))
+def magnitude(sm, cfg: MagnitudeConfig, run) -> Applied:
     targets = sparse_targets(sm, cfg)
     scores = {n: magnitude_scores(linear_weight(m)) for n, m in targets}
     per_layer = {}
@@ -94,15 +95,17 @@ def magnitude(sm, cfg: MagnitudeConfig, data) -> Applied:
     return Applied([], _summary(per_layer, cfg))
 
 
-def _batches(sm, cfg, data):
+def _batches(sm, cfg, run):
+    data = run.calibration
     if not data:
         raise DataError(f"{cfg.method} needs calibration data (texts); none was given (pass data=..., or --data PATH)")
     return model_batches(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
 
 
-def wanda(sm, cfg: WandaConfig, data) -> Applied:
+@register_method(WandaConfig, traits=Traits(needs_calibration=True, bytes_only=True))
+def wanda(sm, cfg: WandaConfig, run) -> Applied:
     targets = sparse_targets(sm, cfg)
-    batches = _batches(sm, cfg, data)
+    batches = _batches(sm, cfg, run)
     sq: dict[str, torch.Tensor] = {}
     per_layer = {}
 
@@ -124,9 +127,10 @@ def wanda(sm, cfg: WandaConfig, data) -> Applied:
     return Applied([], _summary(per_layer, cfg))
 
 
-def sparsegpt(sm, cfg: SparseGPTConfig, data) -> Applied:
+@register_method(SparseGPTConfig, traits=Traits(needs_calibration=True, bytes_only=True))
+def sparsegpt(sm, cfg: SparseGPTConfig, run) -> Applied:
     targets = sparse_targets(sm, cfg)
-    batches = _batches(sm, cfg, data)
+    batches = _batches(sm, cfg, run)
     n, m = parse_pattern(cfg.pattern)
     per_layer = {}
     warnings = []

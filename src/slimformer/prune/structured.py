@@ -6,7 +6,7 @@ import torch
 
 from ..adapters import get_adapter
 from ..adapters.base import linear_weight
-from ..core.config import Applied
+from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError, DataError
 from ..data import model_batches
 from ..models.surgery import remove_ffn_neurons_, remove_heads_, remove_layers_
@@ -16,7 +16,8 @@ from .importance import IMPORTANCE, block_influence, input_means
 _NEEDS_DATA = ("activation", "energy", "taylor")
 
 
-def _batches(sm, cfg, data, needed: bool):
+def _batches(sm, cfg, run, needed: bool):
+    data = run.calibration
     if not needed:
         return []
     if not data:
@@ -48,8 +49,9 @@ def _choose(scores: dict[int, torch.Tensor], amount: float, scope: str) -> dict[
     return {i: sorted(v) for i, v in drop.items()}
 
 
-def prune_heads(sm, cfg: HeadPruningConfig, data) -> Applied:
-    batches = _batches(sm, cfg, data, cfg.importance in _NEEDS_DATA)
+@register_method(HeadPruningConfig, traits=Traits(needs_calibration=True, changes_shapes=True))
+def prune_heads(sm, cfg: HeadPruningConfig, run) -> Applied:
+    batches = _batches(sm, cfg, run, cfg.importance in _NEEDS_DATA)
     scores = IMPORTANCE.get(cfg.importance)(sm, "heads", batches)
     drop = _choose(scores, cfg.amount, cfg.scope)
     before = {i: li.attention.num_kv_heads for i, li in enumerate(get_adapter(sm.model).layers(sm.model))}
@@ -62,9 +64,10 @@ def prune_heads(sm, cfg: HeadPruningConfig, data) -> Applied:
     return Applied([f"prune_heads: removed {removed} of {sum(before.values())} attention units"], details)
 
 
-def prune_ffn(sm, cfg: FFNPruningConfig, data) -> Applied:
+@register_method(FFNPruningConfig, traits=Traits(needs_calibration=True, changes_shapes=True))
+def prune_ffn(sm, cfg: FFNPruningConfig, run) -> Applied:
     need = cfg.importance in _NEEDS_DATA or cfg.bias_compensation
-    batches = _batches(sm, cfg, data, need)
+    batches = _batches(sm, cfg, run, need)
     layers = get_adapter(sm.model).layers(sm.model)
     if cfg.bias_compensation and any(getattr(li.ffn.down, "bias", None) is None for li in layers):
         raise ConfigError("prune_ffn: bias_compensation adds the removed neurons' mean contribution to the down "
@@ -93,7 +96,8 @@ def prune_ffn(sm, cfg: FFNPruningConfig, data) -> Applied:
     return Applied([f"prune_ffn: removed {removed} of {before} FFN neurons"], details)
 
 
-def drop_layers(sm, cfg: LayerDropConfig, data) -> Applied:
+@register_method(LayerDropConfig, traits=Traits(needs_calibration=True, changes_shapes=True))
+def drop_layers(sm, cfg: LayerDropConfig, run) -> Applied:
     stacks = get_adapter(sm.model).layer_containers(sm.model)
     if len(stacks) != 1:
         raise ConfigError(f"drop_layers: this model has the layer stacks {', '.join(stacks)}; dropping layers by "
@@ -106,7 +110,7 @@ def drop_layers(sm, cfg: LayerDropConfig, data) -> Applied:
     if cfg.importance == "last":
         infl = [float(i) for i in range(n)]
     else:
-        batches = _batches(sm, cfg, data, True)
+        batches = _batches(sm, cfg, run, True)
         infl = block_influence(sm, batches)[stack]
     order = sorted(range(n), key=lambda i: infl[i])
     gone = sorted(order[:count])

@@ -33,14 +33,38 @@ def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float
     return final + (initial - final) * (1 - p) ** 3
 
 
-class _MaskedTraining(Callback):
-    def __init__(self, sm, final: float, start: int, end: int, every: int = 50, targets=None):
+class _Scheduled(Callback):
+    """A cubic sparsity schedule from `start` to `end`: optimizer steps (int), or fractions of the
+    trainer's steps (float), resolved when training starts."""
+
+    def _set_schedule(self, final: float, start, end, every: int) -> None:
         if not 0 <= final < 1:
             raise ConfigError(f"final sparsity={final!r} is out of range; accepted: [0, 1)")
         if not 0 <= start < end:
             raise ConfigError(f"start={start}, end={end}: need 0 <= start < end")
-        self.sm = sm
         self.final, self.start, self.end, self.every = final, start, end, max(1, every)
+        self._fractions = isinstance(start, float) or isinstance(end, float)
+        if self._fractions and end > 1:
+            raise ConfigError(f"start={start}, end={end}: fractions of the training steps must be in [0, 1]")
+
+    def _steps(self, trainer) -> tuple[int, int]:
+        if not self._fractions:
+            return self.start, self.end
+        total = trainer.total_steps
+        s0 = int(round(self.start * total))
+        return s0, max(s0 + 1, int(round(self.end * total)))
+
+    def _due(self, trainer, step: int) -> tuple[bool, float]:
+        """(update the masks at this step?, the scheduled sparsity)."""
+        s0, s1 = self._steps(trainer)
+        due = s0 <= step <= s1 and ((step - s0) % self.every == 0 or step == s1)
+        return due, cubic_sparsity(step, self.final, s0, s1)
+
+
+class _MaskedTraining(_Scheduled):
+    def __init__(self, sm, final: float, start, end, every: int = 50, targets=None):
+        self._set_schedule(final, start, end, every)
+        self.sm = sm
         self.layers = dict(targets) if targets is not None else dict(layer_linears(sm))
         bad = [n for n, m in self.layers.items() if not isinstance(m, nn.Linear)]
         if bad:
@@ -55,11 +79,19 @@ class _MaskedTraining(Callback):
 
     @torch.no_grad()
     def on_step_end(self, trainer, step: int) -> None:
-        if step >= self.start and (step - self.start) % self.every == 0 or step == self.end:
-            s = self.sparsity(step)
+        due, s = self._due(trainer, step)
+        if due:
             for n, m in self.layers.items():
                 self.masks[n] = mask_layer(self.scores(n, m), s)
         self.apply()
+
+    def state_dict(self) -> dict:
+        return {"masks": self.masks, "acc": getattr(self, "acc", None)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks = state["masks"]
+        if state.get("acc") is not None:
+            self.acc = state["acc"]
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -107,10 +139,10 @@ class GroupLasso(Callback):
     column of a neuron), driving whole groups to zero; `finalize(threshold)` removes the groups
     whose norm fell below threshold x the median group norm of their layer."""
 
-    def __init__(self, sm, weight: float = 1e-3, heads: bool = True, ffn: bool = True):
+    def __init__(self, sm, weight: float = 1e-3, heads: bool = True, ffn: bool = True, threshold: float = 0.05):
         if not weight > 0:
             raise ConfigError(f"GroupLasso weight={weight!r}; accepted: a number > 0")
-        self.sm, self.weight, self.heads, self.ffn = sm, weight, heads, ffn
+        self.sm, self.weight, self.heads, self.ffn, self.threshold = sm, weight, heads, ffn, threshold
 
     def _groups(self):
         for i, li in enumerate(get_adapter(self.sm.model).layers(self.sm.model)):
@@ -161,8 +193,9 @@ class GroupLasso(Callback):
                 if col.weight.grad is not None:
                     col.weight.grad += self.weight * col.weight / rep_q[None, :]
 
-    def finalize(self, threshold: float = 0.05) -> dict:
+    def finalize(self, threshold: float | None = None) -> dict:
         """Remove the groups whose norm is below threshold x their layer's median group norm."""
+        threshold = self.threshold if threshold is None else threshold
         heads, keep, removed = {}, {}, {"heads": {}, "ffn": {}}
         for (kind, i), norms in self.group_norms().items():
             small = (norms < threshold * norms.median()).nonzero().flatten().tolist()

@@ -1,7 +1,7 @@
 """Quantization: configs + handlers (registered as recipe methods), math in pure tensor modules."""
 from __future__ import annotations
 
-from ..core.config import MethodConfig, apply_method, register_method
+from ..core.config import MethodConfig, apply_method
 from . import restore as _restore  # noqa: F401  (registers the quantized module types for loading)
 from .cast import cast
 from .configs import (AwqConfig, CastConfig, Int8DynamicConfig, Int8StaticConfig, RotateConfig, SmoothQuantConfig,
@@ -11,14 +11,6 @@ from .mixed import mixed_precision
 from .schemes import SCHEMES, MixedPrecisionConfig, final_config, quantize_steps, scheme_steps
 from .weight_only import awq_step, rotate_step, weight_only
 
-register_method(Int8DynamicConfig, int8_dynamic)
-register_method(Int8StaticConfig, int8_static)
-register_method(SmoothQuantConfig, smoothquant)
-register_method(WeightOnlyConfig, weight_only)
-register_method(AwqConfig, awq_step)
-register_method(RotateConfig, rotate_step)
-register_method(MixedPrecisionConfig, mixed_precision)
-register_method(CastConfig, cast)
 
 
 def scheme_config(name: str) -> MethodConfig:

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from ..core.config import Applied
+from ..core.config import Applied, Traits, register_method
 from ..core.hardware import cpu_info, fast_bf16
+from .configs import CastConfig
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def cast(sm, cfg, data=None) -> Applied:
+@register_method(CastConfig, traits=Traits())
+def cast(sm, cfg, run=None) -> Applied:
     device = next(sm.model.parameters()).device.type
     name = cfg.dtype
     if name == "auto":

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
 from ..adapters.base import is_linear, linear_classes
-from ..core.config import Applied
+from ..core.config import Applied, Traits, register_method
 from ..core.targets import select_modules
 from ..data import model_batches
 from ..models.activations import input_absmax, observe_inputs
@@ -91,7 +91,8 @@ def tied_head(sm) -> bool:
 # ------------------------------------------------------------------ int8 (dynamic, static)
 
 
-def int8_dynamic(sm, cfg: Int8DynamicConfig, data) -> Applied:
+@register_method(Int8DynamicConfig, traits=Traits())
+def int8_dynamic(sm, cfg: Int8DynamicConfig, run) -> Applied:
     targets = linear_targets(sm, cfg, include_head=True)
     for name, mod in tqdm(targets, desc="int8", leave=False):
         _replace_linear(sm, name, mod, act="token")
@@ -99,12 +100,13 @@ def int8_dynamic(sm, cfg: Int8DynamicConfig, data) -> Applied:
     return Applied(warnings, {"layers": len(targets), "embedding_int8": cfg.embeddings and not warnings})
 
 
-def int8_static(sm, cfg: Int8StaticConfig, data) -> Applied:
+@register_method(Int8StaticConfig, traits=Traits(needs_calibration=True))
+def int8_static(sm, cfg: Int8StaticConfig, run) -> Applied:
     targets = linear_targets(sm, cfg, include_head=True)
     obs = {n: RunningObserver(cfg.observer, 8, True, None, max_samples=2**18,
                               **({"percentile": cfg.percentile} if cfg.observer == "percentile" else {}))
            for n, _ in targets}
-    batches = model_batches(sm, list(data or []), cfg.calibration_tokens)
+    batches = model_batches(sm, list(run.calibration), cfg.calibration_tokens)
     smooth = {n: m.input_scale for n, m in targets if getattr(m, "input_scale", None) is not None}
 
     def consume(n, x):  # the quantizer sees the input after any SmoothQuant scaling
@@ -120,12 +122,13 @@ def int8_static(sm, cfg: Int8StaticConfig, data) -> Applied:
     return Applied(warnings, {"layers": len(targets), "activation_scale": scales})
 
 
-def smoothquant(sm, cfg: SmoothQuantConfig, data) -> Applied:
+@register_method(SmoothQuantConfig, traits=Traits(needs_calibration=True))
+def smoothquant(sm, cfg: SmoothQuantConfig, run) -> Applied:
     """Per-channel smoothing of each Linear's input (x / s, W * s), s from calibration absmax.
     The scale is kept on the layer (`input_scale`) so it is exact for every architecture;
     a later int8 step quantizes the smoothed weight and keeps the scale."""
     targets = [(n, m) for n, m in linear_targets(sm, cfg, include_head=False) if isinstance(m, nn.Linear)]
-    amax = input_absmax(sm, targets, model_batches(sm, list(data or []), 128), "smoothquant calibration")
+    amax = input_absmax(sm, targets, model_batches(sm, list(run.calibration), 128), "smoothquant calibration")
     spread = {}
     for name, mod in targets:
         w = mod.weight.detach().float()

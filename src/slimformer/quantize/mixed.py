@@ -8,7 +8,8 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
-from ..core.config import Applied, handler_for
+from ..core.config import Applied, Traits, handler_for, register_method
+from ..core.run import Run
 from ..data import model_batches
 from ..evaluate.fidelity import fidelity_drop
 from ..evaluate.fidelity import fidelity_outputs as _outputs
@@ -17,16 +18,18 @@ from .handlers import head_name, linear_targets
 from .schemes import MixedPrecisionConfig, scheme_steps
 
 
-def _run(sm, cfg, data) -> list[str]:
-    out = handler_for(cfg)(sm, cfg, data)
+def _run(sm, cfg, run) -> list[str]:
+    out = handler_for(cfg)(sm, cfg, run)
     return out.warnings if isinstance(out, Applied) else list(out or [])
 
 
-def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> Applied:
+@register_method(MixedPrecisionConfig, traits=Traits(needs_calibration=True))
+def mixed_precision(sm, cfg: MixedPrecisionConfig, run) -> Applied:
+    data = run.calibration
     *floats, scheme = scheme_steps(cfg.scheme)
     pre_warnings, pre_details = [], {}
     for step in floats:  # fold the rotation / AWQ scales once (exact in float), then search as usual
-        out = handler_for(step)(sm, step, data)
+        out = handler_for(step)(sm, step, run)
         pre_warnings += out.warnings
         pre_details[step.method] = out.details
     finer = cfg.fallback != "float"  # kept layers go to int8 or to int4 g32, not float
@@ -56,7 +59,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> Applied:
     for n in tqdm(names, desc="sensitivity", leave=False):
         original = scratch.model.get_submodule(n)
         one = dataclasses.replace(probe, targets=(n,), **_no_emb(probe))
-        _run(scratch, one, texts)
+        _run(scratch, one, run.with_calibration(texts))
         only[n] = fidelity_drop(ref, _outputs(scratch, batches), sm.kind)
         _set_module(scratch.model, n, original)
     del scratch
@@ -64,7 +67,7 @@ def mixed_precision(sm, cfg: MixedPrecisionConfig, data) -> Applied:
     kept, drop = _greedy(sm, probe, order, keeping, cfg, lambda m: fidelity_drop(ref, _outputs(m, batches), sm.kind),
                          texts, incremental=_layerwise(probe))
     final = keeping(scheme, kept)
-    warnings = pre_warnings + _run(sm, final, list(data or []))  # all the data (GPTQ calibrates on it)
+    warnings = pre_warnings + _run(sm, final, run)  # all the data (GPTQ calibrates on it)
     searched = drop
     if probe is not scheme:
         drop = fidelity_drop(ref, _outputs(sm, batches), sm.kind)
@@ -94,7 +97,7 @@ def _greedy(sm, probe, order, keeping, cfg, drop_of, texts, incremental: bool) -
     kept: list[str] = []
     limit = min(cfg.max_float, len(order))
     work = copy.deepcopy(sm)
-    _run(work, probe, texts)
+    _run(work, probe, Run.of(texts))
     drop = drop_of(work)
     with tqdm(total=limit, desc=f"keeping layers {cfg.fallback} (budget {cfg.max_drop:g})", leave=False) as bar:
         while drop > cfg.max_drop and len(kept) < limit:
@@ -104,11 +107,11 @@ def _greedy(sm, probe, order, keeping, cfg, drop_of, texts, incremental: bool) -
                 _set_module(work.model, name, copy.deepcopy(sm.model.get_submodule(name)))  # float again
                 if cfg.fallback != "float":
                     one = dataclasses.replace(keeping(probe, [name]), targets=(name,), **_no_emb(probe))
-                    _run(work, one, texts)
+                    _run(work, one, Run.of(texts))
             else:
                 work = copy.deepcopy(sm)
                 full = keeping(probe, kept)
-                _run(work, full, texts)
+                _run(work, full, Run.of(texts))
             drop = drop_of(work)
             bar.update(1)
             bar.set_postfix(drop=f"{drop:.4f}")

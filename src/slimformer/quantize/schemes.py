@@ -1,39 +1,51 @@
-"""Named schemes for `slimformer quantize --scheme` and MixedPrecisionConfig.scheme: each is a
-list of steps, float re-parametrisations (rotate, awq, smoothquant) first, the quantizer last."""
+"""Named schemes for `slimformer quantize --scheme` and MixedPrecisionConfig.scheme. A scheme is a
+built-in recipe (recipes/builtin/*.yaml, the one source of the steps): its steps are float
+re-parametrisations (rotate, awq, smoothquant) first, the quantizer last."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..core.config import MethodConfig
 from ..core.errors import ConfigError
-from .configs import AwqConfig, Int8DynamicConfig, Int8StaticConfig, RotateConfig, WeightOnlyConfig
 
-_GPTQ = dict(algorithm="gptq", act_order=True, clip=True, refit=True)
-
-SCHEMES: dict[str, tuple[MethodConfig, ...]] = {
-    "int8": (Int8DynamicConfig(),),
-    "int8-static": (Int8StaticConfig(),),
-    "w8": (WeightOnlyConfig(bits=8, group_size=128),),
-    "w4": (WeightOnlyConfig(bits=4, group_size=128),),
-    # round-to-nearest after activation-aware scaling (AWQ, quantize/awq.py): needs calibration
-    # data but no GPTQ pass
-    "w4-awq": (AwqConfig(bits=4, group_size=128), WeightOnlyConfig(bits=4, group_size=128)),
-    "w4-gptq": (WeightOnlyConfig(bits=4, group_size=128, **_GPTQ),),
-    # GPTQ on a Hadamard-rotated model (quantize/rotation.py), then 3 rounds of coordinate descent
-    # on the codes + refit: Llama-family decoders only
-    "w4-gptq-rot": (RotateConfig(seed=0), WeightOnlyConfig(bits=4, group_size=128, cd_passes=3, **_GPTQ)),
-    "w4-gptq-g64": (WeightOnlyConfig(bits=4, group_size=64, **_GPTQ),),
-    "w4-gptq-g32": (WeightOnlyConfig(bits=4, group_size=32, **_GPTQ),),
-    # group 32, grid over each group's [min, max] with a float zero point: re-packs a model
-    # dequantized from a Q4_1 GGUF exactly (no data needed)
-    "w4-g32-fz": (WeightOnlyConfig(bits=4, group_size=32, float_zeros=True),),
+# scheme name -> the built-in recipe that holds its steps
+SCHEME_RECIPES = {
+    "int8": "int8-dynamic",          # W8A8 dynamic int8 in PyTorch
+    "int8-static": "int8-static",
+    "w8": "int8-weight-only",
+    "w4": "int4-rtn",
+    "w4-awq": "int4-awq",            # round-to-nearest after activation-aware scaling: data, no GPTQ pass
+    "w4-gptq": "int4-gptq",
+    "w4-gptq-rot": "int4-gptq-rot",  # GPTQ on a Hadamard-rotated model + coordinate descent (Llama family)
+    "w4-gptq-g64": "int4-gptq-g64",
+    "w4-gptq-g32": "int4-gptq-g32",
+    "w4-g32-fz": "int4-g32-fz",      # group 32, float zero points: re-packs a Q4_1 GGUF model exactly
 }
+
+
+class _Schemes(Mapping):
+    """scheme name -> its steps (a tuple of configs), read from the built-in recipe."""
+
+    def __getitem__(self, name: str) -> tuple[MethodConfig, ...]:
+        from ..recipes.recipe import load_recipe
+
+        return tuple(load_recipe(SCHEME_RECIPES[name]).steps)
+
+    def __iter__(self):
+        return iter(SCHEME_RECIPES)
+
+    def __len__(self) -> int:
+        return len(SCHEME_RECIPES)
+
+
+SCHEMES: Mapping[str, tuple[MethodConfig, ...]] = _Schemes()
 
 
 def scheme_steps(name: str) -> list[MethodConfig]:
     """The steps of a named scheme; a ConfigError lists the names accepted."""
-    if name not in SCHEMES:
-        raise ConfigError(f"unknown scheme {name!r}; accepted: {', '.join(SCHEMES)}")
+    if name not in SCHEME_RECIPES:
+        raise ConfigError(f"unknown scheme {name!r}; accepted: {', '.join(SCHEME_RECIPES)}")
     return list(SCHEMES[name])
 
 
@@ -90,7 +102,7 @@ class MixedPrecisionConfig(MethodConfig):
     calibration_texts: int | None = None  # None: 64 texts, or for decoder LMs 8 (see above)
 
     def validate(self) -> None:
-        self._check_choice("scheme", tuple(SCHEMES))
+        self._check_choice("scheme", tuple(SCHEME_RECIPES))
         self._check_choice("fallback", ("float", "int8", "int4-g32"))
         if self.fallback != "float":
             s = final_config(self.scheme)

@@ -9,7 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
-from ..core.config import Applied
+from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError, DataError
 from ..core.targets import select_modules
 from ..data import model_batches
@@ -25,7 +25,8 @@ from ..core.qmath import dequantize_groupwise, quantize_groupwise, resolve_group
 from .rotation import RotatedLinear, RotatedNorm, rotate_
 
 
-def weight_only(sm, cfg: WeightOnlyConfig, data) -> Applied:
+@register_method(WeightOnlyConfig, traits=Traits(needs_calibration=True))
+def weight_only(sm, cfg: WeightOnlyConfig, run) -> Applied:
     warnings = []
     targets, head, body = _weight_only_layers(sm, cfg)
     tied = tied_head(sm)
@@ -45,6 +46,7 @@ def weight_only(sm, cfg: WeightOnlyConfig, data) -> Applied:
 
     errors: dict[str, float] = {}
     if cfg.algorithm == "gptq":
+        data = run.calibration
         if not data:
             raise DataError("GPTQ needs calibration data (texts); none was given (pass data=..., or --data PATH)")
         batches = model_batches(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
@@ -141,9 +143,11 @@ def _relative_error(w, wq, H) -> float:
 # ------------------------------------------------------------------ float steps: AWQ, rotation
 
 
-def awq_step(sm, cfg: AwqConfig, data) -> Applied:
+@register_method(AwqConfig, traits=Traits(needs_calibration=True))
+def awq_step(sm, cfg: AwqConfig, run) -> Applied:
     """Fold AWQ scales into the float model (awq.py), each group searched with the round-to-nearest
     quantizer of the weight-only grid that follows."""
+    data = run.calibration
     if not data:
         raise DataError("awq searches activation-aware scales on calibration data; no texts were given "
                         "(pass data=..., or --data PATH on the command line)")
@@ -165,7 +169,8 @@ def awq_step(sm, cfg: AwqConfig, data) -> Applied:
     return Applied(warnings, awq_summary(groups))
 
 
-def rotate_step(sm, cfg: RotateConfig, data) -> Applied:
+@register_method(RotateConfig, traits=Traits(portable=False))
+def rotate_step(sm, cfg: RotateConfig, run) -> Applied:
     """Hadamard rotation (rotation.py) with a run-time rotation of the down projections' inputs;
     records the rotated modules so a reload rebuilds them."""
     model = sm.model

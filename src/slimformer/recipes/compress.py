@@ -1,34 +1,30 @@
-"""slimformer.compress: evaluate, run the recipe's steps, evaluate what the recipe ends with (the
-model, or the exported artifact the user will deploy), record everything."""
+"""slimformer.compress: evaluate, run the recipe's steps (recipes/pipeline.py), evaluate what the
+recipe ends with (the model, or the exported artifact the user will deploy), record everything.
+Every command (quantize, prune, distill, finetune, export) is a compress run of a short recipe."""
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.config import ORIGINAL_MODEL, apply_method
-from ..core.errors import ConfigError
-from ..core.workspace import step_dir, training_texts
+from ..core.config import traits_of
+from ..core.run import Original, Run
 from ..evaluate.api import EvalOptions, evaluate
-from ..evaluate.efficiency import saved_bytes
 from ..evaluate.result import recovery
+from .pipeline import check_recipe, last_training_step, run_steps
 from .recipe import load_recipe
-from .result import CompressionResult, StepRecord
-
-ARTIFACT_METHODS = ("onnx", "deploy")  # steps that may turn the model into a deployable artifact: last in a recipe
-TRAINING_METHODS = ("distill",)  # steps that keep checkpoints in the work folder (resumable)
+from .result import CompressionResult
 
 
 @dataclass(frozen=True)
 class CompressOptions:
     """evaluate: how to measure; evaluation=False skips the before/after evaluations (the steps
     are still recorded, e.g. `slimformer quantize`). calibration_samples: texts drawn from the
-    task (or the packaged sample) for calibration."""
+    task (or the packaged sample) for calibration. train_task: labeled training data for a
+    `finetune` step. trackers: where training steps report (accelerate tracker names)."""
 
     evaluate: EvalOptions = field(default_factory=EvalOptions)
     calibration_samples: int = 128
@@ -38,6 +34,8 @@ class CompressOptions:
     unlabeled: object = None  # texts, or text file(s) joined with ',': what steps that train (distill) train on
     stage_evaluation: bool = True  # evaluate after every step of a multi-step recipe (one report row each)
     progress: bool = False  # a line on stderr as each step starts (the CLI turns it on)
+    train_task: object = None
+    trackers: tuple = ()
 
 
 def calibration_texts_for(task, n: int, seed: int, source=None) -> list[str]:
@@ -48,111 +46,133 @@ def calibration_texts_for(task, n: int, seed: int, source=None) -> list[str]:
     return calibration_texts(source, n=n, seed=seed)
 
 
-def check_recipe(recipe) -> None:
-    """An artifact step (export) can only be the last step."""
-    for i, cfg in enumerate(recipe.steps[:-1], 1):
-        if cfg.method in ARTIFACT_METHODS:
-            raise ConfigError(f"recipe {recipe.name!r}: step {i} ({cfg.method}) writes a deployable artifact and must "
-                              f"be the last step; {len(recipe.steps) - i} step(s) follow it")
-
-
-def run_steps(model, recipe, calibration: list[str]) -> list[StepRecord]:
-    """Apply each step in place; one StepRecord per step with sizes before and after and the
-    handler's details. A final export step leaves its artifact in `records[-1].artifact`."""
-    records, _ = run_steps_to_artifact(model, recipe, calibration)
-    return records
-
-
-def run_steps_to_artifact(model, recipe, calibration: list[str], work: Path | None = None, after_step=None,
-                          progress: bool = False):
-    """(StepRecords, what the recipe ends with: `model` itself, or the artifact of an export step).
-    work: a folder in which step i gets its own `NN-method` folder (a training step keeps its
-    checkpoints there). after_step(i, current): called after each step but the last."""
-    check_recipe(recipe)
-    records = []
-    current = model
-    for i, cfg in enumerate(recipe.steps, 1):
-        if progress:
-            print(f"[{i}/{len(recipe.steps)}] {cfg.method}", file=sys.stderr, flush=True)
-        before = saved_bytes(current)["bytes"], current.num_params()
-        t0 = time.perf_counter()
-        with step_dir(work / f"{i:02d}-{cfg.method}" if work is not None else None):
-            out = apply_method(current, cfg, calibration)
-        secs = time.perf_counter() - t0
-        if out.model is not None:
-            current = out.model
-        after = saved_bytes(current)["bytes"], current.num_params()
-        records.append(StepRecord(cfg.method, cfg.to_dict(), before[1], after[1], before[0], after[0],
-                                  round(secs, 3), list(out.warnings), dict(out.details)))
-        if after_step is not None and i < len(recipe.steps):
-            after_step(i, current)
-    return records, current
-
-
 def compress(model, recipe, task=None, out=None, options: CompressOptions | None = None) -> CompressionResult:
     """Compress `model` (a SlimModel, changed in place) with `recipe` (built-in name, YAML path,
     dict or list of configs), evaluating on `task` before and after. What is evaluated after is
     what the recipe ends with: the model, or the exported artifact of a final export step. With
     `out`, the folder gets that model or artifact, result.json and report.md (checked before any
-    work: a folder that cannot be written is an error up front)."""
-    from ..export.step import artifact_dir
-    from ..models.saving import atomic_folder, check_out_dir, save, write_extra
-    from ..report.markdown import render_markdown
-
+    work: a folder that cannot be written is an error up front; an `out` ending in .gguf is the
+    file itself, with OUT.result.json and OUT.report.md beside it)."""
     opts = options or CompressOptions()
     rec = load_recipe(recipe)
     check_recipe(rec)
     if out is not None:
-        check_out_dir(out)
+        _check_out(out, model)
     unlabeled = _unlabeled(opts.unlabeled)  # a bad path fails here, before any work
-    trains = any(s.method in TRAINING_METHODS for s in rec.steps)
-    reference = copy.deepcopy(model) if opts.evaluation or trains else None
+    trains = last_training_step(rec) is not None
+    needs_original = opts.evaluation or any(traits_of(s).needs_original for s in rec.steps)
     baseline = evaluate(model, task, None, opts.evaluate) if opts.evaluation else None
     calib = calibration_texts_for(task, opts.calibration_samples, opts.seed, opts.calibration_source)
     work, resumed = _work_folder(out, rec, model, keep=trains)
     if resumed and opts.progress:
         print(f"resuming the interrupted run kept in {work}", file=sys.stderr, flush=True)
-    stages = []
-
-    def after_step(i, current):
-        if opts.evaluation and opts.stage_evaluation:
-            r = evaluate(current, task, None, opts.evaluate)
-            stages.append({"step": i, "method": rec.steps[i - 1].method, "metrics": r.metrics,
-                           "efficiency": r.efficiency})
-
     ok = False
     try:
-        token = ORIGINAL_MODEL.set(reference)
-        try:
-            with artifact_dir(work), training_texts(unlabeled):
-                steps, final = run_steps_to_artifact(model, rec, calib, work=work, after_step=after_step,
-                                                     progress=opts.progress)
-        finally:
-            ORIGINAL_MODEL.reset(token)
-        compressed = evaluate(final, task, reference, opts.evaluate) if opts.evaluation else None
+        original = Original(model, work / "original") if needs_original else None
+        run = Run(calibration=calib, task=task, train_task=opts.train_task, unlabeled=unlabeled, original=original,
+                  work_dir=work, artifact_dir=work / "artifacts", threads=opts.evaluate.threads,
+                  trackers=tuple(opts.trackers))
+        stages = []
+
+        def after_step(i, current):
+            if opts.evaluation and opts.stage_evaluation:
+                r = evaluate(_runnable(current), task, None, opts.evaluate)
+                stages.append({"step": i, "method": rec.steps[i - 1].method, "metrics": r.metrics,
+                               "efficiency": r.efficiency})
+
+        steps, final = run_steps(model, rec, run, after_step=after_step, progress=opts.progress)
+        compressed = evaluate(_runnable(final), task, original(), opts.evaluate) if opts.evaluation else None
         if compressed is not None and stages:
             stages.append({"step": len(rec.steps), "method": rec.steps[-1].method, "metrics": compressed.metrics,
                            "efficiency": compressed.efficiency})
         result = CompressionResult(rec.to_dict(), steps, baseline, compressed,
                                    recovery(baseline, compressed) if opts.evaluation else {}, model=model.source,
                                    stages=stages, resumed=resumed)
-        model.meta["recipe"] = rec.to_dict()
-        model.meta["result"] = result.to_dict()
-        if out is not None:
-            extra = {"result.json": result.to_json(), "report.md": render_markdown(result)}
-            if getattr(final, "folder", None) is not None:  # an exported artifact, as written, plus the result
-                def write(tmp: Path) -> None:
-                    shutil.copytree(final.folder, tmp, dirs_exist_ok=True)
-                    write_extra(tmp, extra)
-
-                atomic_folder(out, write)
-            else:
-                save(model, Path(out), extra_files=extra)
+        for m in {id(model): model, id(final): final}.values():
+            if isinstance(getattr(m, "meta", None), dict):
+                m.meta["recipe"] = rec.to_dict()
+                m.meta["result"] = result.to_dict()
+        if out is not None and _main_process():
+            _write_out(out, model, final, result)
         ok = True
     finally:
         if ok or not trains or out is None:
             shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _main_process() -> bool:
+    """Under torchrun / accelerate launch only rank 0 writes the output."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _runnable(final):
+    """What evaluation runs: the model or ONNX artifact itself, or a written file loaded back."""
+    return final.load() if hasattr(final, "load") and not hasattr(final, "embed") else final
+
+
+def _check_out(out, model) -> None:
+    """Before any work: `out` can be written, is not the input model's folder or inside it, and does
+    not hold it (replacing `out` would delete the input)."""
+    from ..core.errors import SlimformerError
+    from ..models.saving import check_out_dir
+
+    p = Path(out).expanduser().resolve()
+    src = Path(str(getattr(model, "source", "") or "")).expanduser()
+    if src.exists():
+        src = src.resolve()
+        if p == src or src in p.parents or p in src.parents:
+            raise SlimformerError(f"--out {p} is the input model {src}, inside it or holds it; writing there would "
+                                  "replace the input; give another folder")
+    if p.suffix == ".gguf":
+        from ..export.formats import gguf_written_by_slimformer
+
+        if p.exists() and (not p.is_file() or not gguf_written_by_slimformer(p)):
+            raise SlimformerError(f"{p} exists and was not written by slimformer; refusing to overwrite it (give a "
+                                  "new path)")
+        check_out_dir(p.parent / f".{p.name}.check")  # the folder can be written
+        return
+    check_out_dir(p)
+
+
+def _write_out(out, model, final, result) -> None:
+    """The model or artifact at `out` with result.json and report.md, nothing half-written."""
+    import os
+
+    from ..models.saving import atomic_folder, save, write_extra
+    from ..report.markdown import render_markdown
+
+    extra = {"result.json": result.to_json(), "report.md": render_markdown(result)}
+    path = getattr(final, "path", None)
+    p = Path(out).expanduser().resolve()
+    if path is not None and Path(path).is_file() and p.suffix == Path(path).suffix:  # one file: x.gguf + x.result.json
+        p.parent.mkdir(parents=True, exist_ok=True)
+        for name, text in extra.items():
+            dest = p.with_name(f"{p.stem}.{name}")
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, dest)
+        tmp = p.with_name(f".{p.name}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, p)
+        return
+    if path is not None and Path(path).is_file():  # one file into the folder
+        def write_file(tmp: Path) -> None:
+            shutil.copyfile(path, tmp / Path(path).name)
+            write_extra(tmp, extra)
+            (tmp / "slimformer.json").write_text(json.dumps({"artifact": Path(path).name, **final.meta}, default=str))
+
+        atomic_folder(out, write_file)
+    elif getattr(final, "folder", None) is not None:  # an exported folder, as written, plus the result
+        def write(tmp: Path) -> None:
+            shutil.copytree(final.folder, tmp, dirs_exist_ok=True)
+            write_extra(tmp, extra)
+
+        atomic_folder(out, write)
+    else:  # the model the recipe ends with (a step may have replaced it: finetune's new classifier)
+        save(final, Path(out), extra_files=extra)
 
 
 def _unlabeled(source) -> list[str] | None:
@@ -189,7 +209,8 @@ def _resume_key(rec, model) -> dict:
     (a changed step after it, e.g. deploy's candidates, re-runs from the trained model instead of
     throwing the training away)."""
     steps = json.loads(json.dumps(rec.to_dict()["steps"], default=str))
-    last = max((i for i, s in enumerate(rec.steps) if s.method in TRAINING_METHODS), default=len(steps) - 1)
+    last = last_training_step(rec)
+    last = len(steps) - 1 if last is None else last
     return {"model": model.source, "steps": steps[: last + 1]}
 
 

@@ -18,6 +18,7 @@ class StepRecord:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    traits: list[str] = field(default_factory=list)  # the method's traits (e.g. bytes_only: saves bytes, not time)
 
 
 @dataclass

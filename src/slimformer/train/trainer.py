@@ -41,6 +41,7 @@ from ..core.hardware import resolve_precision
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+CALLBACKS_FILE = "callbacks.pt"  # the state of callbacks that have one (pruning masks and scores)
 MODULE_STATE = "custom_checkpoint_0.pkl"  # accelerate's file for the first registered object: the module
 
 
@@ -144,6 +145,9 @@ class Callback:
 
     def on_train_end(self, trainer: "Trainer") -> None:
         pass
+
+    # a callback with state (masks, scores) also defines state_dict() / load_state_dict(state):
+    # checkpoints keep it, so a resumed run continues with the same masks
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total: int) -> Callable[[int], float]:
@@ -281,6 +285,9 @@ class Trainer:
         acc.save_state(str(tmp), safe_serialization=False)
         if acc.is_main_process:
             state = {"step": self.step, "best": self.best, "history": self.history, "fingerprint": self.fingerprint}
+            cb_state = {i: cb.state_dict() for i, cb in enumerate(self.callbacks) if hasattr(cb, "state_dict")}
+            if cb_state:
+                torch.save(cb_state, tmp / CALLBACKS_FILE)
             (tmp / STATE_FILE).write_text(json.dumps(state, default=str))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -296,6 +303,10 @@ class Trainer:
             raise SlimformerError(f"{path}: a checkpoint of another run (different model, data size or training "
                                   "settings); use a new output folder, or delete its checkpoints folder to start over")
         self.accelerator.load_state(str(path))
+        if (path / CALLBACKS_FILE).exists():
+            for i, st in torch.load(path / CALLBACKS_FILE, weights_only=False).items():
+                if int(i) < len(self.callbacks) and hasattr(self.callbacks[int(i)], "load_state_dict"):
+                    self.callbacks[int(i)].load_state_dict(st)
         self.step = int(state["step"])
         self.best = state.get("best")
         self.history = state.get("history", [])

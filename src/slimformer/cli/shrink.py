@@ -1,0 +1,180 @@
+"""Commands that compress: compress (any recipe), and quantize / prune / export, each of which
+builds a short recipe and runs it through `slimformer.compress` like compress does."""
+from __future__ import annotations
+
+import sys
+
+from .common import MODEL_HELP, add_eval_args, eval_options, run_recipe, task_from_args
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("compress", help="run a recipe, evaluate before and after, save model + report")
+    add_eval_args(p, need_task=False)
+    p.add_argument("--recipe", required=True, help="a built-in recipe name (see `slimformer recipes`) or a YAML file")
+    p.add_argument("--unlabeled", help="training sentences for recipes that train (encoder-fast, classifier-fast: the "
+                   "distill step): a text file (one a line) or task files, several joined with ','")
+    p.add_argument("--out", required=True, help="output folder: model, result.json, report.md. A recipe that trains "
+                   "keeps checkpoints in .OUT.slimformer-work beside it: re-run the same command to resume")
+    p.set_defaults(run=cmd_compress)
+
+    p = sub.add_parser("quantize", help="quantize a model and save it (reloadable with slimformer.load)")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("--scheme", required=True,
+                   help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-awq | w4-gptq | w4-gptq-rot | w4-gptq-g64 | "
+                   "w4-gptq-g32 | w4-g32-fz; each is a built-in recipe's steps (slimformer recipes: int8-dynamic, "
+                   "int8-static, int8-weight-only, int4-rtn, int4-awq, int4-gptq, int4-gptq-rot, int4-gptq-g64, "
+                   "int4-gptq-g32, int4-g32-fz). w4-awq: round-to-nearest after activation-aware scaling searched on "
+                   "--data, no GPTQ pass; w4-gptq-rot: GPTQ on a Hadamard-rotated model plus coordinate descent on the "
+                   "codes, the best int4 group 128 for Llama-family decoders; w4-g32-fz: group 32 with float zero "
+                   "points, re-packs a Q4_1 GGUF model exactly")
+    p.add_argument("--smoothquant", type=float, metavar="ALPHA", help="apply SmoothQuant with this alpha first (W8A8)")
+    p.add_argument("--max-drop", type=float, help="keep the most sensitive layers float until the fidelity drop "
+                   "(1 - cosine for embedding models, KL for LMs) is at most this; reports which stayed float. With "
+                   "w4-gptq* the search measures round-to-nearest models; the final GPTQ model's own drop, usually "
+                   "lower, is reported")
+    p.add_argument("--fallback", choices=["float", "int8", "int4-g32"], default="float",
+                   help="with --max-drop: what the sensitive layers keep: float (default); inside a 4-bit "
+                   "weight-only scheme (w4, w4-awq, w4-gptq*) also int8 (a mixed int4/int8 model) or int4-g32 (still "
+                   "4-bit, group 32 with float zero points: mixed group sizes)")
+    p.add_argument("--max-kept", type=int, default=16, help="with --max-drop: at most this many layers kept (default 16)")
+    p.add_argument("--search-texts", type=int, help="with --max-drop: texts the sensitivity search measures on "
+                   "(default 64; decoder LMs 8, as 128-token chunks: each probe runs the whole model)")
+    _calibration_args(p, "calibration text (one text per line; GPTQ and AWQ need it; default: packaged sample)")
+    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
+    p.set_defaults(run=cmd_quantize)
+
+    p = sub.add_parser("prune", help="prune a model: sparsity (--method) or structure (--structure), and save it",
+                       description="Sparsity (--method magnitude|wanda|sparsegpt) zeroes weights and stores them "
+                       "compactly: a smaller file, the same speed on CPU. Structure (--structure heads|ffn|layers) "
+                       "removes attention heads, FFN neurons or whole layers: fewer parameters, faster. The folder "
+                       "also gets result.json (per-layer details). Pruning during training (movement, gradual "
+                       "magnitude, group lasso) is a recipe step before a training step: see recipe encoder-movement.")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"],
+                   help="sparsity: magnitude (no data), wanda (|W| x input norm), sparsegpt (reconstructs the layer's "
+                   "output; --bits 4/8 also quantizes in the same pass)")
+    g.add_argument("--structure", choices=["heads", "ffn", "layers"], help="structured removal")
+    p.add_argument("--amount", type=float, help="fraction pruned, in [0, 1) (default 0.5 for sparsity, 0.25 for "
+                   "heads/ffn); for --structure layers the fraction of layers (or use --count)")
+    p.add_argument("--count", type=int, help="--structure layers: number of layers to remove")
+    p.add_argument("--pattern", default="", help="N:M semi-structured sparsity, e.g. 2:4 (default: unstructured)")
+    p.add_argument("--scope", choices=["layer", "global"], default="layer",
+                   help="per layer (default) or over the whole model (magnitude, heads, ffn)")
+    p.add_argument("--importance", help="--structure heads/ffn: magnitude (default), activation, taylor, random; "
+                   "layers: block_influence (default), last")
+    p.add_argument("--bits", type=int, choices=[0, 4, 8], default=0, help="--method sparsegpt: also quantize the "
+                   "kept weights to int4/int8 (joint mode)")
+    _calibration_args(p, "calibration text (one text per line; wanda, sparsegpt and data-based importance need it; "
+                      "default: the packaged sample sentences)")
+    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
+    p.set_defaults(run=cmd_prune)
+
+    p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path, to "
+                       "GGUF for llama.cpp, or a quantized model to the compressed-tensors format plain transformers "
+                       "and vLLM load")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--onnx", action="store_true", help="export to ONNX for ONNX Runtime (a Llama-family LM without "
+                   "--quantize: one KV-cache graph, int4/int8 weights as MatMulNBits)")
+    g.add_argument("--gguf", action="store_true",
+                   help="write a Llama-architecture LM (float, or quantized with groups of 32: w4-g32-fz, w4/w4-gptq at "
+                   "group 32, w8 symmetric, int8_dynamic) as one .gguf file for llama.cpp: Q4_1 / Q4_0 / Q8_0 blocks "
+                   "holding our codes, scales in float16; --out is the .gguf file (OUT.result.json beside it)")
+    g.add_argument("--compressed-tensors", action="store_true",
+                   help="write a model quantized by slimformer (weight_only with integer zero points and whole groups, "
+                   "or int8_dynamic) in the compressed-tensors format, codes and scales carried over exactly; loads with "
+                   "AutoModelForCausalLM.from_pretrained (pip install compressed-tensors) and vLLM")
+    p.add_argument("--quantize", choices=["int8", "int8-static", "int8-weights"], help="int8: SmoothQuant-equalized "
+                   "dynamic int8 (weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: "
+                   "activation ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops; "
+                   "int8-weights: int8 weights per channel (slimformer's own codes), activations quantized at run time "
+                   "by OpenVINO (pip install 'slimformer[openvino]'); recipe 'fastest' times it against the others")
+    p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer (default: "
+                   "build the graph with and without it and keep the faster on this machine)")
+    p.add_argument("--data", help="calibration text for int8 / int8-static (one text per line; default: packaged "
+                   "sample)")
+    p.add_argument("--accuracy-level", type=int, default=4, choices=range(5), metavar="0-4",
+                   help="--onnx of a Llama-family LM: ONNX Runtime MatMulNBits accuracy level: 4 (default) quantizes "
+                   "activations to int8 per block for the fastest kernels, 0 keeps them float (exact)")
+    p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config, result.json); with "
+                   "--gguf, the .gguf file")
+    p.set_defaults(run=cmd_export)
+
+
+def _calibration_args(p, help_text: str) -> None:
+    p.add_argument("--data", help=help_text)
+    p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
+
+
+def cmd_compress(a) -> None:
+    from .. import load
+    from ..report.markdown import render_markdown
+
+    task = task_from_args(a)
+    if task is None:
+        print("no --task/--data given: calibrating and measuring fidelity on the packaged sample sentences; "
+              "task metrics (e.g. STS-B Spearman) need real data via --task/--data", file=sys.stderr)
+    res = run_recipe(load(a.model), a.recipe, a.out, task, evaluation=True, evaluate=eval_options(a),
+                     unlabeled=a.unlabeled)
+    print(render_markdown(res))
+    print(f"\nwrote {a.out} (model, result.json, report.md)")
+
+
+def cmd_quantize(a) -> None:
+    from .. import load
+    from ..quantize import quantize_steps
+
+    steps = quantize_steps(a.scheme, smoothquant=a.smoothquant, max_drop=a.max_drop, fallback=a.fallback,
+                           max_kept=a.max_kept, search_texts=a.search_texts)
+    res = run_recipe(load(a.model), _named(f"quantize {a.scheme}", steps), a.out,
+                     calibration_samples=a.calibration_samples, calibration_source=a.data)
+    print(f"wrote {a.out} ({', '.join(st.method for st in res.steps)}; result.json lists the steps)")
+
+
+def cmd_prune(a) -> None:
+    from .. import load
+    from ..prune import prune_config
+
+    cfg = prune_config(method=a.method, structure=a.structure, amount=a.amount, count=a.count, pattern=a.pattern,
+                       scope=a.scope, importance=a.importance, bits=a.bits)
+    res = run_recipe(load(a.model), _named(f"prune {cfg.method}", [cfg]), a.out,
+                     calibration_samples=a.calibration_samples, calibration_source=a.data)
+    st = res.steps[-1]
+    print(f"wrote {a.out} ({cfg.method}: {st.params_before:,} -> {st.params_after:,} params, "
+          f"{st.bytes_before / 1e6:.1f} -> {st.bytes_after / 1e6:.1f} MB; result.json has the per-layer details)")
+
+
+def cmd_export(a) -> None:
+    from .. import load
+    from ..core.errors import SlimformerError
+    from ..export import CompressedTensorsConfig, ExportConfig, GgufConfig, OnnxLMConfig
+    from ..export.onnx_lm import lm_graph_supported
+
+    if (a.gguf or a.compressed_tensors) and (a.quantize or a.no_optimize):
+        raise SlimformerError("--quantize / --no-optimize apply to --onnx; --gguf and --compressed-tensors write the "
+                              "model as quantized (run slimformer quantize first)")
+    model = load(a.model)
+    if a.gguf:
+        step, said = GgufConfig(), "for llama.cpp; load it with slimformer.load too"
+    elif a.compressed_tensors:
+        step, said = CompressedTensorsConfig(), "compressed-tensors; load it with transformers' from_pretrained"
+    elif not a.quantize and getattr(model, "kind", None) == "causal-lm" and lm_graph_supported(model):
+        step = OnnxLMConfig(accuracy_level=a.accuracy_level)
+        said = (f"a KV-cache graph for ONNX Runtime: prefill and decode, int4/int8 weights as MatMulNBits, accuracy "
+                f"level {a.accuracy_level}; run it with slimformer.load(DIR).generate or evaluate")
+    else:
+        step = ExportConfig(quantize=a.quantize or "none", optimize=False if a.no_optimize else "auto")
+        runner = "OpenVINO (or onnxruntime, slower)" if a.quantize == "int8-weights" else "onnxruntime"
+        said = f"{a.quantize or 'float32'}; run it with slimformer.load(DIR), slimformer.export.load_onnx or {runner}"
+    res = run_recipe(model, _named(f"export {step.method}", [step]), a.out, calibration_source=a.data)
+    st = res.steps[-1]
+    if st.details.get("tensor_types"):
+        said += f"; tensor types {', '.join(st.details['tensor_types'])}"
+    print(f"wrote {a.out} ({said}; {st.bytes_after / 1e6:.1f} MB of weights; result.json beside it)")
+
+
+def _named(name: str, steps):
+    from ..recipes import Recipe
+
+    return Recipe(name=name, steps=list(steps), source="<cli>")

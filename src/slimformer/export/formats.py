@@ -1,0 +1,138 @@
+"""The other export formats as recipe steps, so `slimformer export` is a recipe run like every
+command: `onnx_lm` (a KV-cache ONNX Runtime graph of a Llama-family LM), `gguf` (one .gguf for
+llama.cpp) and `compressed_tensors` (a folder plain transformers and vLLM load)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.config import Applied, MethodConfig, Traits, register_method
+from ..core.errors import ConfigError
+
+
+class ExportedFiles:
+    """An artifact slimformer wrote but does not run itself (a .gguf file, a compressed-tensors
+    folder): its path, the sizes `compress` records, and `load()` for evaluating it (slimformer's
+    own loaders: a .gguf dequantized to float, a compressed-tensors folder through transformers)."""
+
+    def __init__(self, path: Path, fmt: str, sm):
+        self.path = Path(path)
+        self.format = fmt
+        self.kind = sm.kind
+        self.source = f"{sm.source} ({fmt})"
+        self.meta = {"format": fmt, "source_meta": {k: v for k, v in sm.meta.items() if k in ("steps", "recipe")}}
+        self._params = sm.num_params()
+
+    @property
+    def folder(self) -> Path | None:
+        """The artifact's folder (None for a single file)."""
+        return self.path if self.path.is_dir() else None
+
+    def disk_bytes(self) -> dict:
+        files = [self.path] if self.path.is_file() else [f for f in self.path.rglob("*") if f.is_file()]
+        weights = sum(f.stat().st_size for f in files if f.suffix in (".gguf", ".safetensors"))
+        return {"bytes": weights, "bytes_total": sum(f.stat().st_size for f in files)}
+
+    def num_params(self) -> int:
+        return self._params
+
+    def load(self):
+        from ..models.loading import load
+
+        return load(self.path)
+
+
+def _refuse_targets(cfg) -> None:
+    if cfg.targets or cfg.ignore:
+        raise ConfigError(f"{type(cfg).__name__}: targets/ignore do not apply to an export (it writes the whole model)")
+
+
+@dataclass(frozen=True)
+class OnnxLMConfig(MethodConfig):
+    """A Llama-family causal LM as one ONNX Runtime graph with a KV cache (export_onnx_lm):
+    int4/int8 weights as MatMulNBits with slimformer's codes. accuracy_level: MatMulNBits' level,
+    4 (int8 activations per block, fastest) down to 0 (float activations, exact)."""
+
+    method = "onnx_lm"
+    accuracy_level: int = 4
+
+    def validate(self) -> None:
+        self._check_choice("accuracy_level", (0, 1, 2, 3, 4))
+        _refuse_targets(self)
+
+
+@dataclass(frozen=True)
+class GgufConfig(MethodConfig):
+    """A Llama-architecture LM as one .gguf file for llama.cpp (export_gguf: Q4_1 / Q4_0 / Q8_0
+    blocks holding slimformer's codes, F32 otherwise)."""
+
+    method = "gguf"
+
+    def validate(self) -> None:
+        _refuse_targets(self)
+
+
+@dataclass(frozen=True)
+class CompressedTensorsConfig(MethodConfig):
+    """A model quantized by slimformer in the compressed-tensors format (export_compressed_tensors),
+    codes and scales carried over exactly; transformers' from_pretrained and vLLM load it."""
+
+    method = "compressed_tensors"
+
+    def validate(self) -> None:
+        _refuse_targets(self)
+
+
+def _not_exported(sm, step: str) -> None:
+    from .runtime import OnnxSlimModel
+
+    if isinstance(sm, (OnnxSlimModel, ExportedFiles)):
+        raise ConfigError(f"{step}: the model is an export already; an export step must come last in a recipe")
+
+
+@register_method(OnnxLMConfig, traits=Traits(artifact=True))
+def onnx_lm_step(sm, cfg: OnnxLMConfig, run) -> Applied:
+    from .onnx_lm import export_onnx_lm
+    from .runtime import load_onnx
+
+    _not_exported(sm, "onnx_lm")
+    folder = export_onnx_lm(sm, run.artifact_folder("onnx-lm"), accuracy_level=cfg.accuracy_level)
+    art = load_onnx(folder)
+    art.meta.setdefault("source_meta", {k: v for k, v in sm.meta.items() if k in ("steps", "recipe")})
+    return Applied([f"onnx_lm: KV-cache graph, MatMulNBits accuracy level {cfg.accuracy_level}"],
+                   {"folder": str(folder), "accuracy_level": cfg.accuracy_level}, model=art)
+
+
+@register_method(GgufConfig, traits=Traits(artifact=True))
+def gguf_step(sm, cfg: GgufConfig, run) -> Applied:
+    from .gguf import export_gguf, tensor_types
+
+    _not_exported(sm, "gguf")
+    folder = run.artifact_folder("gguf")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = export_gguf(sm, folder / "model.gguf")
+    types = tensor_types(path)
+    return Applied([f"gguf: {path.stat().st_size / 1e6:.1f} MB, tensor types {', '.join(types)}"],
+                   {"file": str(path), "tensor_types": list(types)}, model=ExportedFiles(path, "gguf", sm))
+
+
+@register_method(CompressedTensorsConfig, traits=Traits(artifact=True))
+def compressed_tensors_step(sm, cfg: CompressedTensorsConfig, run) -> Applied:
+    from .compressed_tensors import export_compressed_tensors
+
+    _not_exported(sm, "compressed_tensors")
+    folder = export_compressed_tensors(sm, run.artifact_folder("compressed-tensors"))
+    return Applied(["compressed_tensors: load it with transformers' from_pretrained (pip install compressed-tensors)"],
+                   {"folder": str(folder)}, model=ExportedFiles(folder, "compressed-tensors", sm))
+
+
+def gguf_written_by_slimformer(path: Path) -> bool:
+    """Whether the file at `path` is a .gguf slimformer wrote (the only kind it overwrites)."""
+    import gguf
+
+    from .gguf import MARK
+
+    try:
+        return MARK in gguf.GGUFReader(str(path)).fields
+    except Exception:  # not a GGUF file at all
+        return False
