@@ -209,3 +209,41 @@ def openvino_on(folder, model_path, threads: int, precision: str | None = None):
     m.model.session = OpenVinoSession(model_path, threads, precision=precision)
     m.model.input_names = [i.name for i in m.model.session.get_inputs()]
     return m
+
+
+def stsb(path: Path):
+    """STS-B CSV -> (first sentences, second sentences, gold scores)."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return [r[0] for r in rows], [r[1] for r in rows], [float(r[2]) for r in rows]
+
+
+def spearman100(emb, n: int, gold) -> float:
+    """STS-B Spearman x100 of the pair cosines (emb holds the first sentences, then the second ones)."""
+    import torch
+
+    from slimformer.evaluate import metrics as M
+
+    return M.spearman(torch.nn.functional.cosine_similarity(emb[:n], emb[n:]).tolist(), gold)
+
+
+def timed(run) -> float:
+    time.sleep(0.05)  # let ORT worker threads park before the next session runs
+    t = time.perf_counter()
+    run()
+    return time.perf_counter() - t
+
+
+def interleaved(runs: dict, rounds: int) -> dict:
+    """Median seconds per callable; the order flips every round so drift hits all alike."""
+    import statistics
+
+    for run in runs.values():  # warm-up
+        timed(run)
+    ts = {n: [] for n in runs}
+    for r in range(rounds):
+        for n in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            ts[n].append(timed(runs[n]))
+    return {n: statistics.median(t) for n, t in ts.items()}

@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--student-epochs", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=1e-4, help="student learning rate")
     ap.add_argument("--keep", default="0,2,4", help="teacher layers the student keeps")
+    ap.add_argument("--name", default="distill_sst2", help="results file name (the 3-epoch retry: distill_sst2_e3)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = sf.load_task("classification", a.data / "sst2" / "dev.tsv")
@@ -70,7 +71,7 @@ def main() -> None:
         "32 x 128 as a ratio to the teacher, interleaved in this run.", "",
         table(["model", "accuracy", "of teacher", "MB", "throughput x", "notes"], rows),
     ])
-    write("distill_sst2", payload, md, a.out)
+    write(a.name, payload, md, a.out)
 
 
 if __name__ == "__main__":

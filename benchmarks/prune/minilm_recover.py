@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, throughput_ratio, unlabeled_sentences, write  # noqa: E402
+from common import base_parser, provenance, throughput_ratio, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
@@ -66,6 +66,7 @@ def main() -> None:
                 payload["rows"][name]["speed_threads"] = a.threads
         payload["speed_note"] = (f"throughput re-timed alone at {a.threads} threads "
                                  "(--speed-only); the training run's own figure is kept as throughput_x_training_run")
+        payload["speed_provenance"] = provenance()  # the --speed-only run that re-timed the rows
         path.write_text(json.dumps(payload, indent=2, default=str))
         md = (a.out / "prune_minilm_recover.md").read_text().rstrip() + "\n\n" + "\n".join(
             f"- {n}: throughput re-timed alone ({a.threads} threads, 9 interleaved rounds): {v['throughput_x']:.2f}x "

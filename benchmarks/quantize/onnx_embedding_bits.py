@@ -15,7 +15,6 @@ Writes benchmarks/results/onnx_int4_embedding.json (+ .md) and prints the table.
 from __future__ import annotations
 
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -25,34 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from common import base_parser, write  # noqa: E402
-from slimformer.evaluate import metrics as M  # noqa: E402
+from common import base_parser, interleaved, spearman100, stsb, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs  # noqa: E402
 from slimformer.export import EXPORT_OPTIONS, export_onnx, load_onnx  # noqa: E402
 from slimformer.models import load  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
 
 GATES = {"cos_mean_min": 0.995, "spearman_drop_max": 0.3, "bytes_share_max": 0.25}
-
-
-def stsb(path: Path):
-    import csv
-    import io
-
-    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
-    return [r[0] for r in rows], [r[1] for r in rows], [float(r[2]) for r in rows]
-
-
-def spearman100(emb: torch.Tensor, n: int, gold) -> float:
-    """STS-B Spearman x100 of the pair cosines (emb holds the first sentences, then the second ones)."""
-    return M.spearman(torch.nn.functional.cosine_similarity(emb[:n], emb[n:]).tolist(), gold)
-
-
-def timed(run) -> float:
-    time.sleep(0.05)  # let ORT worker threads park before the next session runs
-    t = time.perf_counter()
-    run()
-    return time.perf_counter() - t
 
 
 def gather_session(folder: Path, output: str, threads: int):
@@ -66,17 +44,6 @@ def gather_session(folder: Path, output: str, threads: int):
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(sub.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def interleaved(runs: dict, rounds: int) -> dict:
-    """Median seconds per callable; the order flips every round so drift hits all alike."""
-    for run in runs.values():  # warm-up
-        timed(run)
-    ts = {n: [] for n in runs}
-    for r in range(rounds):
-        for n in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            ts[n].append(timed(runs[n]))
-    return {n: statistics.median(t) for n, t in ts.items()}
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from slimformer.evaluate.efficiency import make_inputs  # noqa: E402
 from slimformer.export import export_onnx, load_onnx  # noqa: E402
@@ -278,7 +279,9 @@ def main() -> None:
         print("ORT worker-thread spinning (allow_spinning), ms per call, same-session blocks:", spin)
     if sens:
         print("sensitivity (1 - cos when only this role is int8):", sens)
-    payload = {"benchmark": "onnx_int8_explore", "date": time.strftime("%Y-%m-%d %H:%M"),
+    from common import provenance
+
+    payload = {"benchmark": "onnx_int8_explore", "date": time.strftime("%Y-%m-%d %H:%M"), **provenance(),
                "machine": platform.machine(), "threads": a.threads, "rounds": rounds, "latency_rounds": lat_rounds,
                "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                "data": "STS-B dev, 1500 pairs (3000 sentences)", "throughput_shape": [32, 128],

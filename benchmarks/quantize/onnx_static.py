@@ -19,13 +19,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
-from onnx_embedding_bits import interleaved, spearman100, stsb  # noqa: E402
+from common import base_parser, interleaved, spearman100, stsb, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs  # noqa: E402
 from slimformer.export import export_onnx, load_onnx  # noqa: E402
 from slimformer.export.onnx import int8_flow  # noqa: E402
