@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, nncf_int8_peer, ort_int8_peer, timings, unlabeled_sentences, write  # noqa: E402
+from common import base_parser, nncf_int8_peer, ort_int8_peer, sst2_teacher, timings, unlabeled_sentences, write  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_classification, run_stsb  # noqa: E402
@@ -103,8 +103,6 @@ def main() -> None:
     kind = "classifier" if sst2 else "encoder"
     a.recipes = a.recipes or [f"{kind}-fast", f"{kind}-fastest"]
     if sst2:
-        from distill.sst2 import sst2_teacher
-
         task = sf.load_task("classification", a.data / "sst2" / "dev.tsv")
         texts = sf.load_task("classification", a.data / "sst2" / "train.tsv").texts()
         base = sst2_teacher(a.data)[0]
