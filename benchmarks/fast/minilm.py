@@ -81,11 +81,12 @@ def peers(base, calib, tmp: Path, threads: int):
                (w8 / "model.onnx").stat().st_size)
     else:
         print("openvino not installed: no OpenVINO peer (pip install openvino)")
-    from slimformer.export.step import artifact_dir
-    from slimformer.recipes.compress import run_steps_to_artifact
+    from slimformer.core.run import Run
+    from slimformer.recipes import run_steps
 
-    with artifact_dir(tmp / "recipe"):
-        _, art = run_steps_to_artifact(copy.deepcopy(base), sf.load_recipe("int8"), calib)
+    # what `slimformer compress --recipe int8` deploys
+    _, art = run_steps(copy.deepcopy(base), sf.load_recipe("int8"),
+                       Run(calibration=calib, artifact_dir=tmp / "recipe"))
     yield "slimformer recipe int8 (6 layers, for reference)", art, art.disk_bytes()["bytes"]
 
 

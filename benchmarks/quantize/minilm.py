@@ -48,11 +48,12 @@ def variants(base, calib, tmp: Path):
         ours = export_onnx(base, tmp / "sf-onnx-int8", quantize="int8", optimize="auto", calibration_texts=calib)
         yield "slimformer int8 -> ONNX Runtime (export --quantize int8)", load_onnx(ours), \
             (ours / "model.onnx").stat().st_size
-        from slimformer.export.step import artifact_dir
-        from slimformer.recipes.compress import run_steps_to_artifact
+        from slimformer.core.run import Run
+        from slimformer.recipes import run_steps
 
-        with artifact_dir(tmp / "recipe"):  # what `slimformer compress --recipe int8` deploys
-            _, art = run_steps_to_artifact(copy.deepcopy(base), sf.load_recipe("int8"), calib)
+        # what `slimformer compress --recipe int8` deploys
+        _, art = run_steps(copy.deepcopy(base), sf.load_recipe("int8"),
+                           Run(calibration=calib, artifact_dir=tmp / "recipe"))
         yield "slimformer recipe int8 (the README's main command)", art, art.disk_bytes()["bytes"]
     for name, steps in (("slimformer int8-torch (PyTorch, SmoothQuant + W8A8 dynamic)",
                          [sf.SmoothQuantConfig(alpha=0.5), sf.Int8DynamicConfig()]),
