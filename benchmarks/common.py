@@ -46,7 +46,8 @@ def provenance() -> dict:
             versions[p] = md.version(p)
         except md.PackageNotFoundError:
             pass
-    return {"argv": [Path(sys.argv[0]).relative_to(ROOT).as_posix() if Path(sys.argv[0]).resolve().is_relative_to(ROOT)
+    script = Path(sys.argv[0]).resolve()
+    return {"argv": [script.relative_to(ROOT).as_posix() if script.is_relative_to(ROOT)
                      else sys.argv[0], *sys.argv[1:]],
             "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "versions": versions, "cpu": cpu_info(), "torch_threads": torch.get_num_threads(),
