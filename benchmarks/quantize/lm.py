@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--ppl-max-tokens", type=int, default=8192)
     ap.add_argument("--calib-texts", type=int, default=2000, help="lines of wikitext2/valid.txt for calibration")
     ap.add_argument("--only", nargs="*", help="subset of scheme names")
+    ap.add_argument("--name", default="quantize_lm", help="results file name (default quantize_lm)")
     ap.add_argument("--mixed-max-drop", type=float, default=0.0, help="KL budget of the mixed int4/int8 row (0: keep exactly --mixed-max-kept layers int8)")
     ap.add_argument("--mixed-max-kept", type=int, default=21, help="at most this many layers int8 (of 210)")
     ap.add_argument("--mixed32-max-drop", type=float, default=0.16,
@@ -87,7 +88,7 @@ def main() -> None:
     fppl, fbytes = r.metrics["perplexity"], saved_bytes(base)["bytes"]
     payload = {"settings": r.env["task_settings"], "calibration": f"wikitext2/valid.txt first {a.calib_texts} lines",
                "float": {"perplexity": fppl, "bytes": fbytes}, "schemes": {}}
-    path = a.out / "quantize_lm.json"
+    path = a.out / f"{a.name}.json"
     if a.append and path.exists():
         old = json.loads(path.read_text())
         if old.get("settings") != payload["settings"] or abs(old["float"]["perplexity"] - fppl) > 1e-6 * fppl:
@@ -143,7 +144,7 @@ def main() -> None:
         "benchmarks/results/quantize_lm_ablation.md; earlier GPTQ development runs: "
         "benchmarks/results/quantize_lm_history.md.",
     ])
-    write("quantize_lm", payload, md, a.out)
+    write(a.name, payload, md, a.out)
 
 
 if __name__ == "__main__":

@@ -139,3 +139,24 @@ def test_bf16_autocast_trains_and_auto_follows_the_cpu(monkeypatch):
     assert hardware.resolve_precision("no") == "no"
     with pytest.raises(ConfigError, match="mixed_precision='fp8'.*no, bf16, fp16, auto"):
         TrainConfig(mixed_precision="fp8")
+
+
+@pytest.mark.slow
+def test_distill_command_under_torchrun_shares_one_work_folder(tmp_path):
+    """Two processes run the distill command (a compress run): one output, written once, and the
+    shared work folder removed once every process is done with it."""
+    import os
+
+    import slimformer as sf
+    from slimformer.testing import tiny_slim
+
+    sf.save(tiny_slim("bert", "embedding"), tmp_path / "m")
+    (tmp_path / "s.txt").write_text("\n".join(sf.sample_sentences()[:64]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29534", "-m", "slimformer.cli", "distill", "--teacher", str(tmp_path / "m"), "--keep-layers",
+                          "0", "--unlabeled", str(tmp_path / "s.txt"), "--max-steps", "4", "--batch-size", "16", "--out",
+                          str(tmp_path / "d")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(sf.load(tmp_path / "d").model.encoder.layer) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m", "s.txt"]  # no work folder left

@@ -96,7 +96,10 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
             _write_out(out, model, final, result)
         ok = True
     finally:
-        if ok or not trains or out is None:
+        state = _distributed_state() if ok else None
+        if state is not None:
+            state.wait_for_everyone()  # every process is done with the work folder
+        if (ok or not trains or out is None) and _main_process():
             shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -195,13 +198,30 @@ def _work_folder(out, rec, model, keep: bool) -> tuple[Path, bool]:
     work = out.parent / f".{out.name}.slimformer-work"
     key = _resume_key(rec, model)
     marker = work / "run.json"
-    if work.is_dir() and marker.exists() and _marker_key(marker, len(key["steps"])) == key:
-        return work, True
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    marker.write_text(json.dumps({"recipe": rec.to_dict(), "model": model.source}, sort_keys=True, default=str))
-    return work, False
+    resumed = work.is_dir() and marker.exists() and _marker_key(marker, len(key["steps"])) == key
+    state = _distributed_state()
+    if state is not None:  # under torchrun / accelerate launch all processes share one folder
+        state.wait_for_everyone()  # every process has read the marker before the main one may replace it
+    if not resumed and (state is None or state.is_main_process):
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        marker.write_text(json.dumps({"recipe": rec.to_dict(), "model": model.source}, sort_keys=True, default=str))
+    if state is not None:
+        state.wait_for_everyone()
+    return work, resumed
+
+
+def _distributed_state():
+    """accelerate's process state when several processes run this (torchrun, accelerate launch)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())  # as the trainer's Accelerator
 
 
 def _resume_key(rec, model) -> dict:
