@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="*", default=None,
                     help="default: encoder-fast encoder-fastest (minilm), classifier-fast classifier-fastest (sst2)")
     ap.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
+    ap.add_argument("--name", default=None, help="results file name (default fast_minilm / fast_sst2)")
     ap.add_argument("--only-recipes", action="store_true", help="run the recipes (cached) and stop before timing")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -163,7 +164,7 @@ def main() -> None:
         table(["variant", metric, "change", "of original", "MB", "bytes / fp32", "throughput x", "latency x", "vs best peer",
                "recipe time"], rows),
     ])
-    write("fast_sst2" if sst2 else "fast_minilm", payload, md, a.out)
+    write(a.name or ("fast_sst2" if sst2 else "fast_minilm"), payload, md, a.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ PLANS = {
     "ffn 50% + heads 25% (taylor)": [sf.FFNPruningConfig(amount=0.5, importance="taylor"),
                                      sf.HeadPruningConfig(amount=0.25, importance="taylor")],
     "2 of 6 layers (block influence)": [sf.LayerDropConfig(count=2)],
+    # the same 50% of FFN neurons as recipe encoder-movement, one-shot (benchmarks/prune/movement.py)
+    "ffn 50% (taylor)": [sf.FFNPruningConfig(amount=0.5, importance="taylor")],
 }
 
 
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: --epochs)")
     ap.add_argument("--losses", default="embedding_cosine", help="distillation losses joined by +")
+    ap.add_argument("--name", default="prune_minilm_recover", help="results file name (default prune_minilm_recover)")
     ap.add_argument("--speed-only", action="store_true", help="re-time the pruned shapes against the unpruned model "
                     "(speed depends on the shapes only) and update the throughput of the rows in the results JSON")
     ap.add_argument("--work", type=Path, default=None, help="checkpoints folder (default: a temporary one; a "
@@ -54,7 +57,7 @@ def main() -> None:
     if a.speed_only:
         import json
 
-        path = a.out / "prune_minilm_recover.json"
+        path = a.out / f"{a.name}.json"
         payload = json.loads(path.read_text())
         for name, steps in PLANS.items():
             if name in payload["rows"] and (not a.only or name in a.only):
@@ -68,11 +71,11 @@ def main() -> None:
                                  "(--speed-only); the training run's own figure is kept as throughput_x_training_run")
         payload["speed_provenance"] = provenance()  # the --speed-only run that re-timed the rows
         path.write_text(json.dumps(payload, indent=2, default=str))
-        md = (a.out / "prune_minilm_recover.md").read_text().rstrip() + "\n\n" + "\n".join(
+        md = (a.out / f"{a.name}.md").read_text().rstrip() + "\n\n" + "\n".join(
             f"- {n}: throughput re-timed alone ({a.threads} threads, 9 interleaved rounds): {v['throughput_x']:.2f}x "
             f"(during the training run, 1 thread, machine shared: {v['throughput_x_training_run']:.2f}x)"
             for n, v in payload["rows"].items() if "throughput_x_training_run" in v) + "\n"
-        (a.out / "prune_minilm_recover.md").write_text(md)
+        (a.out / f"{a.name}.md").write_text(md)
         print(md)
         return
     sp_t = run_stsb(teacher, task, TaskOptions(progress=False))[0]["spearman"]
@@ -109,7 +112,7 @@ def main() -> None:
         "throughput at batch 32 x 128 as a ratio to the unpruned model, interleaved in this run.", "",
         table(["model", "spearman recovered", "spearman pruned", "vs unpruned", "throughput x", "MB"], rows),
     ])
-    write("prune_minilm_recover", payload, md, a.out)
+    write(a.name, payload, md, a.out)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,23 @@ import sys
 from . import look, shrink, training
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (what was wrong and where --help is), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"slimformer: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="slimformer",
         description="Make Transformer models smaller and faster, and measure what it cost "
                     "(quality on real data, fidelity to the original, size, latency, memory).",
     )
     ap.add_argument("--version", action="version", version=f"slimformer {__version__}")
+    ap.add_argument("--verbose", action="store_true", help="on an error, also show the full traceback")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for module in (look, shrink, training):
         module.add_parsers(sub)
@@ -36,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a.run(a)
     except SlimformerError as e:
-        print(f"slimformer: error: {e}", file=sys.stderr)
+        print(f"slimformer: error: {_one_line(e)}", file=sys.stderr)
+        if getattr(a, "verbose", False):
+            raise
         return 2
     except OSError as e:  # a file or folder the user named: missing, unreadable, read-only, full disk
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -48,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _end_distributed()
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    """An error message on one line (YAML and loader messages span several)."""
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
 def _end_distributed() -> None:

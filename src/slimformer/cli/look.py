@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import MODEL_HELP, add_eval_args, eval_options, print_eval, task_from_args
+from .common import MODEL_HELP, add_eval_args, eval_options, positive, print_eval, task_from_args
 
 
 def add_parsers(sub) -> None:
@@ -26,7 +26,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--attention", metavar="NAME", help="evaluate with another attention implementation swapped in "
                    "(no training): eager, sdpa, sliding_window, block_sparse, lsh, linear, nystrom (encoders), pooled "
                    "(encoders); see README 'Efficient attention'")
-    p.add_argument("--window", type=int, help="--attention sliding_window: keys each side (default 256)")
+    p.add_argument("--window", type=positive, help="--attention sliding_window: keys each side (default 256)")
     p.add_argument("--attention-option", action="append", default=[], metavar="KEY=VALUE",
                    help="another option of the --attention implementation (repeatable), e.g. buckets=8, "
                    "landmarks=32, stride=2, feature_map=performer, global_tokens=0")
@@ -102,18 +102,32 @@ def cmd_evaluate(a) -> None:
         set_attention_(model, a.attention or "sliding_window", **_attention_options(a))
     task = task_from_args(a)
     ref = load(a.reference) if a.reference else None
-    if task is None:
-        print("no --task/--data given: measuring efficiency (and fidelity with --reference) on the packaged "
-              "sample sentences; task metrics need real data via --data", file=sys.stderr)
+    if a.out:  # before any work: never overwrite a file slimformer did not write
+        from ..models.saving import check_out_file
+
+        check_out_file(a.out, ours=_is_eval_result)
     opts = eval_options(a)
     if a.kv_cache or a.kv_option:
         opts = _with_kv_cache(a, model, task, opts)
     res = evaluate(model, task, ref, opts)
     print_eval(res)
+    if task is None:
+        print("no --task/--data given: measured efficiency (and fidelity with --reference) on the packaged "
+              "sample sentences; task metrics need real data via --data", file=sys.stderr)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(res.to_json())
+        from ..models.saving import write_file_atomically
+
+        write_file_atomically(a.out, res.to_json(), ours=_is_eval_result)
         print(f"\nwrote {a.out}")
+
+
+def _is_eval_result(path: Path) -> bool:
+    """Whether `path` holds an EvalResult JSON slimformer wrote (the only kind --out replaces)."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(d, dict) and set(d) == {"metrics", "efficiency", "fidelity", "env"} and "slimformer" in d["env"]
 
 
 def _with_kv_cache(a, model, task, opts):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import MODEL_HELP, add_eval_args, eval_options, run_recipe, task_from_args
+from .common import MODEL_HELP, add_eval_args, count, eval_options, positive, run_recipe, task_from_args
 
 
 def add_parsers(sub) -> None:
@@ -36,8 +36,8 @@ def add_parsers(sub) -> None:
                    help="with --max-drop: what the sensitive layers keep: float (default); inside a 4-bit "
                    "weight-only scheme (w4, w4-awq, w4-gptq*) also int8 (a mixed int4/int8 model) or int4-g32 (still "
                    "4-bit, group 32 with float zero points: mixed group sizes)")
-    p.add_argument("--max-kept", type=int, default=16, help="with --max-drop: at most this many layers kept (default 16)")
-    p.add_argument("--search-texts", type=int, help="with --max-drop: texts the sensitivity search measures on "
+    p.add_argument("--max-kept", type=count, default=16, help="with --max-drop: at most this many layers kept (default 16)")
+    p.add_argument("--search-texts", type=positive, help="with --max-drop: texts the sensitivity search measures on "
                    "(default 64; decoder LMs 8, as 128-token chunks: each probe runs the whole model)")
     _calibration_args(p, "calibration text (one text per line; GPTQ and AWQ need it; default: packaged sample)")
     p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
@@ -57,7 +57,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--structure", choices=["heads", "ffn", "layers"], help="structured removal")
     p.add_argument("--amount", type=float, help="fraction pruned, in [0, 1) (default 0.5 for sparsity, 0.25 for "
                    "heads/ffn); for --structure layers the fraction of layers (or use --count)")
-    p.add_argument("--count", type=int, help="--structure layers: number of layers to remove")
+    p.add_argument("--count", type=positive, help="--structure layers: number of layers to remove")
     p.add_argument("--pattern", default="", help="N:M semi-structured sparsity, e.g. 2:4 (default: unstructured)")
     p.add_argument("--scope", choices=["layer", "global"], default="layer",
                    help="per layer (default) or over the whole model (magnitude, heads, ffn)")
@@ -104,7 +104,7 @@ def add_parsers(sub) -> None:
 
 def _calibration_args(p, help_text: str) -> None:
     p.add_argument("--data", help=help_text)
-    p.add_argument("--calibration-samples", type=int, default=128, help="texts to calibrate on (default 128)")
+    p.add_argument("--calibration-samples", type=positive, default=128, help="texts to calibrate on (default 128)")
 
 
 def cmd_compress(a) -> None:
@@ -112,12 +112,12 @@ def cmd_compress(a) -> None:
     from ..report.markdown import render_markdown
 
     task = task_from_args(a)
-    if task is None:
-        print("no --task/--data given: calibrating and measuring fidelity on the packaged sample sentences; "
-              "task metrics (e.g. STS-B Spearman) need real data via --task/--data", file=sys.stderr)
     res = run_recipe(load(a.model), a.recipe, a.out, task, evaluation=True, evaluate=eval_options(a),
                      unlabeled=a.unlabeled)
     print(render_markdown(res))
+    if task is None:
+        print("no --task/--data given: calibrated and measured fidelity on the packaged sample sentences; task "
+              "metrics (e.g. STS-B Spearman) need real data via --task/--data", file=sys.stderr)
     print(f"\nwrote {a.out} (model, result.json, report.md)")
 
 

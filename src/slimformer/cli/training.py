@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from .common import MODEL_HELP, PRECISION_HELP, TASKS, layers_arg, run_recipe, task_from_args
+from .common import (MODEL_HELP, PRECISION_HELP, TASKS, count, layers_arg, positive, positive_float, run_recipe,
+                     task_from_args)
 
 
 def add_parsers(sub) -> None:
@@ -26,12 +27,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--unlabeled", help="training sentences: a text file (one a line), or several joined with ','")
     p.add_argument("--loss", action="append", help="loss name (repeatable): embedding_cosine (default for sentence "
                    "encoders), embedding_mse, kd (classifiers), soft, lm, hidden_mse, attention_kl, minilm_relation")
-    p.add_argument("--epochs", type=float, default=2.0, help="passes over the training sentences (default 2: a 3-layer "
+    p.add_argument("--epochs", type=positive_float, default=2.0, help="passes over the training sentences (default 2: a 3-layer "
                    "MiniLM student reached STS-B 85.88 after 2, 85.51 after 1)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4 for sentence encoders, "
+    p.add_argument("--max-steps", type=count, default=0, help="stop after N optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 5e-4 for sentence encoders, "
                    "1e-4 otherwise)")
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per step (default 64)")
+    p.add_argument("--batch-size", type=positive, default=64, help="sentences per step (default 64)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
     p.add_argument("--out", required=True, help="output folder: the student, result.json, report.md")
     p.set_defaults(run=cmd_distill)
@@ -41,10 +42,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--task", choices=["classification", "stsb"], required=True)
     p.add_argument("--data", required=True, help="training data of the task")
     p.add_argument("--eval-data", help="evaluation data (measured each epoch; the best weights are kept)")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=positive_float, default=3.0)
+    p.add_argument("--max-steps", type=count, default=0)
+    p.add_argument("--lr", type=positive_float, default=5e-5)
+    p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
     p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
     p.set_defaults(run=cmd_finetune)
@@ -59,24 +60,24 @@ def add_parsers(sub) -> None:
     p.add_argument("--valid", help="validation prefix (BLEU measured after each epoch, greedy, first 300 pairs)")
     p.add_argument("--src", default="en")
     p.add_argument("--tgt", default="de")
-    p.add_argument("--epochs", type=float, default=10.0)
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each (default 3)")
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ffn", type=int, default=1024)
-    p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch (default 4096)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=1000)
+    p.add_argument("--epochs", type=positive_float, default=10.0)
+    p.add_argument("--max-steps", type=count, default=0)
+    p.add_argument("--vocab-size", type=positive, default=8000)
+    p.add_argument("--d-model", type=positive, default=256)
+    p.add_argument("--layers", type=positive, default=3, help="encoder and decoder layers each (default 3)")
+    p.add_argument("--heads", type=positive, default=4)
+    p.add_argument("--ffn", type=positive, default=1024)
+    p.add_argument("--max-tokens", type=positive, default=4096, help="padded tokens per batch (default 4096)")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--warmup-steps", type=count, default=1000)
     p.add_argument("--out", required=True, help="output folder: the model, its tokenizer, result.json")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("translate", help="translate a text file with a seq2seq model (one translation a line)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--input", required=True, help="a text file, one sentence a line ('-': standard input)")
-    p.add_argument("--beams", type=int, default=5, help="beam size (1 = greedy; default 5)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--beams", type=positive, default=5, help="beam size (1 = greedy; default 5)")
+    p.add_argument("--batch-size", type=positive, default=32)
     p.set_defaults(run=cmd_translate)
 
 
@@ -145,10 +146,9 @@ def cmd_translate(a) -> None:
     if a.input == "-":
         lines = sys.stdin.read().splitlines()
     else:
-        p = Path(a.input).expanduser()
-        if not p.is_file():
-            raise DataError(f"{a.input}: no such file (one sentence a line)")
-        lines = p.read_text(encoding="utf-8").splitlines()
+        from ..data.readers import read_text
+
+        lines = read_text(Path(a.input).expanduser()).splitlines()
     opts = TaskOptions(batch_size=a.batch_size, gen_num_beams=a.beams, gen_max_new_tokens=None, progress=False)
     for t in generate(sm, [t or " " for t in lines], opts, "translate"):
         print(t, flush=True)

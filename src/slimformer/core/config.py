@@ -105,6 +105,7 @@ class _MethodEntry(typing.NamedTuple):
     config_cls: type
     handler: Callable
     traits: Traits
+    check: Callable | None = None  # check(model, config): a ConfigError before any step of the recipe runs
 
 
 METHODS: Registry[_MethodEntry] = Registry("method")
@@ -121,11 +122,14 @@ class Applied:
     model: Any = None
 
 
-def register_method(config_cls: type, handler: Callable | None = None, traits: Traits | None = None):
+def register_method(config_cls: type, handler: Callable | None = None, traits: Traits | None = None,
+                    check: Callable | None = None):
     """Register `handler(model, config, run) -> Applied` for `config_cls` with its traits; as a
-    decorator beside the handler: `@register_method(SvdConfig, traits=Traits(needs_calibration=True))`."""
+    decorator beside the handler: `@register_method(SvdConfig, traits=Traits(needs_calibration=True))`.
+    check(model, config): what can be refused before any step runs (e.g. a loss the model's kind has
+    no output for), so a recipe fails in seconds instead of after its first steps."""
     def deco(fn: Callable) -> Callable:
-        METHODS.register(config_cls.method, _MethodEntry(config_cls, fn, traits or Traits()))
+        METHODS.register(config_cls.method, _MethodEntry(config_cls, fn, traits or Traits(), check))
         return fn
 
     return deco(handler) if handler is not None else deco

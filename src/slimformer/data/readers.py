@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ..core.errors import DataError
 
+csv.field_size_limit(2**31 - 1)  # a long document in one field is data, not an error (the default is 128 KB)
+
 # Column (key) names accepted in JSONL files and HF datasets, tried in order.
 COLUMNS = {
     "stsb": (("sentence1", "sentence2", "score"), ("sentence1", "sentence2", "label"),
@@ -71,7 +73,10 @@ def example(kind: str, values, where: str) -> tuple:
         return _text(values[0], "the document", where), _text(values[1], "the summary", where)
     names = TABLES[kind][0]
     texts = tuple(_text(v, n, where) for v, n in zip(values[:-1], names))
-    return texts + (_number(values[-1], kind, where),)
+    value = _number(values[-1], kind, where)
+    if kind == "stsb" and not 0.0 <= value <= 5.0:
+        raise DataError(f"{where}: expected an STS-B similarity score in 0..5, got {value:g}")
+    return texts + (value,)
 
 
 def columns(row: dict, kind: str, where: str) -> list:
@@ -124,6 +129,8 @@ def read_table(kind: str, path: Path) -> tuple[list, dict]:
                 header = True
                 continue
             raise DataError(f"{path} line {line}: expected {expected}, got {names[-1]} {fields[-1]!r}")
+        if kind == "stsb" and not 0.0 <= value <= 5.0:
+            raise DataError(f"{path} line {line}: expected an STS-B similarity score in 0..5, got {value:g}")
         examples.append(tuple(f.strip() for f in fields[:-1]) + (value,))
     if not examples:
         raise _none_found(path)

@@ -91,6 +91,7 @@ def distill(student, teacher, data, config: DistillConfig | None = None, out_dir
     texts, labels = _examples(data)
     losses = cfg.loss_weights(student.kind)
     needs = {_NEEDS[name] for name, _ in losses}
+    check_losses(student, cfg)
     token_level = needs & {"hidden", "attentions", "qkv"} or (needs & {"logits"} and student.kind != "classification")
     if token_level and student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise ConfigError("distill: the losses " + ", ".join(n for n, _ in losses) + " compare token positions, and "
@@ -294,7 +295,17 @@ def sequence_kd_texts(teacher, prompts: list[str], max_new_tokens: int = 64, num
     return out
 
 
-@register_method(DistillConfig, traits=Traits(trains=True, needs_original=True))
+def check_losses(model, cfg: DistillConfig) -> None:
+    """The losses have something to compare for this kind of model (a sentence-embedding model
+    has no logits)."""
+    losses = cfg.loss_weights(model.kind)
+    if model.kind == "embedding" and any(_NEEDS[n] == "logits" for n, _ in losses):
+        fit = sorted(n for n, need in _NEEDS.items() if need != "logits")
+        raise ConfigError(f"distill: loss {', '.join(n for n, _ in losses if _NEEDS[n] == 'logits')} compares logits, "
+                          f"and a sentence-embedding model has none; accepted for it: {', '.join(fit)}")
+
+
+@register_method(DistillConfig, traits=Traits(trains=True, needs_original=True), check=check_losses)
 def distill_step(sm, cfg: DistillConfig, run) -> Applied:
     """Recipe step: recover the model by distillation from the teacher (default: the model as it
     was before the recipe, so `prune -> distill` recipes work). Trains on the config's `unlabeled`

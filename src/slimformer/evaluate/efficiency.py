@@ -51,6 +51,11 @@ def saved_bytes(sm) -> dict:
 
 def make_inputs(sm, texts: list[str], batch: int, seq_len: int) -> dict[str, torch.Tensor]:
     """A (batch, seq_len) batch of real token ids, no padding."""
+    limit = getattr(getattr(getattr(sm, "model", None), "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and seq_len > limit:
+        raise DataError(f"sequence length {seq_len} is longer than the model's {limit} positions; accepted: 1..{limit}")
+    if seq_len < 1 or batch < 1:
+        raise DataError(f"batch {batch} x sequence length {seq_len}; accepted: integers >= 1")
     tok = sm.tokenizer
     ids = []
     for t in texts:

@@ -117,32 +117,34 @@ def _read_pooling(folder: Path) -> Pooling | None:
         return None
     mode = "mean"
     if pcfg.exists():
-        c = json.loads(pcfg.read_text())
+        c = _read_json(pcfg, dict, str(folder))
         for key, m in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
                        ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
                        ("pooling_mode_lasttoken", "last"), ("pooling_mode_mean_tokens", "mean")):
             if c.get(key):
                 mode = m
                 break
-    mods = json.loads(modules.read_text())
+    mods = _read_json(modules, list, str(folder))
     normalize = any(str(m.get("type", "")).endswith("Normalize") for m in mods)
     max_len = None
     sb = folder / "sentence_bert_config.json"
     if sb.exists():
-        max_len = json.loads(sb.read_text()).get("max_seq_length")
+        max_len = _read_json(sb, dict, str(folder)).get("max_seq_length")
     return Pooling(mode=mode, normalize=normalize, max_seq_length=max_len)
 
 
 def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
     import transformers as tf
 
-    meta = {}
-    if (folder / META_FILE).exists():
-        meta = json.loads((folder / META_FILE).read_text())
+    meta = _read_json(folder / META_FILE, dict, label) if (folder / META_FILE).exists() else {}
     try:
         config = tf.AutoConfig.from_pretrained(folder)
-    except (ValueError, KeyError, OSError) as e:
-        raise ModelLoadError(f"{label}: config.json is not a model config transformers understands ({e})") from None
+    except Exception as e:  # transformers / huggingface_hub raise many types for a bad config.json
+        raise ModelLoadError(f"{label}: config.json is not a model config transformers understands "
+                             f"({type(e).__name__}: {_short(e)})") from None
+    _check_config_values(config, label)
+    if (folder / "modules.json").exists():  # sentence-transformers' module list: read it now, one error if bad
+        _read_json(folder / "modules.json", list, label)
     kind = kind or meta.get("kind") or _kind_from_config(config, folder)
     _check_kind(kind)
     cls = _auto_class(kind)
@@ -151,7 +153,8 @@ def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
         if restore or getattr(config, "slimformer_layer_sizes", None) or (folder / SLIM_WEIGHTS).exists():
             model = _load_restored(cls, config, folder, restore)
         else:
-            model = cls.from_pretrained(folder, dtype=torch.float32)
+            model, info = cls.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+            _check_loading_info(info, label)
         if meta.get("dtype") in ("bfloat16", "float16"):  # saved by the `cast` step: run in that dtype
             model.to(getattr(torch, meta["dtype"]))
         tokenizer = _load_tokenizer(folder)
@@ -180,6 +183,45 @@ def _load_tokenizer(folder: Path):
     if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
         return tf.PreTrainedTokenizerFast.from_pretrained(folder)
     return tf.AutoTokenizer.from_pretrained(folder)
+
+
+def _read_json(path: Path, kind: type, label: str):
+    """A JSON file slimformer or sentence-transformers wrote: a ModelLoadError naming it when it is
+    not valid JSON or not of the expected kind (an object or a list)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{label}: {path.name} is not valid JSON ({_short(e, 80)})") from None
+    if not isinstance(data, kind):
+        raise ModelLoadError(f"{label}: {path.name} holds a {type(data).__name__}; accepted: a JSON "
+                             f"{'object' if kind is dict else 'list'}")
+    return data
+
+
+_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+          "max_position_embeddings", "num_key_value_heads", "d_model", "num_layers", "n_embd", "n_layer", "n_head")
+
+
+def _check_config_values(config, label: str) -> None:
+    """Sizes in config.json are positive integers (else transformers fails deep inside, or worse)."""
+    for key in _SIZES:
+        v = getattr(config, key, None)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ModelLoadError(f"{label}: config.json has {key}={v!r}; accepted: an integer >= 1")
+
+
+def _check_loading_info(info: dict, label: str) -> None:
+    """Every weight the model needs was in the files, and every weight in them was used: else
+    transformers initializes the rest at random and the model is silently wrong."""
+    missing = list(info.get("missing_keys") or [])
+    unexpected = list(info.get("unexpected_keys") or [])
+    mismatched = [k if isinstance(k, str) else k[0] for k in (info.get("mismatched_keys") or [])]
+    if missing or unexpected or mismatched:
+        said = "; ".join(f"{what} {keys[:4]}" + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+                         for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                            ("of another shape", mismatched)) if keys)
+        raise ModelLoadError(f"{label}: the weights do not match config.json ({said}); is config.json the one saved "
+                             "with these weights?")
 
 
 def _short(e: Exception, n: int = 200) -> str:
@@ -242,8 +284,12 @@ def _load_gguf(path: Path) -> SlimModel:
     except ImportError:
         raise ModelLoadError("loading .gguf files needs the gguf package: pip install 'slimformer[gguf]'") from None
     try:
-        model = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        model, info = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                              output_loading_info=True)
+        _check_loading_info(info, str(path))
         tokenizer = tf.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except ModelLoadError:
+        raise
     except Exception as e:  # transformers raises many types for a bad gguf
         raise ModelLoadError(f"{path}: could not load as a GGUF causal LM ({type(e).__name__}: {e})") from None
     # the weights are dequantized to float now; the GGUF quantization no longer applies

@@ -42,6 +42,30 @@ def check_out_dir(out_dir, markers=tuple(MARKERS)) -> Path:
     return out
 
 
+def check_out_file(path, ours) -> Path:
+    """Check, before any work, that the file `path` can be written: new, or one `ours(path)` says
+    slimformer wrote, in a folder that can be created and written."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and (not out.is_file() or not ours(out)):
+        raise SlimformerError(f"{out} exists and was not written by slimformer; refusing to overwrite it (give a new "
+                              "path)")
+    check_out_dir(out.parent / f".{out.name}.check")  # its folder can be created and written
+    return out
+
+
+def write_file_atomically(path, text: str, ours) -> Path:
+    """Write `text` to `path` through a temporary file renamed into place (checked as check_out_file)."""
+    out = check_out_file(path, ours)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def atomic_folder(out_dir, write, markers=tuple(MARKERS)) -> Path:
     """Call write(tmp folder) on a temporary folder beside `out_dir`, then rename it into place
     (replacing a folder slimformer wrote). Nothing half-written is ever left at `out_dir`; stale

@@ -55,7 +55,7 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     file itself, with OUT.result.json and OUT.report.md beside it)."""
     opts = options or CompressOptions()
     rec = load_recipe(recipe)
-    check_recipe(rec)
+    check_recipe(rec, model)
     if out is not None:
         _check_out(out, model)
     unlabeled = _unlabeled(opts.unlabeled)  # a bad path fails here, before any work
@@ -99,7 +99,8 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
         state = _distributed_state() if ok else None
         if state is not None:
             state.wait_for_everyone()  # every process is done with the work folder
-        if (ok or not trains or out is None) and _main_process():
+        resumable = trains and out is not None and any(work.glob("*/checkpoints/step-*"))
+        if (ok or not resumable) and _main_process():  # keep a failed run's folder only if it can resume
             shutil.rmtree(work, ignore_errors=True)
     return result
 

@@ -16,9 +16,20 @@ from ..evaluate.efficiency import saved_bytes
 from .result import StepRecord
 
 
-def check_recipe(recipe) -> None:
-    """An artifact step (export) only last; a step acting during training before a training step."""
+def check_recipe(recipe, model=None) -> None:
+    """An artifact step (export) only last; a step acting during training before a training step;
+    with `model`, each method's own check of the model (before any step runs)."""
+    from ..core.config import METHODS
+
     steps = recipe.steps
+    if model is not None:
+        for i, cfg in enumerate(steps, 1):
+            check = METHODS.get(cfg.method).check
+            if check is not None:
+                try:
+                    check(model, cfg)
+                except ConfigError as e:
+                    raise ConfigError(f"recipe {recipe.name!r} step {i} ({cfg.method}): {e}") from None
     for i, cfg in enumerate(steps, 1):
         t = traits_of(cfg)
         if t.artifact and i < len(steps):
@@ -47,7 +58,7 @@ def run_steps(model, recipe, run=None, after_step=None, progress: bool = False):
     itself, or the artifact of a final export step). run: a Run (or calibration texts);
     after_step(i, current): called after each step but the last."""
     run = Run.of(run)
-    check_recipe(recipe)
+    check_recipe(recipe, model)
     records = []
     current = model
     for i, cfg in enumerate(recipe.steps, 1):

@@ -82,7 +82,17 @@ def load_recipe(recipe) -> Recipe:
                 f"recipe {name!r} is neither a built-in recipe ({', '.join(sorted(builtins))}) nor a file"
             )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a recipe (not UTF-8 text); accepted: a YAML file with 'steps'") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return parse_recipe(data, source=str(path) if name not in builtins else f"builtin:{name}")
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', None) or 'syntax error'})") from None
+    if name in builtins:
+        return parse_recipe(data, source=f"builtin:{name}")
+    rec = parse_recipe(data, source=str(path))
+    if not rec.steps:
+        raise ConfigError(f"{path}: the recipe has no steps, so it would change nothing; accepted: at least one step "
+                          "(to measure a model as it is: slimformer evaluate, or the built-in recipe baseline)")
+    return rec
