@@ -109,3 +109,24 @@ def test_gguf_that_is_not_gguf(tmp_path):
     f.write_bytes(b"not a gguf")
     with pytest.raises(ModelLoadError, match="GGUF"):
         load(f)
+
+
+def test_plain_save_pretrained_of_a_quantized_model_refuses_and_points_to_save(tmp_path):
+    import pytest
+
+    import slimformer as sf
+    from slimformer.core.errors import SlimformerError
+    from slimformer.testing import tiny_output, tiny_slim
+
+    sm = tiny_slim("llama", "causal-lm")
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    with pytest.raises(SlimformerError, match="slimformer.save"):
+        sm.model.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()
+    again = sf.load(sf.save(sm, tmp_path / "ours"))       # slimformer's own save still works, and round-trips
+    assert (tiny_output(again) == tiny_output(sm)).all()
+    with pytest.raises(SlimformerError, match="slimformer.save"):
+        again.model.save_pretrained(tmp_path / "plain2")
+    float_model = tiny_slim("llama", "causal-lm")          # an unquantized model saves with transformers as usual
+    float_model.model.save_pretrained(tmp_path / "float")
+    assert (tmp_path / "float" / "config.json").exists()

@@ -42,6 +42,21 @@ def check_out_dir(out_dir, markers=tuple(MARKERS)) -> Path:
     return out
 
 
+def refuse_plain_save(*args, **kwargs):
+    raise SlimformerError("this model holds slimformer's quantized modules: transformers' save_pretrained would write "
+                          "a folder that loads as a random model; save it with slimformer.save(model, DIR) and reload "
+                          "it with slimformer.load(DIR) (or export it: slimformer export --help)")
+
+
+def guard_plain_save(sm) -> None:
+    """After a step swapped in modules plain transformers does not know (quantized layers), the
+    model's own save_pretrained refuses and points to slimformer.save instead of writing a folder
+    that transformers and slimformer would both load as a random model."""
+    net = getattr(sm, "model", None)
+    if net is not None and (getattr(sm, "meta", None) or {}).get("modules") and hasattr(net, "save_pretrained"):
+        net.save_pretrained = refuse_plain_save
+
+
 def check_out_file(path, ours) -> Path:
     """Check, before any work, that the file `path` can be written: new, or one `ours(path)` says
     slimformer wrote, in a folder that can be created and written."""
@@ -154,7 +169,7 @@ def _write(sm: SlimModel, folder: Path) -> None:
         del cfg.quantization_config
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
-    model.save_pretrained(folder, safe_serialization=True)
+    type(model).save_pretrained(model, folder, safe_serialization=True)  # past guard_plain_save's refusal
     swapped = bool(sm.meta.get("modules"))
     if swapped:
         # modules plain transformers does not know: name the weights so that plain loaders find
