@@ -1,5 +1,19 @@
 """slimformer: make Transformer models smaller and faster, and prove what it cost."""
-from ._version import __version__
+
+
+def _check_transformers() -> None:
+    """slimformer is tested with transformers 5.x; 4.x misreads rope settings silently."""
+    import importlib.metadata
+
+    v = importlib.metadata.version("transformers")
+    if not v.split(".")[0] == "5":
+        raise ImportError(f"slimformer needs transformers 5.x (tested with 5.24); this environment has {v}: "
+                          "pip install 'transformers>=5,<6'")
+
+
+_check_transformers()
+
+from ._version import __version__  # noqa: E402
 from .core import SlimformerError, ConfigError, DataError, UnsupportedArchitectureError, MethodConfig
 from .models import SlimModel, load, save
 from .models.transformer import register_auto_classes as _register

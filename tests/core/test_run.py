@@ -130,6 +130,9 @@ def test_every_command_writes_the_same_result(tmp_path, capsys):
         assert r["recipe"]["steps"] and len(r["steps"]) == len(r["recipe"]["steps"])
         assert {"method", "params_before", "params_after", "seconds", "traits"} <= set(r["steps"][0])
     assert [s["method"] for s in _result(tmp_path / "d")["steps"]] == ["shrink_layers", "distill"]
+    logs = tmp_path / "d" / "logs" / "02-distill"       # the training logs land in the output folder
+    assert (logs / "metrics.jsonl").read_text().strip()
+    assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_out_that_is_the_input_is_refused_before_any_work(tmp_path, capsys):

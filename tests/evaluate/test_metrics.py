@@ -55,6 +55,30 @@ def test_rouge_hand_computed():
     both = rouge(["The cat sat on the mat.", "Hello, World!"], ["the cat was on the mat", "hello world"])
     assert both == pytest.approx({"rouge1": (500 / 6 + 100) / 2, "rouge2": 80.0, "rougeL": (500 / 6 + 100) / 2})
     assert rouge(["", "x"], ["a", "x"])["rouge1"] == pytest.approx(50)
+    # stemmed, as papers report: "runs" / "running" and "cats" / "cat" match
+    assert rouge(["the dog runs after cats"], ["the dog running after a cat"])["rouge1"] == pytest.approx(
+        100 * 2 * (5 / 5) * (5 / 6) / (5 / 5 + 5 / 6))
+
+
+XSUM_STYLE = [  # (document summary written for the test, a model's summary)
+    ("A fire broke out at a warehouse in the north of the city on Tuesday night, officials said.",
+     "Firefighters are tackling a blaze at a warehouse in the north of the city."),
+    ("The team won its third league title in four seasons after beating its rivals 2-1.",
+     "The club has won the league title for the third time in four seasons."),
+    ("Scientists have found that bees can learn to count up to four, a new study suggests.",
+     "Bees are able to count to four, according to researchers."),
+]
+
+
+def test_rouge_equals_rouge_score_on_xsum_style_pairs():
+    from rouge_score import rouge_scorer
+
+    refs, hyps = [r for r, _ in XSUM_STYLE], [h for _, h in XSUM_STYLE]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    want = {k: 100 * sum(scorer.score(r, h)[k].fmeasure for r, h in zip(refs, hyps)) / 3
+            for k in ("rouge1", "rouge2", "rougeL")}
+    assert rouge(hyps, refs) == pytest.approx(want)
+    assert 0 < want["rouge2"] < want["rouge1"] < 100
 
 
 def test_perplexity():

@@ -144,15 +144,18 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 
 def rouge(hyps, refs) -> dict[str, float]:
-    """ROUGE-1/2/L F-measure x100, averaged over examples. Text is lower-cased and split on
-    non-alphanumerics (no stemming); ROUGE-L uses the LCS of the whole token sequences."""
+    """ROUGE-1/2/L F-measure x100, averaged over examples, computed by Google's `rouge-score`
+    package (what summarization papers report) with its Porter stemmer and tokenizer (lower-case,
+    non-alphanumerics split off); ROUGE-L over the whole token sequences."""
+    from rouge_score import rouge_scorer
+
     hyps, refs = _pair(hyps, refs, "rouge")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for hyp, ref in zip(hyps, refs):
-        h, r = _tokens(hyp), _tokens(ref)
-        totals["rouge1"] += _ngram_f(h, r, 1)
-        totals["rouge2"] += _ngram_f(h, r, 2)
-        totals["rougeL"] += _f(_lcs(h, r), len(h), len(r))
+        scores = scorer.score(ref, hyp)  # (target, prediction)
+        for k in totals:
+            totals[k] += scores[k].fmeasure
     return {k: 100.0 * v / len(hyps) for k, v in totals.items()}
 
 

@@ -113,7 +113,8 @@ def save(sm: SlimModel, out_dir, extra_files: dict[str, str] | None = None) -> P
     Everything is written to a temporary folder beside `out_dir` and renamed into place, so an
     interrupted save never leaves a half-written model. An existing `out_dir` is replaced only
     if it is empty or was written by slimformer (has slimformer.json); otherwise it is an error.
-    extra_files: {relative name: text} written beside the weights (e.g. result.json, report.md).
+    extra_files: {relative name: text, or a Path to copy} written beside the weights (e.g.
+    result.json, report.md, training logs).
     """
     def write(tmp: Path) -> None:
         with quiet_transformers():
@@ -123,10 +124,18 @@ def save(sm: SlimModel, out_dir, extra_files: dict[str, str] | None = None) -> P
     return atomic_folder(out_dir, write)
 
 
-def write_extra(folder: Path, extra_files: dict[str, str] | None) -> None:
-    for name, text in (extra_files or {}).items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
+def write_extra(folder: Path, extra_files: dict | None) -> None:
+    """{relative name: text, or a Path to copy (a file or a folder)} into `folder`."""
+    for name, content in (extra_files or {}).items():
+        dest = folder / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            if content.is_dir():
+                shutil.copytree(content, dest, dirs_exist_ok=True)
+            elif content.exists():
+                shutil.copyfile(content, dest)
+        else:
+            dest.write_text(content)
 
 
 def _remove_stale(out: Path) -> None:

@@ -93,7 +93,7 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
                 m.meta["recipe"] = rec.to_dict()
                 m.meta["result"] = result.to_dict()
         if out is not None and _main_process():
-            _write_out(out, model, final, result)
+            _write_out(out, model, final, result, _training_logs(work))
         ok = True
     finally:
         state = _distributed_state() if ok else None
@@ -141,22 +141,34 @@ def _check_out(out, model) -> None:
     check_out_dir(p)
 
 
-def _write_out(out, model, final, result) -> None:
-    """The model or artifact at `out` with result.json and report.md, nothing half-written."""
+def _training_logs(work: Path) -> dict:
+    """The metrics.jsonl and TensorBoard event files of every step that trained, for `out/logs/`."""
+    logs = {}
+    for step in sorted(p for p in work.iterdir() if p.is_dir()):
+        for name in ("metrics.jsonl", "tensorboard"):
+            if (step / name).exists():
+                logs[f"logs/{step.name}/{name}"] = step / name
+    return logs
+
+
+def _write_out(out, model, final, result, logs: dict) -> None:
+    """The model or artifact at `out` with result.json, report.md and the training logs (logs/),
+    nothing half-written."""
     import os
 
     from ..models.saving import atomic_folder, save, write_extra
     from ..report.markdown import render_markdown
 
-    extra = {"result.json": result.to_json(), "report.md": render_markdown(result)}
+    text = {"result.json": result.to_json(), "report.md": render_markdown(result)}
+    extra = {**text, **logs}
     path = getattr(final, "path", None)
     p = Path(out).expanduser().resolve()
     if path is not None and Path(path).is_file() and p.suffix == Path(path).suffix:  # one file: x.gguf + x.result.json
         p.parent.mkdir(parents=True, exist_ok=True)
-        for name, text in extra.items():
+        for name, content in text.items():
             dest = p.with_name(f"{p.stem}.{name}")
             tmp = dest.with_name(f".{dest.name}.tmp")
-            tmp.write_text(text)
+            tmp.write_text(content)
             os.replace(tmp, dest)
         tmp = p.with_name(f".{p.name}.tmp")
         shutil.copyfile(path, tmp)
