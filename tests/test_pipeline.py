@@ -289,3 +289,45 @@ def test_reduce_range_auto_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(opts, "has_vnni", lambda: False)
     assert opts._options("int8", None, {})["reduce_range"] == ("qkv", "o")
     assert opts._options("int8", None, {"reduce_range": True})["reduce_range"][:2] == ("qkv", "o")
+
+
+def test_what_a_killed_run_left_is_cleaned_when_its_process_is_gone(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that no longer runs
+    left = [tmp_path / f".m.tmp-{dead}-x1y2", tmp_path / f".m.old-{dead}-x1y2", tmp_path / f".slimformer-work-{dead}-ab"]
+    live = [tmp_path / f".m.tmp-{os.getpid()}-zz", tmp_path / f".slimformer-work-{os.getppid()}-cd"]
+    for p in left + live:
+        p.mkdir()
+    sf.save(tiny_slim("bert", "embedding"), tmp_path / "m")
+    assert not any(p.exists() for p in left) and all(p.exists() for p in live)
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_is_alive(tmp_path):
+    from slimformer.core.errors import SlimformerError
+    from slimformer.models.saving import OutputLock
+
+    out = tmp_path / "o"
+    lock = tmp_path / ".o.slimformer-lock"
+    lock.write_text(str(os.getppid()))                       # a live process holds it
+    with pytest.raises(SlimformerError, match=f"pid {os.getppid()}"):
+        sf.compress(tiny_slim(), [sf.Int8DynamicConfig()], None, out, sf.CompressOptions(evaluation=False))
+    assert not out.exists()
+    lock.write_text("999999999")                              # its process is gone: taken over, then released
+    sf.compress(tiny_slim(), [sf.Int8DynamicConfig()], None, out, sf.CompressOptions(evaluation=False))
+    assert out.exists() and not lock.exists()
+
+
+def test_a_users_file_in_an_output_folder_survives_a_re_save(tmp_path):
+    folder = sf.save(tiny_slim("bert", "embedding"), tmp_path / "m")
+    (folder / "notes.txt").write_text("mine")
+    (folder / "docs").mkdir()
+    (folder / "docs" / "card.md").write_text("also mine")
+    sf.save(tiny_slim("bert", "embedding", seed=1), folder)
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "docs" / "card.md").read_text() == "also mine"
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text("{}")                 # a file of slimformer's replaced: still slimformer's
+    sf.save(tiny_slim("bert", "embedding"), folder)
+    assert json.loads((folder / "config.json").read_text())

@@ -160,7 +160,7 @@ def apply_method(model, config: MethodConfig, run=None, record: bool = True) -> 
         out = Applied(warnings=out)
     if record and out.model is None and isinstance(getattr(model, "meta", None), dict):
         model.meta.setdefault("steps", []).append({**config.to_dict(), "details": out.details})
-    from ..models.saving import guard_plain_save
+    from ..models.guard import guard_plain_save
 
     guard_plain_save(model)
     return out

@@ -169,7 +169,7 @@ def _load_folder(folder: Path, kind: str | None, label: str) -> SlimModel:
         pooling = Pooling()
     sm = SlimModel(model, tokenizer, kind, pooling, source=label, meta=meta)
     apply_meta_hooks(sm)
-    from .saving import guard_plain_save
+    from .guard import guard_plain_save
 
     guard_plain_save(sm)  # a reloaded quantized model refuses plain save_pretrained as well
     return sm

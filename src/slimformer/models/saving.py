@@ -42,21 +42,6 @@ def check_out_dir(out_dir, markers=tuple(MARKERS)) -> Path:
     return out
 
 
-def refuse_plain_save(*args, **kwargs):
-    raise SlimformerError("this model holds slimformer's quantized modules: transformers' save_pretrained would write "
-                          "a folder that loads as a random model; save it with slimformer.save(model, DIR) and reload "
-                          "it with slimformer.load(DIR) (or export it: slimformer export --help)")
-
-
-def guard_plain_save(sm) -> None:
-    """After a step swapped in modules plain transformers does not know (quantized layers), the
-    model's own save_pretrained refuses and points to slimformer.save instead of writing a folder
-    that transformers and slimformer would both load as a random model."""
-    net = getattr(sm, "model", None)
-    if net is not None and (getattr(sm, "meta", None) or {}).get("modules") and hasattr(net, "save_pretrained"):
-        net.save_pretrained = refuse_plain_save
-
-
 def check_out_file(path, ours) -> Path:
     """Check, before any work, that the file `path` can be written: new, or one `ours(path)` says
     slimformer wrote, in a folder that can be created and written."""
@@ -92,13 +77,15 @@ def atomic_folder(out_dir, write, markers=tuple(MARKERS)) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SlimformerError(f"cannot create {out.parent}: {e.strerror}") from None
-    _remove_stale(out)
+    remove_stale(out)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     except OSError as e:
         raise SlimformerError(f"cannot write in {out.parent}: {e.strerror}") from None
     try:
         write(tmp)
+        _write_manifest(tmp)
+        _keep_user_files(out, tmp)
         _apply_umask(tmp)
         _swap_into_place(tmp, out)
     except BaseException:
@@ -138,14 +125,104 @@ def write_extra(folder: Path, extra_files: dict | None) -> None:
             dest.write_text(content)
 
 
-def _remove_stale(out: Path) -> None:
+MANIFEST = ".slimformer-files.json"  # what slimformer wrote in an output folder (the rest is the user's)
+
+
+def _write_manifest(folder: Path) -> None:
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    (folder / MANIFEST).write_text(json.dumps(files))
+
+
+def _keep_user_files(out: Path, tmp: Path) -> None:
+    """Files in the existing `out` that slimformer did not write (not in its manifest) move over to
+    the new folder; one the new folder would replace is an error naming it (nothing is lost)."""
+    manifest = out / MANIFEST
+    if not out.is_dir() or not manifest.exists():
+        return
+    try:
+        ours = set(json.loads(manifest.read_text()))
+    except ValueError:
+        return
+    for f in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = f.relative_to(out).as_posix()
+        if rel in ours or rel == MANIFEST:
+            continue
+        if (tmp / rel).exists():
+            raise SlimformerError(f"{f} is not a file slimformer wrote, and the new output has a file of that name; "
+                                  "move it away and run again")
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, tmp / rel)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _owner_pid(name: str, marker: str) -> int | None:
+    """The pid in a temporary name `...{marker}<pid>-<random>` (None for names without one)."""
+    rest = name.split(marker, 1)[-1]
+    head = rest.split("-", 1)[0]
+    return int(head) if head.isdigit() and "-" in rest else None
+
+
+def remove_stale(out: Path) -> None:
+    """Remove what interrupted runs left beside `out`: temporary and replaced folders of a save
+    (`.OUT.tmp-*`, `.OUT.old-*`) and temporary work folders (`.slimformer-work-*`) whose process is
+    gone (or, for names without a pid, older than an hour). A resumable work folder
+    (`.OUT.slimformer-work`) is kept: re-running the command resumes from it."""
     now = time.time()
-    for p in out.parent.glob(f".{out.name}.tmp-*"):
+    candidates = [(p, f".{out.name}.tmp-") for p in out.parent.glob(f".{out.name}.tmp-*")]
+    candidates += [(p, f".{out.name}.old-") for p in out.parent.glob(f".{out.name}.old-*")]
+    candidates += [(p, ".slimformer-work-") for p in out.parent.glob(".slimformer-work-*")]
+    for p, marker in candidates:
         try:
-            if p.is_dir() and now - p.stat().st_mtime > STALE_SECONDS:
+            pid = _owner_pid(p.name, marker)
+            gone = (pid != os.getpid() and not _pid_alive(pid)) if pid is not None else \
+                now - p.stat().st_mtime > STALE_SECONDS
+            if gone and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
         except OSError:
             pass
+
+
+class OutputLock:
+    """`.OUT.slimformer-lock` beside an output path, holding the pid of the run writing it: a second
+    run with the same output is refused while the first is alive; a lock whose process is gone
+    (kill -9) is taken over."""
+
+    def __init__(self, out):
+        out = Path(out).expanduser().resolve()
+        self.path = out.parent / f".{out.name}.slimformer-lock"
+        self.out = out
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid):
+                    raise SlimformerError(f"another slimformer run (pid {pid}) is writing {self.out}; wait for it, or "
+                                          "give another --out") from None
+                self.path.unlink(missing_ok=True)  # its process is gone: take the lock over
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
 
 
 def _apply_umask(folder: Path) -> None:
@@ -163,7 +240,7 @@ def _apply_umask(folder: Path) -> None:
 def _swap_into_place(tmp: Path, out: Path) -> None:
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
         out.rename(old)
     tmp.rename(out)
     if old is not None:
@@ -178,7 +255,7 @@ def _write(sm: SlimModel, folder: Path) -> None:
         del cfg.quantization_config
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
-    type(model).save_pretrained(model, folder, safe_serialization=True)  # past guard_plain_save's refusal
+    type(model).save_pretrained(model, folder, safe_serialization=True)  # past guard.guard_plain_save's refusal
     swapped = bool(sm.meta.get("modules"))
     if swapped:
         # modules plain transformers does not know: name the weights so that plain loaders find

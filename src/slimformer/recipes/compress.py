@@ -4,6 +4,7 @@ Every command (quantize, prune, distill, finetune, export) is a compress run of 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -53,11 +54,23 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     `out`, the folder gets that model or artifact, result.json and report.md (checked before any
     work: a folder that cannot be written is an error up front; an `out` ending in .gguf is the
     file itself, with OUT.result.json and OUT.report.md beside it)."""
+    import contextlib
+
+    from ..models.saving import OutputLock, remove_stale
+
     opts = options or CompressOptions()
     rec = load_recipe(recipe)
     check_recipe(rec, model)
     if out is not None:
         _check_out(out, model)
+    lock = OutputLock(out) if out is not None and _main_process() else contextlib.nullcontext()
+    with lock:  # a second run with the same --out is refused while this one is alive
+        if out is not None:
+            remove_stale(Path(out).expanduser().resolve())
+        return _compress(model, rec, task, out, opts)
+
+
+def _compress(model, rec, task, out, opts) -> CompressionResult:
     unlabeled = _unlabeled(opts.unlabeled)  # a bad path fails here, before any work
     trains = last_training_step(rec) is not None
     needs_original = opts.evaluation or any(traits_of(s).needs_original for s in rec.steps)
@@ -206,7 +219,7 @@ def _work_folder(out, rec, model, keep: bool) -> tuple[Path, bool]:
     an interrupted run resumes from its checkpoints when re-run with the same `out` (and the same
     recipe and model; another run's folder is replaced); else a temporary folder."""
     if out is None or not keep:
-        return Path(tempfile.mkdtemp(prefix=".slimformer-work-", dir=_work_parent(out))), False
+        return Path(tempfile.mkdtemp(prefix=f".slimformer-work-{os.getpid()}-", dir=_work_parent(out))), False
     out = Path(out).expanduser().resolve()
     work = out.parent / f".{out.name}.slimformer-work"
     key = _resume_key(rec, model)
