@@ -130,3 +130,25 @@ def test_plain_save_pretrained_of_a_quantized_model_refuses_and_points_to_save(t
     float_model = tiny_slim("llama", "causal-lm")          # an unquantized model saves with transformers as usual
     float_model.model.save_pretrained(tmp_path / "float")
     assert (tmp_path / "float" / "config.json").exists()
+
+
+def test_saved_encoder_loads_in_sentence_transformers_with_a_model_card(tmp_path):
+    import json
+
+    import pytest
+    import torch
+
+    import slimformer as sf
+    from slimformer.testing import tiny_slim
+
+    st = pytest.importorskip("sentence_transformers")
+    sm = tiny_slim("bert", "embedding")
+    sf.prune_(sm, sf.FFNPruningConfig(amount=0.5))
+    folder = sf.save(sm, tmp_path / "m")
+    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert cfg["similarity_fn_name"] == "cosine" and "sentence_transformers" in cfg["__version__"]
+    card = (folder / "README.md").read_text()
+    assert "library_name: sentence-transformers" in card and "`prune_ffn`" in card
+    texts = ["the cat sits on the red car", "a dog runs in the city"]
+    model = st.SentenceTransformer(str(folder), device="cpu")
+    assert torch.allclose(torch.tensor(model.encode(texts)), sm.embed(texts), atol=1e-5)

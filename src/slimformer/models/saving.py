@@ -264,8 +264,12 @@ def _write(sm: SlimModel, folder: Path) -> None:
             f.rename(folder / (SLIM_WEIGHTS if f.name == "model.safetensors" else "slimformer-" + f.name))
     if sm.tokenizer is not None:
         sm.tokenizer.save_pretrained(folder)
-    if sm.kind == "embedding" and sm.pooling is not None and not swapped:
+    st_layout = sm.kind == "embedding" and sm.pooling is not None and not swapped
+    if st_layout:
         _write_pooling(sm, folder)
+    from .card import model_card
+
+    (folder / "README.md").write_text(model_card(sm, sentence_transformers=st_layout))
     meta = dict(sm.meta)
     meta.update({"slimformer_version": __version__, "kind": sm.kind, "source": sm.source})
     if sm.pooling is not None:
@@ -290,6 +294,16 @@ def _write_pooling(sm: SlimModel, folder: Path) -> None:
     pcfg = {"word_embedding_dimension": sm.model.config.hidden_size}
     pcfg.update({v: (k == p.mode) for k, v in modes.items()})
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pcfg, indent=2))
+    import importlib.metadata as md
+
+    versions = {"slimformer": __version__}
+    for pkg in ("sentence_transformers", "transformers", "torch"):
+        try:
+            versions[pkg] = md.version(pkg.replace("_", "-"))
+        except md.PackageNotFoundError:
+            pass
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"__version__": versions, "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
     if p.max_seq_length:
         (folder / "sentence_bert_config.json").write_text(
             json.dumps({"max_seq_length": p.max_seq_length, "do_lower_case": False}, indent=2))
