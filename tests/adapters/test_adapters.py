@@ -327,7 +327,9 @@ def test_unknown_architecture_lists_supported():
     for t in supported_model_types():
         assert t in msg
     with pytest.raises(UnsupportedArchitectureError, match="without config.model_type"):
-        get_adapter(nn.Linear(2, 2))
+        get_adapter(SimpleNamespace(config=SimpleNamespace()))
+    generic = get_adapter(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)))  # a plain module: no layers
+    assert generic.name == "generic" and generic.layers(None) == [] and len(generic.body_linears(nn.Linear(2, 2))) == 1
 
 
 def test_supported_table():

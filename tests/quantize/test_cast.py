@@ -30,3 +30,25 @@ def test_cast_auto_follows_the_cpu(monkeypatch):
     assert sm.embed(["a sentence"]).dtype == torch.float32  # embeddings come back as float32
     with pytest.raises(ConfigError, match="dtype"):
         sf.CastConfig(dtype="int8")
+
+
+def test_methods_without_architecture_knowledge_take_a_plain_module():
+    """As torchao's quantize_: a plain torch module with nn.Linear layers, changed in place."""
+    import torch
+    from torch import nn
+
+    from slimformer.prune import SparseLinear
+    from slimformer.quantize.modules import GroupQuantLinear, Int8Linear
+    from slimformer.testing.conformance import sqnr_db
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 64)
+    for cfg, cls, min_db in ((sf.Int8DynamicConfig(), Int8Linear, 30), (sf.WeightOnlyConfig(bits=4, group_size=32),
+                                                                         GroupQuantLinear, 15)):
+        m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
+        ref = m(x).detach()
+        sf.quantize_(m, cfg)
+        assert [type(m[0]), type(m[2])] == [cls, cls] and sqnr_db(ref, m(x).detach()) > min_db
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32))
+    sf.prune_(m, sf.MagnitudeConfig(amount=0.5))
+    assert isinstance(m[0], SparseLinear) and isinstance(m[2], SparseLinear)

@@ -7,8 +7,10 @@
 """
 from __future__ import annotations
 
+from torch import nn
+
 from ..core.errors import UnsupportedArchitectureError
-from .base import Adapter, AttentionBlock, FFNBlock, LayerInfo, unwrap
+from .base import Adapter, AttentionBlock, FFNBlock, GenericAdapter, LayerInfo, unwrap
 from .bert import BertAdapter
 from .gpt2 import GPT2Adapter
 from .llama import Gemma3Adapter, LlamaAdapter
@@ -34,6 +36,8 @@ def get_adapter(model) -> Adapter:
     """
     hf = unwrap(model)
     config = getattr(hf, "config", None)
+    if config is None and isinstance(hf, nn.Module):  # a plain torch module, not a Hugging Face model
+        return GenericAdapter()
     model_type = getattr(config, "model_type", None)
     adapter = _BY_MODEL_TYPE.get(model_type)
     if adapter is None:

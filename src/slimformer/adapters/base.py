@@ -119,6 +119,17 @@ class Adapter:
         get = getattr(unwrap(model), "get_output_embeddings", None)
         return get() if get is not None else None
 
+    def body_linears(self, model: nn.Module) -> list[nn.Module]:
+        """The linear layers inside the Transformer layers (q/k/v/o, FFN): what sparsity methods
+        prune by default."""
+        out = []
+        for li in self.layers(model):
+            for a in (li.attention, li.cross_attention):
+                if a is not None:
+                    out += [m for m in (a.q, a.k, a.v, a.qkv, a.o) if m is not None]
+            out += [m for m in (li.ffn.gate, li.ffn.up, li.ffn.down) if m is not None]
+        return [m for m in out if is_linear(m)]
+
     def layer_sizes(self, model: nn.Module) -> list[dict]:
         """Real per-layer sizes read from the modules, in `layers()` order:
         {"stack", "heads", "kv_heads", "head_dim", "intermediate"[, "cross_heads"]}."""
@@ -306,3 +317,26 @@ def norm_eps(norm: nn.Module) -> float | None:
         if isinstance(v, float):
             return v
     return None
+
+
+class GenericAdapter(Adapter):
+    """A plain torch module (no Hugging Face config): no layers, heads or embedding are known, so
+    only the methods that need none of that apply (int8 / weight-only quantization of its Linear
+    layers, sparsity); the rest refuse it through their own checks."""
+
+    name = "generic"
+
+    def layers(self, model: nn.Module) -> list[LayerInfo]:
+        return []
+
+    def layer_containers(self, model: nn.Module) -> dict[str, nn.ModuleList]:
+        return {}
+
+    def embeddings(self, model: nn.Module) -> nn.Embedding | None:
+        return None
+
+    def lm_head(self, model: nn.Module) -> nn.Module | None:
+        return None
+
+    def body_linears(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in unwrap(model).modules() if is_linear(m)]

@@ -144,6 +144,18 @@ def traits_of(method) -> Traits:
     return METHODS.get(method if isinstance(method, str) else method.method).traits
 
 
+def _as_slim(model):
+    """A plain torch module (not a Hugging Face model) in a SlimModel shell, so the methods that need
+    no architecture knowledge apply to it in place, as torchao's quantize_ does."""
+    import torch
+
+    if isinstance(model, torch.nn.Module) and getattr(model, "config", None) is None:
+        from ..models.wrapper import SlimModel
+
+        return SlimModel(model, None, "module", source=type(model).__name__)
+    return model
+
+
 def apply_method(model, config: MethodConfig, run=None, record: bool = True) -> Applied:
     """Run `config`'s handler on `model` (a SlimModel, changed in place) with `run` (a Run, or
     calibration texts, or None). With `record`, the step (its config and details) is appended to
@@ -153,6 +165,7 @@ def apply_method(model, config: MethodConfig, run=None, record: bool = True) -> 
 
     if not isinstance(config, MethodConfig):
         raise ConfigError(f"expected a method config (e.g. slimformer.Int8DynamicConfig()), got {type(config).__name__}")
+    model = _as_slim(model)
     out = handler_for(config)(model, config, Run.of(run))
     if out is None:
         out = Applied()

@@ -27,13 +27,7 @@ def layer_linears(sm) -> list[tuple[str, nn.Module]]:
     """The linear layers inside the Transformer layers (q/k/v/o, FFN), by the adapter."""
     model = sm.model
     names = module_names(model)
-    out = []
-    for li in get_adapter(model).layers(model):
-        for a in (li.attention, li.cross_attention):
-            if a is not None:
-                out += [m for m in (a.q, a.k, a.v, a.qkv, a.o) if m is not None]
-        out += [m for m in (li.ffn.gate, li.ffn.up, li.ffn.down) if m is not None]
-    return [(names[id(m)], m) for m in out if is_linear(m)]
+    return [(names[id(m)], m) for m in get_adapter(model).body_linears(model)]
 
 
 def sparse_targets(sm, cfg) -> list[tuple[str, nn.Module]]:

@@ -38,7 +38,8 @@ def linear_targets(sm, cfg, include_head: bool) -> list[tuple[str, nn.Module]]:
 
 def _record(sm, name: str, info: dict) -> None:
     sm.meta.setdefault("modules", {}).setdefault(META_KEY, {})[name] = info
-    sm.model.config.slimformer_quantization = sm.meta["modules"][META_KEY]
+    if getattr(sm.model, "config", None) is not None:
+        sm.model.config.slimformer_quantization = sm.meta["modules"][META_KEY]
 
 
 def _replace_linear(sm, name: str, mod: nn.Module, act: str | None, per_channel: bool = True,
@@ -58,6 +59,8 @@ def quantize_embedding(sm) -> list[str]:
     model = sm.model
     adapter = get_adapter(model)
     emb = adapter.embeddings(model)
+    if emb is None:
+        return ["no token embedding table (a plain module): embeddings not quantized"]
     sharing = [(n, m) for n, m in model.named_modules(remove_duplicate=False)
                if isinstance(m, nn.Embedding) and m.weight is emb.weight]
     odd = sorted({type(m).__name__ for _, m in sharing if type(m) is not nn.Embedding})
