@@ -85,3 +85,32 @@ def test_smollm2_w4_g32_fz_repacks_the_gguf_grid_exactly(smollm2, tmp_path):
     with torch.no_grad():
         a, b = sm.model(ids).logits, again.model(ids).logits
     assert torch.equal(a, b)
+
+
+def test_gguf_export_of_a_saved_smollm2_folder_writes_what_llama_cpp_expects(smollm2, shared_data, tmp_path):
+    """The metadata llama.cpp's own converter writes for SmolLM2 (pre-tokenizer by its probe hash,
+    BOS / space-prefix flags, quantization version, general.* names), and the GGUF's vocabulary
+    tokenizes 400 WikiText-2 lines as the Hugging Face tokenizer does."""
+    import copy
+
+    import gguf
+    from transformers import AutoTokenizer
+
+    from slimformer.export import export_gguf
+    from slimformer.testing.packaged import smollm2_gguf
+
+    sm = copy.deepcopy(smollm2)
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=32, float_zeros=True))
+    saved = sf.load(sf.save(sm, tmp_path / "q"))              # a folder, not the GGUF: its tokenizer is HF's
+    out = export_gguf(saved, tmp_path / "m.gguf")
+    fields = {f.name: f.contents() for f in gguf.GGUFReader(str(out)).fields.values()
+              if f.name.startswith(("general.", "tokenizer.ggml.pre", "tokenizer.ggml.add"))}
+    source = {f.name: f.contents() for f in gguf.GGUFReader(str(smollm2_gguf())).fields.values()}
+    assert fields["tokenizer.ggml.pre"] == source["tokenizer.ggml.pre"] == "smollm"
+    assert fields["tokenizer.ggml.add_bos_token"] is False and fields["tokenizer.ggml.add_space_prefix"] is False
+    assert fields["general.quantization_version"] == 2
+    for key in ("general.name", "general.organization", "general.basename", "general.license"):
+        assert fields[key] == source[key]
+    lines = [line for line in (shared_data / "wikitext2raw" / "wiki.test.raw").read_text().splitlines() if line.strip()]
+    tok = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
+    assert [tok.encode(t) for t in lines[:400]] == [saved.tokenizer.encode(t) for t in lines[:400]]

@@ -24,6 +24,8 @@ special tokens).
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import tempfile
 from pathlib import Path
@@ -38,6 +40,7 @@ from ..adapters import get_adapter
 from .portable import check_portable
 
 BLOCK = 32
+_log = logging.getLogger(__name__)
 MARK = "slimformer.version"      # marks files we wrote (the only ones we overwrite)
 
 
@@ -108,6 +111,31 @@ def _weight_entry(mod, name: str, heads: int | None):
     return perm(w.detach().float()).numpy(), "F32"
 
 
+# llama.cpp names the pre-tokenizer (its splitting regex) of a BPE vocabulary by the hash of the token
+# ids a tokenizer gives a fixed probe text (convert_hf_to_gguf.py, get_vocab_base_pre): the same probe
+# and the names of the families slimformer exports (Llama-architecture LMs)
+PRE_PROBE = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f (multiple emojis "
+             "concatenated) \u2705 \U0001f999\U0001f999 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+             "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001f601 "
+             "?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
+             "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
+             + "'" * 6 + "`" * 7 + '"' * 4
+             + "......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, "
+             "'D you like some tea? We'Ve a'lL")
+KNOWN_PRE = {
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",     # SmolLM / SmolLM2
+}
+
+
+def pre_tokenizer_name(tokenizer) -> str | None:
+    """llama.cpp's name for this tokenizer's pre-tokenizer, or None when it is not one we know."""
+    import hashlib
+
+    ids = tokenizer.encode(PRE_PROBE)  # as the converter does (a BOS the tokenizer adds is part of it)
+    return KNOWN_PRE.get(hashlib.sha256(str(ids).encode()).hexdigest())
+
+
 def _tokenizer_fields(sm, writer) -> None:
     import gguf
 
@@ -135,10 +163,20 @@ def _tokenizer_fields(sm, writer) -> None:
             tokens.append(text)
             types.append(ttype)
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
+        pre = pre_tokenizer_name(sm.tokenizer)
+        if pre is None:
+            _log.warning("GGUF export: llama.cpp does not know this tokenizer's pre-tokenizer by its probe hash; "
+                         "wrote tokenizer.ggml.pre 'default' (llama.cpp may split text differently)")
+        writer.add_tokenizer_pre(pre or "default")
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        gguf.SpecialVocab(Path(d), load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        special = gguf.SpecialVocab(Path(d), load_merges=True, n_vocab=len(tokens))
+        special.add_to_gguf(writer, quiet=True)
+        tok = sm.tokenizer
+        if not any(k in (special.add_special_token or {}) for k in ("bos",)):  # what encode() really does
+            first = tok("a")["input_ids"][:1]
+            writer.add_add_bos_token(tok.bos_token_id is not None and first == [tok.bos_token_id])
+        writer.add_add_space_prefix(False)  # byte-level BPE: a leading space is a token of its own
 
 
 def export_gguf(sm, out_file) -> Path:
@@ -191,7 +229,13 @@ def export_gguf(sm, out_file) -> Path:
 
     def write(path: Path) -> None:
         w = gguf.GGUFWriter(str(path), "llama")
-        w.add_name(Path(str(sm.source or "model")).stem)
+        general = dict((sm.meta or {}).get("gguf_general") or {})  # names of a model first loaded from a GGUF
+        w.add_name(str(general.pop("general.name", None) or Path(str(sm.source or "model")).stem))
+        for key, value in general.items():
+            if key not in ("general.architecture", "general.file_type", "general.quantization_version",
+                           "general.alignment"):
+                w.add_array(key, value) if isinstance(value, list) else w.add_string(key, str(value))
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_string(MARK, __version__)
         w.add_context_length(cfg.max_position_embeddings)
         w.add_embedding_length(cfg.hidden_size)

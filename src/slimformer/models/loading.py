@@ -302,7 +302,24 @@ def _load_gguf(path: Path) -> SlimModel:
         model.hf_quantizer = None
     model.eval()
     _ensure_pad(tokenizer)
-    return SlimModel(model, tokenizer, "causal-lm", None, source=str(path))
+    return SlimModel(model, tokenizer, "causal-lm", None, source=str(path), meta={"gguf_general": _gguf_general(path)})
+
+
+def _gguf_general(path: Path) -> dict:
+    """The `general.*` names of a GGUF file (name, organization, basename, license, ...), kept so a
+    GGUF export of the model writes them again as llama.cpp's converter would."""
+    import gguf
+
+    out = {}
+    for f in gguf.GGUFReader(str(path)).fields.values():
+        if f.name.startswith("general."):
+            try:
+                v = f.contents()
+            except Exception:  # a field of a type we do not carry over
+                continue
+            if isinstance(v, (str, int, float)) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                out[f.name] = v
+    return out
 
 
 def _load_hub(repo_id: str, kind: str | None) -> SlimModel:
