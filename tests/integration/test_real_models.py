@@ -114,3 +114,30 @@ def test_gguf_export_of_a_saved_smollm2_folder_writes_what_llama_cpp_expects(smo
     lines = [line for line in (shared_data / "wikitext2raw" / "wiki.test.raw").read_text().splitlines() if line.strip()]
     tok = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
     assert [tok.encode(t) for t in lines[:400]] == [saved.tokenizer.encode(t) for t in lines[:400]]
+
+
+@pytest.mark.parametrize("scheme", ["int8", "w4-g32-sym"])
+def test_smollm2_compressed_tensors_loads_in_transformers_with_our_perplexity(smollm2, shared_data, tmp_path, scheme):
+    """An int8 and an int4 scheme the CLI offers export to compressed-tensors, load with plain
+    AutoModelForCausalLM (+ the compressed-tensors package) and score WikiText-2 as we do (0.5%)."""
+    import copy
+    import math
+
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    from slimformer.core.kernels import use_kernels
+    from slimformer.export import export_compressed_tensors
+    from slimformer.quantize import scheme_steps
+
+    sm = copy.deepcopy(smollm2)
+    for cfg in scheme_steps(scheme):
+        sf.quantize_(sm, cfg)
+    folder = export_compressed_tensors(sm, tmp_path / "ct")
+    plain = AutoModelForCausalLM.from_pretrained(folder)
+    text = (shared_data / "wikitext2raw" / "wiki.test.raw").read_text()[:20000]
+    ids = smollm2.tokenizer(text, return_tensors="pt")["input_ids"][:, :1024]
+    with torch.no_grad(), use_kernels(int4_linear="dequant", int8_head="float", int8_linear="float"):
+        ours = math.exp(sm.model(input_ids=ids, labels=ids).loss.item())
+        theirs = math.exp(plain(input_ids=ids, labels=ids).loss.item())
+    assert abs(theirs / ours - 1) < 0.005, (ours, theirs)

@@ -21,9 +21,9 @@ def add_parsers(sub) -> None:
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("--scheme", required=True,
                    help="int8 (W8A8 dynamic) | int8-static | w8 | w4 | w4-awq | w4-gptq | w4-gptq-rot | w4-gptq-g64 | "
-                   "w4-gptq-g32 | w4-g32-fz; each is a built-in recipe's steps (slimformer recipes: int8-dynamic, "
-                   "int8-static, int8-weight-only, int4-rtn, int4-awq, int4-gptq, int4-gptq-rot, int4-gptq-g64, "
-                   "int4-gptq-g32, int4-g32-fz). w4-awq: round-to-nearest after activation-aware scaling searched on "
+                   "w4-gptq-g32 | w4-g32-fz | w4-g32-sym; each is a built-in recipe's steps (slimformer recipes: "
+                   "int8-dynamic, int8-static, int8-weight-only, int4-rtn, int4-awq, int4-gptq, int4-gptq-rot, "
+                   "int4-gptq-g64, int4-gptq-g32, int4-g32-fz, int4-g32-sym). w4-awq: round-to-nearest after activation-aware scaling searched on "
                    "--data, no GPTQ pass; w4-gptq-rot: GPTQ on a Hadamard-rotated model plus coordinate descent on the "
                    "codes, the best int4 group 128 for Llama-family decoders; w4-g32-fz: group 32 with float zero "
                    "points, re-packs a Q4_1 GGUF model exactly")

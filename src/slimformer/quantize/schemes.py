@@ -21,6 +21,7 @@ SCHEME_RECIPES = {
     "w4-gptq-g64": "int4-gptq-g64",
     "w4-gptq-g32": "int4-gptq-g32",
     "w4-g32-fz": "int4-g32-fz",      # group 32, float zero points: re-packs a Q4_1 GGUF model exactly
+    "w4-g32-sym": "int4-g32-sym",    # symmetric group 32: GGUF Q4_0, loads in transformers via compressed-tensors
 }
 
 
