@@ -45,11 +45,11 @@ class Original:
             src = str(model.source)
             self._path = "default" if src.startswith("default:") else src
             self._fingerprint = weights_fingerprint(model.model)
-        elif folder is not None:
+        elif folder is not None and hasattr(model, "model") and hasattr(model.model, "state_dict"):
             from ..models.saving import save
 
             self._path = str(save(model, Path(folder)))
-        else:
+        else:  # no folder, or not a model slimformer saves (an exported artifact): a copy in memory
             self._model = copy.deepcopy(model)
 
     @classmethod
