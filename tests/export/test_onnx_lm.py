@@ -142,3 +142,22 @@ def test_matmulnbits_carries_our_codes_exactly(k, block, float_zero):
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ w.T, rtol=1e-4, atol=1e-4)
     ops = [nd.op_type for nd in model.graph.node]
     assert ("MatMul" in ops) == float_zero          # float zero points: symmetric MatMulNBits + correction
+
+
+def test_onnxruntime_genai_generates_with_the_folder_as_ours(tmp_path):
+    """genai_config.json lets onnxruntime-genai run the exported folder: its greedy tokens equal ours."""
+    og = pytest.importorskip("onnxruntime_genai")
+    sm = tiny_llama()
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    folder = export_onnx_lm(sm, tmp_path / "o", accuracy_level=0)
+    ids = [4, 17, 33, 8, 61, 20]
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 8, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    while not gen.is_done():
+        gen.generate_next_token()
+    theirs = [int(t) for t in gen.get_sequence(0)]
+    ours = load_onnx(folder).generate(torch.tensor([ids]), 8)[0].tolist()
+    assert theirs == ours and len(theirs) == len(ids) + 8

@@ -280,5 +280,37 @@ def export_onnx_lm(sm, out_dir, accuracy_level: int = 4) -> Path:
                 "steps": [{"step": "build_lm_graph", "accuracy_level": accuracy_level}],
                 "quantize": next((s.get("method") for s in reversed((sm.meta or {}).get("steps", []))), None)}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / "genai_config.json").write_text(json.dumps(genai_config(sm, layers), indent=2))
 
     return atomic_folder(out_dir, write, markers=tuple(MARKERS))
+
+
+def genai_config(sm, layers) -> dict:
+    """onnxruntime-genai's genai_config.json for the exported graph (its input / output names, KV
+    cache shape, token ids; greedy search by default), so `onnxruntime_genai.Model(DIR)` generates
+    with the folder as it is."""
+    cfg = sm.model.config
+    a = layers[0].attention
+    tok = sm.tokenizer
+    eos = cfg.eos_token_id if cfg.eos_token_id is not None else getattr(tok, "eos_token_id", None)
+    pad = getattr(tok, "pad_token_id", None)
+    return {
+        "model": {
+            "bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else getattr(tok, "bos_token_id", None),
+            "eos_token_id": eos, "pad_token_id": pad if pad is not None else eos,
+            "context_length": cfg.max_position_embeddings, "type": "llama", "vocab_size": cfg.vocab_size,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": MODEL_FILE, "head_size": a.head_dim, "hidden_size": cfg.hidden_size,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": a.num_heads, "num_hidden_layers": len(layers), "num_key_value_heads": a.num_kv_heads,
+            },
+        },
+        "search": {"do_sample": False, "max_length": min(cfg.max_position_embeddings, 2048), "min_length": 0,
+                   "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": False,
+                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True,
+                   "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
+    }
