@@ -308,9 +308,9 @@ def test_load_onnx_on_other_folder_is_clear_error(tmp_path):
 def test_reexport_replaces_previous_export(tiny_bert, tmp_path):
     out = tmp_path / "m"
     export_onnx(tiny_bert, out)
-    (out / "stale.txt").write_text("from the first export")
+    (out / "notes.txt").write_text("the user's, not the export's")
     export_onnx(tiny_bert, out, quantize="int8")
-    assert not (out / "stale.txt").exists()
+    assert (out / "notes.txt").read_text() == "the user's, not the export's"  # a user's file survives
     assert _meta(out)["quantize"] == "int8"
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folders left
 
