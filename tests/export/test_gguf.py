@@ -117,6 +117,10 @@ def test_cli_export_gguf(tmp_path, capsys):
     src = sf.save(sm, tmp_path / "q")
     assert main(["export", str(src), "--gguf", "--out", str(tmp_path / "m.gguf")]) == 0
     assert "Q4_1" in capsys.readouterr().out and (tmp_path / "m.gguf").stat().st_size > 0
+    import json
+
+    result = json.loads((tmp_path / "m.result.json").read_text())          # the run's record beside the file
+    assert [s["method"] for s in result["steps"]] == ["gguf"] and "artifact" in result["steps"][0]["traits"]
 
 
 def test_llama_cpp_runs_the_file_when_installed(tmp_path):
