@@ -147,3 +147,24 @@ def test_kernels_of_lists_the_ops_a_model_uses():
                               group_linear(16, 32, 32))
     assert set(K.kernels_of(net)) == {"int8_linear", "int4_linear"}
     assert K.kernels_of(torch.nn.Linear(4, 4)) == {}
+
+
+def test_int8_head_on_int_mm_picks_the_float_heads_argmax():
+    """The tied int8 head on int8 activations recomputes its largest logits with float activations:
+    greedy decoding picks what the weight-only head picks (int8 activations alone flipped near-ties)."""
+    import torch
+    from torch import nn
+
+    from slimformer.core.kernels import use_kernels
+    from slimformer.quantize.modules import Int8Embedding, Int8TiedHead
+
+    torch.manual_seed(0)
+    head = Int8TiedHead(Int8Embedding.from_float(nn.Embedding(500, 64)))
+    x = torch.randn(4, 7, 64)
+    with use_kernels(int8_head="int_mm"):
+        a = head(x)
+    with use_kernels(int8_head="float"):
+        b = head(x)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    torch.testing.assert_close(a.max(-1).values, b.max(-1).values, rtol=1e-5, atol=1e-5)
+    assert (a - b).abs().max() > 1e-3          # the rest stays int8-activation logits (the fast path)

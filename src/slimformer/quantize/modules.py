@@ -185,11 +185,25 @@ class Int8TiedHead(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.embedding.weight
 
+    refine_top = 8  # int_mm path: the largest logits recomputed with float activations
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernel("int8_head") == "int_mm":
             qx, sx = quantize_per_token(x.float(), 8)
-            return int8_products(qx, self.embedding.weight_int8, "int8_head").mul_(sx).mul_(self.embedding.weight_scale)
+            out = int8_products(qx, self.embedding.weight_int8, "int8_head").mul_(sx).mul_(self.embedding.weight_scale)
+            return self._refine(x, out)
         return F.linear(x.float(), self.embedding.weight_int8.float()).mul_(self.embedding.weight_scale)
+
+    def _refine(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The `refine_top` largest int8-activation logits of each token recomputed exactly (float
+        activations, the same int8 weights), so greedy decoding picks what the weight-only head picks
+        (int8 activations alone flipped near-ties: SmolLM2 w4-g32-fz agreed with the reference kernels
+        for 12.2 of 20 greedy tokens, the float head 17.1, float32 vs bf16 17.0) at the int8 speed."""
+        k = min(self.refine_top, out.shape[-1])
+        top = out.topk(k, dim=-1).indices                                   # (..., k)
+        rows = self.embedding.weight_int8[top].float()                      # (..., k, H)
+        exact = torch.einsum("...h,...kh->...k", x.float(), rows) * self.embedding.weight_scale[top]
+        return out.scatter_(-1, top, exact)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, w=int8 (the embedding table), act=None"
