@@ -147,26 +147,18 @@ def cmd_prune(a) -> None:
 
 def cmd_export(a) -> None:
     from .. import load
-    from ..core.errors import SlimformerError
-    from ..export import CompressedTensorsConfig, ExportConfig, GgufConfig, OnnxLMConfig
-    from ..export.onnx_lm import lm_graph_supported
+    from ..export.formats import export_step
 
-    if (a.gguf or a.compressed_tensors) and (a.quantize or a.no_optimize):
-        raise SlimformerError("--quantize / --no-optimize apply to --onnx; --gguf and --compressed-tensors write the "
-                              "model as quantized (run slimformer quantize first)")
     model = load(a.model)
-    if a.gguf:
-        step, said = GgufConfig(), "for llama.cpp; load it with slimformer.load too"
-    elif a.compressed_tensors:
-        step, said = CompressedTensorsConfig(), "compressed-tensors; load it with transformers' from_pretrained"
-    elif not a.quantize and getattr(model, "kind", None) == "causal-lm" and lm_graph_supported(model):
-        step = OnnxLMConfig(accuracy_level=a.accuracy_level)
-        said = (f"a KV-cache graph for ONNX Runtime: prefill and decode, int4/int8 weights as MatMulNBits, accuracy "
-                f"level {a.accuracy_level}; run it with slimformer.load(DIR).generate or evaluate")
-    else:
-        step = ExportConfig(quantize=a.quantize or "none", optimize=False if a.no_optimize else "auto")
-        runner = "OpenVINO (or onnxruntime, slower)" if a.quantize == "int8-weights" else "onnxruntime"
-        said = f"{a.quantize or 'float32'}; run it with slimformer.load(DIR), slimformer.export.load_onnx or {runner}"
+    fmt = "gguf" if a.gguf else "compressed-tensors" if a.compressed_tensors else "onnx"
+    step = export_step(model, fmt, a.quantize, False if a.no_optimize else "auto", a.accuracy_level)
+    said = {"gguf": "for llama.cpp; load it with slimformer.load too",
+            "compressed_tensors": "compressed-tensors; load it with transformers' from_pretrained",
+            "onnx_lm": f"a KV-cache graph for ONNX Runtime: prefill and decode, int4/int8 weights as MatMulNBits, "
+                       f"accuracy level {a.accuracy_level}; run it with slimformer.load(DIR).generate, evaluate or "
+                       "onnxruntime-genai",
+            "onnx": f"{a.quantize or 'float32'}; run it with slimformer.load(DIR), slimformer.export.load_onnx or "
+                    + ("OpenVINO (or onnxruntime, slower)" if a.quantize == "int8-weights" else "onnxruntime")}[step.method]
     res = run_recipe(model, _named(f"export {step.method}", [step]), a.out, calibration_source=a.data)
     st = res.steps[-1]
     if st.details.get("tensor_types"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, SlimformerError
+from .errors import SlimformerError
 
 LOG = logging.getLogger("slimformer")
 
@@ -145,13 +145,6 @@ class Run:
 
     def with_calibration(self, texts) -> "Run":
         return dataclasses.replace(self, calibration=list(texts))
-
-    def original_model(self):
-        """The model before the recipe; a ConfigError outside a recipe run."""
-        if self.original is None:
-            raise ConfigError("this step needs the model as it was before the recipe (e.g. as the teacher); run it "
-                              "inside a recipe (slimformer.compress) or name the teacher in its config")
-        return self.original()
 
     def artifact_folder(self, name: str) -> Path:
         """A folder for an export step's artifact: `artifact_dir/name`, or a new temporary folder."""

@@ -126,6 +126,25 @@ def compressed_tensors_step(sm, cfg: CompressedTensorsConfig, run) -> Applied:
                    {"folder": str(folder)}, model=ExportedFiles(folder, "compressed-tensors", sm))
 
 
+def export_step(sm, fmt: str, quantize: str | None = None, optimize="auto", accuracy_level: int = 4) -> MethodConfig:
+    """The export step `slimformer export` runs: fmt "gguf", "compressed-tensors" or "onnx"; for
+    ONNX, a Llama-family LM without `quantize` becomes one KV-cache graph (onnx_lm), anything else
+    the encoder-style export (onnx, `quantize` none / int8 / int8-static / int8-weights)."""
+    from .onnx_lm import lm_graph_supported
+    from .step import ExportConfig
+
+    if fmt != "onnx" and (quantize or optimize is False):
+        raise ConfigError("--quantize / --no-optimize apply to --onnx; --gguf and --compressed-tensors write the "
+                          "model as quantized (run slimformer quantize first)")
+    if fmt == "gguf":
+        return GgufConfig()
+    if fmt == "compressed-tensors":
+        return CompressedTensorsConfig()
+    if not quantize and getattr(sm, "kind", None) == "causal-lm" and lm_graph_supported(sm):
+        return OnnxLMConfig(accuracy_level=accuracy_level)
+    return ExportConfig(quantize=quantize or "none", optimize=optimize)
+
+
 def gguf_written_by_slimformer(path: Path) -> bool:
     """Whether the file at `path` is a .gguf slimformer wrote (the only kind it overwrites)."""
     import gguf

@@ -74,9 +74,6 @@ class _MaskedTraining(_Scheduled):
     def scores(self, name: str, mod: nn.Module) -> torch.Tensor:
         raise NotImplementedError
 
-    def sparsity(self, step: int) -> float:
-        return cubic_sparsity(step, self.final, self.start, self.end)
-
     @torch.no_grad()
     def on_step_end(self, trainer, step: int) -> None:
         due, s = self._due(trainer, step)

@@ -36,15 +36,9 @@ def check_recipe(recipe, model=None) -> None:
             raise ConfigError(f"recipe {recipe.name!r}: step {i} ({cfg.method}) writes a deployable artifact and must "
                               f"be the last step; {len(steps) - i} step(s) follow it")
         if t.wraps_training and not any(traits_of(c).trains for c in steps[i:]):
-            trainers = [n for n in _method_names() if traits_of(n).trains]
+            trainers = [n for n in METHODS.names() if traits_of(n).trains]
             raise ConfigError(f"recipe {recipe.name!r}: step {i} ({cfg.method}) acts during training and needs a step "
                               f"that trains after it ({', '.join(trainers)})")
-
-
-def _method_names() -> list[str]:
-    from ..core.config import METHODS
-
-    return METHODS.names()
 
 
 def last_training_step(recipe) -> int | None:
