@@ -59,6 +59,10 @@ def _distill(**kw):
     return sf.DistillConfig(max_steps=kw.pop("max_steps", 6), batch_size=8, **kw)
 
 
+def _fewer(step, ref, out):
+    return step.params_after < step.params_before
+
+
 def _params_fall(records, model):
     return records[-1].params_after < records[0].params_before
 
@@ -94,6 +98,20 @@ CASES = {
                                     min_sqnr=3, data=TEXTS),
     "weight_only": lambda p: check_method(sf.WeightOnlyConfig(bits=4, group_size=16), "llama", "causal-lm", p,
                                           min_sqnr=12),
+    # factorization: the bound is the parameter count falling (and SQNR where the method keeps most of the signal)
+    "svd": lambda p: check_method(sf.SvdConfig(ratio=0.8), "bert", "embedding", p, min_sqnr=25, bound=_fewer),
+    "fwsvd": lambda p: check_method(sf.FwsvdConfig(ratio=0.8, calibration_tokens=32), "llama", "causal-lm", p,
+                                    min_sqnr=5, bound=_fewer, data=TEXTS),
+    "asvd": lambda p: check_method(sf.AsvdConfig(ratio=0.8, calibration_tokens=32), "bert", "embedding", p,
+                                   min_sqnr=25, bound=_fewer, data=TEXTS),
+    "svd_llm": lambda p: check_method(sf.SvdLlmConfig(ratio=0.8, allocation="spectrum", calibration_tokens=32),
+                                      "llama", "causal-lm", p, min_sqnr=8, bound=_fewer, data=TEXTS),
+    "basis_sharing": lambda p: check_method(sf.BasisSharingConfig(ratio=0.8, calibration_tokens=32), "bert",
+                                            "embedding", p, min_sqnr=30, bound=_fewer, data=TEXTS),
+    "share_layers": lambda p: check_method(sf.ShareLayersConfig(), "bert", "embedding", p, min_sqnr=20,
+                                           bound=_fewer),
+    "factorize_embedding": lambda p: check_method(sf.EmbeddingFactorConfig(rank=16), "bert", "embedding", p,
+                                                  min_sqnr=5, bound=_fewer),
     # exports: check_artifact (the artifact reloads and computes what the model did)
     "onnx": lambda p: check_artifact(sf.ExportConfig(quantize="none"), tiny_slim("bert", "embedding"), p,
                                      close=_embeds_close(0.9999)),

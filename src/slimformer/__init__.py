@@ -29,6 +29,8 @@ from .prune import (prune_, MagnitudeConfig, WandaConfig, SparseGPTConfig, HeadP
 from .distill import distill, finetune, shrink_layers, DistillConfig, FinetuneConfig, ShrinkConfig  # registers the distill step
 from .train import Trainer, TrainConfig
 from .attention import set_attention_, AttentionConfig, GQAConfig  # registers the attention and gqa steps
+from .factorize import (factorize_, SvdConfig, FwsvdConfig, AsvdConfig, SvdLlmConfig, EmbeddingFactorConfig,
+                        ShareLayersConfig, BasisSharingConfig)  # registers the factorization methods
 
 __all__ = [
     "__version__", "SlimformerError", "ConfigError", "DataError", "UnsupportedArchitectureError", "MethodConfig",
@@ -39,6 +41,8 @@ __all__ = [
     "prune_", "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "HeadPruningConfig", "FFNPruningConfig",
     "LayerDropConfig", "distill", "finetune", "shrink_layers", "DistillConfig", "FinetuneConfig", "ShrinkConfig", "Trainer",
     "TrainConfig", "set_attention_", "AttentionConfig", "GQAConfig",
+    "factorize_", "SvdConfig", "FwsvdConfig", "AsvdConfig", "SvdLlmConfig", "EmbeddingFactorConfig",
+    "ShareLayersConfig", "BasisSharingConfig",
     "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions",
 ]
 

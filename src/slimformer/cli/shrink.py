@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import MODEL_HELP, add_eval_args, count, eval_options, positive, run_recipe, task_from_args
+from .common import (MODEL_HELP, add_eval_args, count, eval_options, positive, positive_float, run_recipe,
+                     task_from_args)
 
 
 def add_parsers(sub) -> None:
@@ -69,6 +70,32 @@ def add_parsers(sub) -> None:
                       "default: the packaged sample sentences)")
     p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
     p.set_defaults(run=cmd_prune)
+
+    p = sub.add_parser("factorize", help="low-rank factorization or cross-layer weight sharing, and save it",
+                       description="Low-rank (--method svd|fwsvd|asvd|svd_llm) replaces each linear layer of the "
+                       "Transformer layers by two thinner ones: fewer parameters and less compute. basis_sharing: "
+                       "adjacent layers share one low-rank basis per kind of weight. share_layers: adjacent layers "
+                       "share one set of weights (a smaller file, the same compute). Recover the quality with a "
+                       "distillation step after it: built-in recipes lowrank-svdllm, encoder-lowrank, share-layers.")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    p.add_argument("--method", required=True,
+                   choices=["svd", "fwsvd", "asvd", "svd_llm", "basis_sharing", "share_layers"],
+                   help="svd (no data), fwsvd (Fisher-weighted rows), asvd (activation-scaled columns), svd_llm "
+                   "(whitened by the calibration Gram matrix; the best one-shot), basis_sharing (bases shared by "
+                   "--group adjacent layers), share_layers (--group adjacent layers share their weights)")
+    p.add_argument("--ratio", type=positive_float, default=0.8, help="fraction of the targeted layers' parameters "
+                   "kept, in (0, 1] (default 0.8: 20%% removed)")
+    p.add_argument("--rank", type=count, default=0, help="one fixed rank for every layer instead of --ratio")
+    p.add_argument("--allocation", choices=["uniform", "spectrum"], default="uniform",
+                   help="uniform: every layer keeps --ratio of its parameters (default); spectrum: a global ranking "
+                   "of the layers' (weighted) singular values sets each layer's rank, the total meets --ratio")
+    p.add_argument("--group", type=positive, default=2, help="basis_sharing / share_layers: layers per group (default 2)")
+    p.add_argument("--embedding-rank", type=positive, help="also factorize the token embedding to this rank (ALBERT; "
+                   "models whose embedding is not tied to an LM head)")
+    _calibration_args(p, "calibration text (one text per line; fwsvd, asvd, svd_llm and basis_sharing need it; "
+                      "default: the packaged sample sentences)")
+    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
+    p.set_defaults(run=cmd_factorize)
 
     p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path, to "
                        "GGUF for llama.cpp, or a quantized model to the compressed-tensors format plain transformers "
@@ -143,6 +170,21 @@ def cmd_prune(a) -> None:
     st = res.steps[-1]
     print(f"wrote {a.out} ({cfg.method}: {st.params_before:,} -> {st.params_after:,} params, "
           f"{st.bytes_before / 1e6:.1f} -> {st.bytes_after / 1e6:.1f} MB; result.json has the per-layer details)")
+
+
+def cmd_factorize(a) -> None:
+    from .. import load
+    from ..factorize import EmbeddingFactorConfig, factorize_config
+
+    steps = [factorize_config(a.method, ratio=a.ratio, rank=a.rank, allocation=a.allocation, group=a.group)]
+    if a.embedding_rank:
+        steps.append(EmbeddingFactorConfig(rank=a.embedding_rank))
+    res = run_recipe(load(a.model), _named(f"factorize {a.method}", steps), a.out,
+                     calibration_samples=a.calibration_samples, calibration_source=a.data)
+    first, last = res.steps[0], res.steps[-1]
+    print(f"wrote {a.out} ({', '.join(st.method for st in res.steps)}: {first.params_before:,} -> "
+          f"{last.params_after:,} params, {first.bytes_before / 1e6:.1f} -> {last.bytes_after / 1e6:.1f} MB; "
+          "result.json has the per-layer ranks)")
 
 
 def cmd_export(a) -> None:

@@ -123,3 +123,18 @@ def hessians(sm, targets: list[tuple[str, nn.Module]], batches: list[dict], desc
         observe_inputs(sm, targets, [enc], None, "", consume_raw=observe)
     observe.seen.clear()
     return hs
+
+
+def input_absmean(sm, targets: list[tuple[str, nn.Module]], batches: list[dict], desc: str = "calibration") -> dict:
+    """{name: per-channel mean |x| of the layer's input (in,)} over the batches' tokens."""
+    total: dict[str, Tensor] = {}
+    count: dict[str, int] = {}
+
+    def consume(name, x):
+        x = x.reshape(-1, x.shape[-1])
+        s = x.abs().sum(0)
+        total[name] = s if name not in total else total[name] + s
+        count[name] = count.get(name, 0) + x.shape[0]
+
+    observe_inputs(sm, targets, batches, consume, desc)
+    return {n: total[n] / max(count[n], 1) for n in total}

@@ -59,3 +59,24 @@ def apply_meta_hooks(sm) -> None:
     for key in META_HOOKS.names():
         if key in sm.meta:
             META_HOOKS.get(key)(sm, sm.meta[key])
+
+
+# a module that several names share (cross-layer weight sharing): recorded under its other names
+# as {"type": "shared", "of": the first name}; saved once, and the same module again after a load
+SHARED = "shared"
+
+
+def _build_shared(model, name, info):
+    from .surgery import mark_shared
+
+    mark_shared(model)
+    return model.get_submodule(info["of"])
+
+
+register_module_type(SHARED, _build_shared, late=True)
+
+
+def shared_aliases(meta: dict) -> list[str]:
+    """The module names recorded as another name's module (their tensors are saved once)."""
+    return [n for group in (meta or {}).get("modules", {}).values() for n, info in group.items()
+            if isinstance(info, dict) and info.get("type") == SHARED]

@@ -255,7 +255,13 @@ def _write(sm: SlimModel, folder: Path) -> None:
         del cfg.quantization_config
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
-    type(model).save_pretrained(model, folder, safe_serialization=True)  # past guard.guard_plain_save's refusal
+    from .hooks import shared_aliases
+
+    aliases = tuple(a + "." for a in shared_aliases(sm.meta))
+    # a module shared across layers is stored once, under its first name (rebuilt shared on load)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(aliases)} if aliases else None
+    type(model).save_pretrained(model, folder, safe_serialization=True,  # past guard.guard_plain_save's refusal
+                                **({"state_dict": state} if state is not None else {}))
     swapped = bool(sm.meta.get("modules"))
     if swapped:
         # modules plain transformers does not know: name the weights so that plain loaders find

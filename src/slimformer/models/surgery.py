@@ -24,10 +24,27 @@ from ..core.errors import ConfigError
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called `name` (dotted path) by `new`."""
+    """Replace the submodule called `name` (dotted path) by `new`, under every name it has: a
+    module shared across layers (weight sharing) stays shared."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child, None)
     setattr(parent, child, new)
+    if isinstance(old, nn.Module) and getattr(model, SHARED_FLAG, False):
+        for p in model.modules():
+            for n, c in list(p.named_children()):
+                if c is old:
+                    setattr(p, n, new)
+
+
+# set on a model holding modules shared under several names (weight sharing): only for such a
+# model does set_module pay for the walk over every module
+SHARED_FLAG = "_slimformer_shares_modules"
+
+
+def mark_shared(model: nn.Module) -> None:
+    """Note that `model` holds modules under several names (set_module then replaces them all)."""
+    object.__setattr__(model, SHARED_FLAG, True)
 
 
 def module_names(model: nn.Module) -> dict[int, str]:
@@ -206,3 +223,11 @@ def apply_layer_sizes_(model: nn.Module, sizes: list[dict]) -> None:
 def linear_shape(m: nn.Module) -> tuple[int, int]:
     """(out, in) of a linear-like module."""
     return out_features(m), in_features(m)
+
+
+def layer_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the linear layers inside the Transformer layers (q/k/v/o, FFN), by the
+    adapter: what sparsity and low-rank methods act on by default (never the LM head, the
+    embeddings or a task head)."""
+    names = module_names(model)
+    return [(names[id(m)], m) for m in get_adapter(model).body_linears(model)]

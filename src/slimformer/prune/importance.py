@@ -15,6 +15,7 @@ from ..adapters import get_adapter
 from ..adapters.base import is_conv1d, linear_weight
 from ..core.registry import Registry
 from ..models.activations import calibration_forward
+from ..models.gradients import backward_passes
 
 IMPORTANCE: Registry = Registry("importance score")
 
@@ -147,39 +148,14 @@ def taylor(sm, kind: str, batches) -> dict[int, Tensor]:
         else:
             params[i] = [m for m in (li.ffn.up, li.ffn.gate, li.ffn.down) if m is not None]
     acc = {i: None for i in params}
-    was = model.training
-    req = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for mods in params.values():
-            for m in mods:
-                m.weight.requires_grad_(True)
-        for enc in batches:
-            model.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                model.eval()
-                ref = _output(sm, enc)
-            model.train(sm.kind != "causal-lm")  # dropout noise makes the distillation loss informative
-            if sm.kind == "causal-lm":
-                loss = model(**enc, labels=enc["input_ids"], use_cache=False).loss
-            else:
-                loss = torch.nn.functional.mse_loss(_output(sm, enc), ref)
-            loss.backward()
-            for i, li in enumerate(layers):
-                s = _unit_taylor(li, kind)
-                acc[i] = s if acc[i] is None else acc[i] + s
-    finally:
-        model.zero_grad(set_to_none=True)
-        for p, r in req.items():
-            p.requires_grad_(r)
-        model.train(was)
+
+    def add():
+        for i, li in enumerate(layers):
+            s = _unit_taylor(li, kind)
+            acc[i] = s if acc[i] is None else acc[i] + s
+
+    backward_passes(sm, [m.weight for mods in params.values() for m in mods], batches, add, loss="distill")
     return acc
-
-
-def _output(sm, enc):
-    o = sm.model(**enc, **({"use_cache": False} if sm.kind != "embedding" else {}))
-    return o.logits if getattr(o, "logits", None) is not None else o.last_hidden_state
 
 
 def _wg(m) -> Tensor:

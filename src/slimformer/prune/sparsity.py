@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..adapters import get_adapter
 from ..adapters.base import is_linear, linear_classes, linear_weight
 from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError, DataError
@@ -14,7 +13,7 @@ from ..core.targets import select_modules
 from ..data import model_batches
 from ..models.activations import observe_inputs
 from ..models.sequential import run_sequential, sequential_supported, with_hessians
-from ..models.surgery import module_names, set_module
+from ..models.surgery import layer_linears as body_linears, set_module
 from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig, parse_pattern
 from .masks import global_threshold, magnitude_scores, mask_layer, mask_nm, mask_rows, wanda_scores
 from .modules import SparseLinear
@@ -25,9 +24,7 @@ META_KEY = "sparsity"
 
 def layer_linears(sm) -> list[tuple[str, nn.Module]]:
     """The linear layers inside the Transformer layers (q/k/v/o, FFN), by the adapter."""
-    model = sm.model
-    names = module_names(model)
-    return [(names[id(m)], m) for m in get_adapter(model).body_linears(model)]
+    return body_linears(sm.model)
 
 
 def sparse_targets(sm, cfg) -> list[tuple[str, nn.Module]]:
