@@ -37,7 +37,12 @@ def files(tmp_path_factory):
         f = sf.save(tiny_slim("bert", "embedding"), d / name)
         mutate(f)
         junk[name] = f
-    return {"d": d, "enc": enc, "s2s": s2s, **junk}
+    from slimformer.models.surgery import remove_ffn_neurons_
+
+    uneven = tiny_slim("bert", "embedding")
+    remove_ffn_neurons_(uneven.model, {0: range(10)})
+    uneven = sf.save(uneven, d / "uneven")
+    return {"d": d, "enc": enc, "s2s": s2s, "uneven": uneven, **junk}
 
 
 def _edit_config(folder: Path, **kw):
@@ -79,6 +84,17 @@ CASES = {
     "unknown model_type": lambda f: ["inspect", f["unknown-type"]],
     "quantize into its input": lambda f: ["quantize", f["enc"], "--scheme", "int8", "--out", f["enc"] / "sub"],
     "quantize onto its input": lambda f: ["quantize", f["enc"], "--scheme", "int8", "--out", f["enc"]],
+    "factorize ratio 0": lambda f: ["factorize", f["enc"], "--method", "svd", "--ratio", "0", "--out", f["d"] / "o5"],
+    "factorize ratio 1.5": lambda f: ["factorize", f["enc"], "--method", "svd", "--ratio", "1.5", "--out",
+                                      f["d"] / "o5"],
+    "factorize rank above the layer": lambda f: ["factorize", f["enc"], "--method", "svd", "--rank", "40", "--out",
+                                                 f["d"] / "o5"],
+    "factorize rank that saves nothing": lambda f: ["factorize", f["enc"], "--method", "svd", "--rank", "20",
+                                                    "--out", f["d"] / "o5"],
+    "share layers of different shapes": lambda f: ["factorize", f["uneven"], "--method", "share_layers", "--out",
+                                                   f["d"] / "o5"],
+    "embedding rank that saves nothing": lambda f: ["factorize", f["enc"], "--method", "svd", "--embedding-rank",
+                                                    "500", "--out", f["d"] / "o5"],
 }
 
 
@@ -113,3 +129,15 @@ def test_distill_with_task_and_data(files, capsys):
                  "--max-steps", "2", "--batch-size", "8", "--out", str(out)]) == 0
     r = json.loads((out / "result.json").read_text())
     assert "spearman" in r["baseline"]["metrics"] and "spearman" in r["compressed"]["metrics"]
+
+
+def test_factorize_command_writes_a_reloadable_model(files, capsys):
+    from slimformer.cli import main
+
+    out = files["d"] / "factorized"
+    assert main(["factorize", str(files["enc"]), "--method", "svd_llm", "--ratio", "0.7", "--allocation", "spectrum",
+                 "--embedding-rank", "8", "--data", str(files["d"] / "sents.txt"), "--out", str(out)]) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert [s["method"] for s in r["steps"]] == ["svd_llm", "factorize_embedding"]
+    assert r["steps"][0]["details"]["kept"] <= 0.7
+    assert sf.load(out).num_params() == r["steps"][-1]["params_after"] < r["steps"][0]["params_before"]

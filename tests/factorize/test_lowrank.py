@@ -174,3 +174,35 @@ def test_bad_inputs_are_one_line_errors():
         sf.factorize_(lm_tied, sf.EmbeddingFactorConfig(rank=8))
     with pytest.raises(ConfigError, match="no two adjacent layers"):
         sf.factorize_(tiny_slim("bert", "embedding", num_hidden_layers=1), sf.ShareLayersConfig())
+
+
+def test_parts_ffn_factorizes_only_the_ffn():
+    sm = tiny_slim("bert", "embedding")
+    sf.factorize_(sm, sf.SvdConfig(ratio=0.5, parts="ffn"))
+    layer = sm.model.encoder.layer[0]
+    assert isinstance(layer.intermediate.dense, LowRankLinear) and isinstance(layer.output.dense, LowRankLinear)
+    assert isinstance(layer.attention.self.query, torch.nn.Linear)
+
+
+@pytest.mark.parametrize("recipe,family,kind", [("lowrank-svdllm", "llama", "causal-lm"),
+                                                ("encoder-lowrank", "bert", "embedding"),
+                                                ("share-layers", "bert", "embedding")])
+def test_builtin_factorize_recipes_run(recipe, family, kind, tmp_path):
+    import dataclasses
+
+    from slimformer.recipes import CompressOptions, load_recipe
+
+    r = load_recipe(recipe)
+    short = {"distill": dict(max_steps=2, epochs=1.0, batch_size=8, mixed_precision="no"),
+             "deploy": dict(candidates=("onnx-int8",)),
+             "factorize_embedding": dict(rank=8)}
+    steps = [dataclasses.replace(c, **short.get(c.method, {}), **(
+        {"calibration_tokens": 32} if hasattr(c, "calibration_tokens") else {})) for c in r.steps]
+    sm = tiny_slim(family, kind, **({"intermediate_size": 96} if family == "llama" else {}))
+    n0 = sm.num_params()
+    res = sf.compress(sm, dataclasses.replace(r, steps=steps), None, tmp_path / "out",
+                      CompressOptions(unlabeled=TEXTS, calibration_samples=16))
+    assert [s.method for s in res.steps] == [c.method for c in r.steps]
+    assert res.steps[-1].params_after < n0 or res.steps[-1].bytes_after < res.steps[0].bytes_before
+    out = sf.load(tmp_path / "out")
+    assert out is not None
