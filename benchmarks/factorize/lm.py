@@ -23,19 +23,26 @@ import torch  # noqa: E402
 import slimformer as sf  # noqa: E402
 from common import base_parser, interleaved, write  # noqa: E402
 from slimformer.core import step_details  # noqa: E402
+from slimformer.core.config import apply_method  # noqa: E402
 from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
 from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
 
-METHODS = {
-    "svd": lambda r: sf.SvdConfig(ratio=r),
-    "fwsvd": lambda r: sf.FwsvdConfig(ratio=r),
-    "asvd": lambda r: sf.AsvdConfig(ratio=r),
-    "svd_llm": lambda r: sf.SvdLlmConfig(ratio=r),
-    "svd_llm spectrum": lambda r: sf.SvdLlmConfig(ratio=r, allocation="spectrum"),
-    "basis_sharing": lambda r: sf.BasisSharingConfig(ratio=r),
+GPTQ = dict(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True, calibration_samples=64)
+METHODS = {  # row -> the configs it applies, for a ratio
+    "svd": lambda r: [sf.SvdConfig(ratio=r)],
+    "fwsvd": lambda r: [sf.FwsvdConfig(ratio=r)],
+    "asvd": lambda r: [sf.AsvdConfig(ratio=r)],
+    "svd_llm": lambda r: [sf.SvdLlmConfig(ratio=r)],
+    "svd_llm spectrum": lambda r: [sf.SvdLlmConfig(ratio=r, allocation="spectrum")],
+    "basis_sharing": lambda r: [sf.BasisSharingConfig(ratio=r)],
+    # composition: the factors quantized (GPTQ int4 g128 as w4-gptq; int8 RTN per group of 128)
+    "svd_llm + int4 GPTQ g128": lambda r: [sf.SvdLlmConfig(ratio=r), sf.WeightOnlyConfig(**GPTQ)],
+    "svd_llm + int8 g128": lambda r: [sf.SvdLlmConfig(ratio=r), sf.WeightOnlyConfig(bits=8, group_size=128,
+                                                                                   algorithm="rtn")],
 }
+DEFAULT = ["svd", "fwsvd", "asvd", "svd_llm", "svd_llm spectrum", "basis_sharing"]
 
 
 def decode_fn(sm, ids):
@@ -50,7 +57,8 @@ def main() -> None:
     ap = base_parser(__doc__)
     ap.add_argument("--ppl-max-tokens", type=int, default=8192)
     ap.add_argument("--calib-texts", type=int, default=2000, help="lines of wikitext2/valid.txt for calibration")
-    ap.add_argument("--methods", nargs="*", default=list(METHODS), help=f"subset of {list(METHODS)}")
+    ap.add_argument("--methods", nargs="*", default=DEFAULT, help=f"rows of {list(METHODS)} (default: the one-shot "
+                    "factorizations)")
     ap.add_argument("--ratios", nargs="*", type=float, default=[0.9, 0.8, 0.7, 0.6])
     ap.add_argument("--rounds", type=int, default=3, help="decode timing rounds (0: no timing)")
     ap.add_argument("--name", default="factorize_lm")
@@ -78,14 +86,15 @@ def main() -> None:
     ids = base.tokenizer(" ".join(calib[:40]), return_tensors="pt")["input_ids"][:, :64]
     for ratio in a.ratios:
         for method in a.methods:
-            cfg = METHODS[method](ratio)
+            cfgs = METHODS[method](ratio)
             m = copy.deepcopy(base)
             t0 = time.perf_counter()
-            sf.factorize_(m, cfg, calib)
+            for cfg in cfgs:
+                apply_method(m, cfg, calib)
             secs = time.perf_counter() - t0
             ppl = sf.evaluate(m, task, None, opts).metrics["perplexity"]
-            d = step_details(m, cfg.method)
-            row = {"method": method, "ratio": ratio, "config": cfg.to_dict(), "perplexity": ppl,
+            d = step_details(m, cfgs[0].method)
+            row = {"method": method, "ratio": ratio, "steps": [c.to_dict() for c in cfgs], "perplexity": ppl,
                    "kept": d.get("kept"), "params": m.num_params(), "bytes": saved_bytes(m)["bytes"], "seconds": secs}
             if a.rounds:
                 t = interleaved({"float": decode_fn(base, ids), "factorized": decode_fn(m, ids)}, a.rounds)
@@ -113,7 +122,9 @@ def _markdown(a, payload, s) -> str:
         "layers' linear parameters (q/k/v/o, gate/up/down) removed; kept = what the factorization kept of them. "
         "Calibration: WikiText-2 valid, 64 x 256 tokens. decode x = greedy tokens/s over the float model's, timed "
         "interleaved in the same process (batch 1, 32 tokens after 64). Rows may come from separate `--append` runs "
-        "on the same settings.", "",
+        "on the same settings. Composition rows quantize both factors after the factorization (int4: GPTQ g128 "
+        "as in w4-gptq, int8: round-to-nearest g128); the embedding is quantized to int8 per row as in "
+        "benchmarks/results/quantize_lm.md.", "",
         table(["method", "removed", "kept", "perplexity", "ppl / float", "MB", "decode x", "seconds"], rows),
     ])
 

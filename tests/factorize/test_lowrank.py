@@ -206,3 +206,19 @@ def test_builtin_factorize_recipes_run(recipe, family, kind, tmp_path):
     assert res.steps[-1].params_after < n0 or res.steps[-1].bytes_after < res.steps[0].bytes_before
     out = sf.load(tmp_path / "out")
     assert out is not None
+
+
+def test_factorized_lm_exports_to_the_onnx_kv_cache_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from slimformer.core.run import Run
+    from slimformer.recipes import load_recipe, run_steps
+
+    sm = tiny_slim("llama", "causal-lm", intermediate_size=64, hidden_size=64, head_dim=16)
+    sf.factorize_(sm, sf.SvdLlmConfig(rank=16, calibration_tokens=32), data=TEXTS)  # ranks a MatMulNBits block fits
+    sf.quantize_(sm, sf.WeightOnlyConfig(bits=4, group_size=16))
+    _, art = run_steps(sm, load_recipe([sf.export.OnnxLMConfig(accuracy_level=0)]),
+                       Run(calibration=TEXTS, artifact_dir=tmp_path / "a"))
+    ids = torch.tensor([[4, 7, 33, 68, 5, 9]])
+    with torch.no_grad():
+        a, b = sm.model(input_ids=ids).logits, sf.load(art.folder).model(input_ids=ids).logits
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999

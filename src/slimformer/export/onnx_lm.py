@@ -118,6 +118,9 @@ def _nbits(g: _Graph, x: str, codes: np.ndarray, scales: np.ndarray, zeros, bits
 def _linear(g: _Graph, x: str, mod, acc: int) -> str:
     from ..quantize.modules import GroupQuantLinear, Int8Linear, Int8TiedHead
 
+    first, second = getattr(mod, "first", None), getattr(mod, "second", None)
+    if isinstance(first, torch.nn.Module) and isinstance(second, torch.nn.Module):  # a low-rank pair: two MatMuls
+        return _linear(g, _linear(g, x, first, acc), second, acc)
     bias = getattr(mod, "bias", None)
     bias = bias.detach().float().numpy() if isinstance(bias, torch.Tensor) else None
     if isinstance(mod, GroupQuantLinear):
