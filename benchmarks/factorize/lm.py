@@ -34,6 +34,8 @@ METHODS = {  # row -> the configs it applies, for a ratio
     "svd": lambda r: [sf.SvdConfig(ratio=r)],
     "fwsvd": lambda r: [sf.FwsvdConfig(ratio=r)],
     "asvd": lambda r: [sf.AsvdConfig(ratio=r)],
+    "svd_llm (one pass)": lambda r: [sf.SvdLlmConfig(ratio=r, sequential=False)],
+    "svd_llm spectrum (one pass)": lambda r: [sf.SvdLlmConfig(ratio=r, allocation="spectrum", sequential=False)],
     "svd_llm": lambda r: [sf.SvdLlmConfig(ratio=r)],
     "svd_llm spectrum": lambda r: [sf.SvdLlmConfig(ratio=r, allocation="spectrum")],
     "basis_sharing": lambda r: [sf.BasisSharingConfig(ratio=r)],
@@ -42,7 +44,7 @@ METHODS = {  # row -> the configs it applies, for a ratio
     "svd_llm + int8 g128": lambda r: [sf.SvdLlmConfig(ratio=r), sf.WeightOnlyConfig(bits=8, group_size=128,
                                                                                    algorithm="rtn")],
 }
-DEFAULT = ["svd", "fwsvd", "asvd", "svd_llm", "svd_llm spectrum", "basis_sharing"]
+DEFAULT = ["svd", "fwsvd", "asvd", "svd_llm (one pass)", "svd_llm", "svd_llm spectrum", "basis_sharing"]
 
 
 def decode_fn(sm, ids):

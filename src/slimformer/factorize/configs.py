@@ -77,9 +77,16 @@ class SvdLlmConfig(_DataConfig):
     """SVD-LLM (Wang et al., ICLR 2025): truncation-aware whitening by the Cholesky factor S of
     the calibration Gram matrix (X X^T = S S^T); each truncated singular value of W S is exactly
     the loss ||W X - a b X||_F it causes. allocation `spectrum` ranks the whitened singular
-    values of all layers globally."""
+    values of all layers globally. sequential: layer by layer, each layer whitened with the inputs
+    the already-factorized layers before it give (so their error is accounted for), as GPTQ
+    calibrates; False: every layer from one pass of the unchanged model (the paper's setting)."""
 
     method = "svd_llm"
+    sequential: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        self._check_bool("sequential")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ..core.targets import select_modules
 from ..data import model_batches
 from ..models.activations import hessians, input_absmean
 from ..models.gradients import backward_passes
+from ..models.sequential import sequential_supported, with_hessians
 from ..models.surgery import module_names, replace_module, set_module
 from . import lowrank_math as lm
 from .configs import AsvdConfig, EmbeddingFactorConfig, FwsvdConfig, SvdConfig, SvdLlmConfig
@@ -132,18 +133,38 @@ def _swap(sm, name: str, mod: nn.Module, f: lm.Factors) -> LowRankLinear:
 def lowrank(sm, cfg, run) -> Applied:
     check_rank(sm, cfg)
     targets = lowrank_targets(sm, cfg)
-    weights = _weightings(sm, cfg, targets, run)
+    sequential = getattr(cfg, "sequential", False) and sequential_supported(sm)
+    weights = _weightings(sm, cfg, targets, run) if not sequential or cfg.allocation == "spectrum" else {}
     ranks = _ranks(cfg, targets, weights)
     shapes = [_shape(m) for _, m in targets]
     per_layer, dense = {}, []
-    for (name, mod), r, (o, i) in zip(tqdm(targets, desc=cfg.method, leave=False), ranks, shapes):
+    rank_of = {n: r for (n, _), r in zip(targets, ranks)}
+
+    def one(name, mod, weighting):
+        o, i = _shape(mod)
+        r = rank_of[name]
         if r == 0 or r > lm.break_even_rank(o, i):
             dense.append(name)
-            continue
-        f = lm.factorize(linear_weight(mod).float(), r, **weights[name])
+            return
+        f = lm.factorize(linear_weight(mod).float(), r, **weighting)
         _swap(sm, name, mod, f)
         per_layer[name] = {"shape": [o, i], "rank": r, "kept": round(r * (o + i) / (o * i), 4),
                            "relative_loss": round(f.dropped / max(f.energy, 1e-30), 6)}
+
+    if sequential:  # whitened with the inputs the factorized layers before it give
+        whiten: dict[int, tuple] = {}
+
+        def seq(name, mod, H):
+            key = H.data_ptr()
+            if key not in whiten:
+                whiten[key] = (H, lm.whitening(H))  # q/k/v (gate/up) share one input: one Cholesky
+            one(name, mod, {"S": whiten[key][1]})
+
+        with_hessians(sm, targets, _batches(sm, cfg, run), seq, sequential=True, true_sequential=True,
+                      name=cfg.method)
+    else:
+        for name, mod in tqdm(targets, desc=cfg.method, leave=False):
+            one(name, mod, weights[name])
     ranks = [0 if n in dense else r for (n, _), r in zip(targets, ranks)]
     kept = lm.kept_fraction(shapes, ranks)
     warnings = []

@@ -32,7 +32,13 @@ class LowRankLinear(nn.Module):
     @classmethod
     def from_factors(cls, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
                      dtype=torch.float32) -> "LowRankLinear":
-        """W ~= a (out x r) @ b (r x in)."""
+        """W ~= a (out x r) @ b (r x in). Built outside inference mode (a layer-by-layer calibration
+        runs in it), so the new parameters can be trained afterwards."""
+        with torch.inference_mode(False):
+            return cls._build(a, b, bias, dtype)
+
+    @classmethod
+    def _build(cls, a, b, bias, dtype):
         new = cls(b.shape[1], a.shape[0], a.shape[1], bias is not None, dtype=dtype)
         with torch.no_grad():
             new.first.weight.copy_(b)
