@@ -36,15 +36,15 @@ METHODS = {  # row -> the configs it applies, for a ratio
     "asvd": lambda r: [sf.AsvdConfig(ratio=r)],
     "svd_llm (one pass)": lambda r: [sf.SvdLlmConfig(ratio=r, sequential=False)],
     "svd_llm spectrum (one pass)": lambda r: [sf.SvdLlmConfig(ratio=r, allocation="spectrum", sequential=False)],
-    "svd_llm": lambda r: [sf.SvdLlmConfig(ratio=r)],
-    "svd_llm spectrum": lambda r: [sf.SvdLlmConfig(ratio=r, allocation="spectrum")],
+    "svd_llm layer by layer": lambda r: [sf.SvdLlmConfig(ratio=r, sequential=True)],
     "basis_sharing": lambda r: [sf.BasisSharingConfig(ratio=r)],
     # composition: the factors quantized (GPTQ int4 g128 as w4-gptq; int8 RTN per group of 128)
     "svd_llm + int4 GPTQ g128": lambda r: [sf.SvdLlmConfig(ratio=r), sf.WeightOnlyConfig(**GPTQ)],
     "svd_llm + int8 g128": lambda r: [sf.SvdLlmConfig(ratio=r), sf.WeightOnlyConfig(bits=8, group_size=128,
                                                                                    algorithm="rtn")],
 }
-DEFAULT = ["svd", "fwsvd", "asvd", "svd_llm (one pass)", "svd_llm", "svd_llm spectrum", "basis_sharing"]
+DEFAULT = ["svd", "fwsvd", "asvd", "svd_llm (one pass)", "svd_llm spectrum (one pass)", "svd_llm layer by layer",
+           "basis_sharing"]
 
 
 def decode_fn(sm, ids):

@@ -78,11 +78,12 @@ class SvdLlmConfig(_DataConfig):
     the calibration Gram matrix (X X^T = S S^T); each truncated singular value of W S is exactly
     the loss ||W X - a b X||_F it causes. allocation `spectrum` ranks the whitened singular
     values of all layers globally. sequential: layer by layer, each layer whitened with the inputs
-    the already-factorized layers before it give (so their error is accounted for), as GPTQ
-    calibrates; False: every layer from one pass of the unchanged model (the paper's setting)."""
+    the already-factorized layers before it give, as GPTQ calibrates (measured worse on SmolLM2:
+    benchmarks/results/factorize_lm.md); default False: every layer from one pass of the unchanged
+    model (the paper's setting)."""
 
     method = "svd_llm"
-    sequential: bool = True
+    sequential: bool = False
 
     def validate(self) -> None:
         super().validate()
