@@ -39,6 +39,17 @@ def add_parsers(sub) -> None:
                    "(tokens fed at a time, default 64)")
     p.set_defaults(run=cmd_evaluate)
 
+    p = sub.add_parser("report", help="an HTML page of one run, or several runs on one quality / speed / bytes "
+                       "front", description="Reads each run's result.json (a folder compress, quantize, prune, "
+                       "factorize, distill or export wrote, or the JSON file) and writes one self-contained HTML "
+                       "page (plotly inlined; opens offline). One run: its figures, trade-off, steps, bytes per "
+                       "module, per-layer details and training curves. Several: their final models and originals "
+                       "on one Pareto plot and one table.")
+    p.add_argument("runs", nargs="+", help="run folders or result.json files")
+    p.add_argument("--out", default="slimformer-report.html", help="the HTML file to write (default "
+                   "slimformer-report.html; an existing file is replaced only if slimformer wrote it)")
+    p.set_defaults(run=cmd_report)
+
     p = sub.add_parser("recipes", help="list the built-in recipes (and, with --methods, every method and its traits)")
     p.add_argument("--methods", action="store_true", help="list the registered methods with their traits instead")
     p.set_defaults(run=cmd_recipes)
@@ -184,3 +195,10 @@ def cmd_recipes(a) -> None:
     for name in sorted(builtin_recipes()):
         r = load_recipe(name)
         print(f"{name:20s} {r.description}")
+
+
+def cmd_report(a) -> None:
+    from ..report.files import write_report
+
+    out = write_report(a.runs, a.out)
+    print(f"wrote {out} ({len(a.runs)} run{'s' if len(a.runs) > 1 else ''}); open it in a browser")

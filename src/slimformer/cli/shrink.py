@@ -3,6 +3,7 @@ builds a short recipe and runs it through `slimformer.compress` like compress do
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .common import (MODEL_HELP, add_eval_args, count, eval_options, positive, positive_float, run_recipe,
                      task_from_args)
@@ -14,7 +15,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--recipe", required=True, help="a built-in recipe name (see `slimformer recipes`) or a YAML file")
     p.add_argument("--unlabeled", help="training sentences for recipes that train (encoder-fast, classifier-fast: the "
                    "distill step): a text file (one a line) or task files, several joined with ','")
-    p.add_argument("--out", required=True, help="output folder: model, result.json, report.md. A recipe that trains "
+    p.add_argument("--out", required=True, help="output folder: model, result.json, report.md, report.html. A recipe that trains "
                    "keeps checkpoints in .OUT.slimformer-work beside it: re-run the same command to resume")
     p.set_defaults(run=cmd_compress)
 
@@ -41,7 +42,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--search-texts", type=positive, help="with --max-drop: texts the sensitivity search measures on "
                    "(default 64; decoder LMs 8, as 128-token chunks: each probe runs the whole model)")
     _calibration_args(p, "calibration text (one text per line; GPTQ and AWQ need it; default: packaged sample)")
-    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
+    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md, report.html")
     p.set_defaults(run=cmd_quantize)
 
     p = sub.add_parser("prune", help="prune a model: sparsity (--method) or structure (--structure), and save it",
@@ -68,7 +69,7 @@ def add_parsers(sub) -> None:
                    "kept weights to int4/int8 (joint mode)")
     _calibration_args(p, "calibration text (one text per line; wanda, sparsegpt and data-based importance need it; "
                       "default: the packaged sample sentences)")
-    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
+    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md, report.html")
     p.set_defaults(run=cmd_prune)
 
     p = sub.add_parser("factorize", help="low-rank factorization or cross-layer weight sharing, and save it",
@@ -94,7 +95,7 @@ def add_parsers(sub) -> None:
                    "models whose embedding is not tied to an LM head)")
     _calibration_args(p, "calibration text (one text per line; fwsvd, asvd, svd_llm and basis_sharing need it; "
                       "default: the packaged sample sentences)")
-    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
+    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md, report.html")
     p.set_defaults(run=cmd_factorize)
 
     p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path, to "
@@ -145,7 +146,8 @@ def cmd_compress(a) -> None:
     if task is None:
         print("no --task/--data given: calibrated and measured fidelity on the packaged sample sentences; task "
               "metrics (e.g. STS-B Spearman) need real data via --task/--data", file=sys.stderr)
-    print(f"\nwrote {a.out} (model, result.json, report.md)")
+    print(f"\nwrote {a.out} (model, result.json, report.md; open {Path(a.out) / 'report.html'} in a browser for the "
+          "plots)")
 
 
 def cmd_quantize(a) -> None:

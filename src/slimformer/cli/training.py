@@ -34,7 +34,7 @@ def add_parsers(sub) -> None:
                    "1e-4 otherwise)")
     p.add_argument("--batch-size", type=positive, default=64, help="sentences per step (default 64)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
-    p.add_argument("--out", required=True, help="output folder: the student, result.json, report.md")
+    p.add_argument("--out", required=True, help="output folder: the student, result.json, report.md, report.html")
     p.set_defaults(run=cmd_distill)
 
     p = sub.add_parser("finetune", help="fine-tune a model on a labeled task (a teacher, or a student afterwards)")
@@ -47,7 +47,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=5e-5)
     p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
-    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md")
+    p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md, report.html")
     p.set_defaults(run=cmd_finetune)
 
     p = sub.add_parser("train", help="train slimformer's reference Transformer (translation)",
@@ -98,7 +98,7 @@ def cmd_distill(a) -> None:
     res = run_recipe(model, steps, a.out, task, unlabeled=a.unlabeled)
     d = res.steps[-1].details
     print(f"wrote {a.out}: {d['steps']} steps in {d['seconds']:.0f} s" + (f"; best {d['best']}" if d.get("best") else "")
-          + " (result.json, report.md)")
+          + " (result.json, report.md, report.html)")
 
 
 def cmd_finetune(a) -> None:

@@ -49,6 +49,26 @@ def saved_bytes(sm) -> dict:
     return {"bytes": weights, "bytes_total": total}
 
 
+def bytes_by_module(model) -> dict[str, int]:
+    """Bytes of a model's tensors (parameters and buffers, each stored tensor once) by part: the
+    name up to its layer index (`encoder.layer.3`), else its first two components (`embeddings.
+    word_embeddings`), in model order."""
+    out: dict[str, int] = {}
+    seen = set()
+    for name, t in model.state_dict(keep_vars=False).items():
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            continue
+        key = (t.data_ptr(), t.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        parts = name.split(".")[:-1]
+        idx = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        part = ".".join(parts[: idx + 1] if idx is not None else parts[:2]) or name
+        out[part] = out.get(part, 0) + t.numel() * t.element_size()
+    return out
+
+
 def make_inputs(sm, texts: list[str], batch: int, seq_len: int) -> dict[str, torch.Tensor]:
     """A (batch, seq_len) batch of real token ids, no padding."""
     limit = getattr(getattr(getattr(sm, "model", None), "config", None), "max_position_embeddings", None)

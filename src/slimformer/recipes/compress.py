@@ -100,7 +100,7 @@ def _compress(model, rec, task, out, opts) -> CompressionResult:
                            "efficiency": compressed.efficiency})
         result = CompressionResult(rec.to_dict(), steps, baseline, compressed,
                                    recovery(baseline, compressed) if opts.evaluation else {}, model=model.source,
-                                   stages=stages, resumed=resumed)
+                                   stages=stages, resumed=resumed, module_bytes=_module_bytes(final))
         for m in {id(model): model, id(final): final}.values():
             if isinstance(getattr(m, "meta", None), dict):
                 m.meta["recipe"] = rec.to_dict()
@@ -172,7 +172,9 @@ def _write_out(out, model, final, result, logs: dict) -> None:
     from ..models.saving import atomic_folder, save, write_extra
     from ..report.markdown import render_markdown
 
-    text = {"result.json": result.to_json(), "report.md": render_markdown(result)}
+    from ..report.html import render_html
+
+    text = {"result.json": result.to_json(), "report.md": render_markdown(result), "report.html": render_html(result)}
     extra = {**text, **logs}
     path = getattr(final, "path", None)
     p = Path(out).expanduser().resolve()
@@ -202,6 +204,14 @@ def _write_out(out, model, final, result, logs: dict) -> None:
         atomic_folder(out, write)
     else:  # the model the recipe ends with (a step may have replaced it: finetune's new classifier)
         save(final, Path(out), extra_files=extra)
+
+
+def _module_bytes(final) -> dict:
+    """Bytes per part of a PyTorch model (for the report); {} for an exported artifact."""
+    from ..evaluate.efficiency import bytes_by_module
+
+    net = getattr(final, "model", None)
+    return bytes_by_module(net) if hasattr(net, "state_dict") and not hasattr(final, "disk_bytes") else {}
 
 
 def _unlabeled(source) -> list[str] | None:

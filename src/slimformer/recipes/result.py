@@ -31,6 +31,7 @@ class CompressionResult:
     model: str = ""
     stages: list = field(default_factory=list)  # per step of a multi-step recipe: {step, method, metrics, efficiency}
     resumed: bool = False  # the run continued an interrupted one (its training checkpoints)
+    module_bytes: dict = field(default_factory=dict)  # bytes of the final model's tensors by part (report)
 
     def to_dict(self) -> dict:
         return {
@@ -42,6 +43,7 @@ class CompressionResult:
             "recovery": self.recovery,
             "stages": self.stages,
             "resumed": self.resumed,
+            "module_bytes": self.module_bytes,
         }
 
     @classmethod
@@ -55,6 +57,7 @@ class CompressionResult:
             model=d.get("model", ""),
             stages=list(d.get("stages", [])),
             resumed=bool(d.get("resumed", False)),
+            module_bytes=dict(d.get("module_bytes", {})),
         )
 
     def to_json(self, indent: int = 2) -> str:
