@@ -93,6 +93,9 @@ CASES = {
                                                     "--out", f["d"] / "o5"],
     "share layers of different shapes": lambda f: ["factorize", f["uneven"], "--method", "share_layers", "--out",
                                                    f["d"] / "o5"],
+    "unknown tracker": lambda f: ["distill", "--teacher", f["enc"], "--keep-layers", "0", "--unlabeled",
+                                  f["d"] / "sents.txt", "--log-with", "neptune", "--out", f["d"] / "o6"],
+    "report of a file that is not a result": lambda f: ["report", f["d"] / "stsb.csv", "--out", f["d"] / "r.html"],
     "embedding rank that saves nothing": lambda f: ["factorize", f["enc"], "--method", "svd", "--embedding-rank",
                                                     "500", "--out", f["d"] / "o5"],
 }

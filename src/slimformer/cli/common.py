@@ -59,6 +59,22 @@ def add_eval_args(p: argparse.ArgumentParser, need_task: bool) -> None:
                    "prefix (default en,de)")
 
 
+LOG_WITH_HELP = ("also log training to these trackers through accelerate: tensorboard, mlflow, wandb (comma-separated) "
+                 "or all; TensorBoard files are written into OUT/logs/ without this option")
+
+
+def add_log_with(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-with", metavar="TRACKERS", help=LOG_WITH_HELP)
+
+
+def trackers_arg(a) -> tuple:
+    from ..train.trackers import check_trackers, parse_trackers
+
+    names = parse_trackers(getattr(a, "log_with", None))
+    check_trackers(names)
+    return names
+
+
 def task_from_args(a):
     from .. import load_task
     from ..core.errors import SlimformerError

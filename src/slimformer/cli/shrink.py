@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import (MODEL_HELP, add_eval_args, count, eval_options, positive, positive_float, run_recipe,
+from .common import (MODEL_HELP, add_log_with, trackers_arg, add_eval_args, count, eval_options, positive, positive_float, run_recipe,
                      task_from_args)
 
 
@@ -17,6 +17,7 @@ def add_parsers(sub) -> None:
                    "distill step): a text file (one a line) or task files, several joined with ','")
     p.add_argument("--out", required=True, help="output folder: model, result.json, report.md, report.html. A recipe that trains "
                    "keeps checkpoints in .OUT.slimformer-work beside it: re-run the same command to resume")
+    add_log_with(p)
     p.set_defaults(run=cmd_compress)
 
     p = sub.add_parser("quantize", help="quantize a model and save it (reloadable with slimformer.load)")
@@ -141,7 +142,7 @@ def cmd_compress(a) -> None:
 
     task = task_from_args(a)
     res = run_recipe(load(a.model), a.recipe, a.out, task, evaluation=True, evaluate=eval_options(a),
-                     unlabeled=a.unlabeled)
+                     unlabeled=a.unlabeled, trackers=trackers_arg(a))
     print(render_markdown(res))
     if task is None:
         print("no --task/--data given: calibrated and measured fidelity on the packaged sample sentences; task "

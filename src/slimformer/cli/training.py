@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import (MODEL_HELP, PRECISION_HELP, TASKS, count, layers_arg, positive, positive_float, run_recipe,
+from .common import (MODEL_HELP, add_log_with, trackers_arg, PRECISION_HELP, TASKS, count, layers_arg, positive, positive_float, run_recipe,
                      task_from_args)
 
 
@@ -35,6 +35,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=positive, default=64, help="sentences per step (default 64)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
     p.add_argument("--out", required=True, help="output folder: the student, result.json, report.md, report.html")
+    add_log_with(p)
     p.set_defaults(run=cmd_distill)
 
     p = sub.add_parser("finetune", help="fine-tune a model on a labeled task (a teacher, or a student afterwards)")
@@ -48,6 +49,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
     p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md, report.html")
+    add_log_with(p)
     p.set_defaults(run=cmd_finetune)
 
     p = sub.add_parser("train", help="train slimformer's reference Transformer (translation)",
@@ -95,7 +97,7 @@ def cmd_distill(a) -> None:
     else:          # the teacher is the model; the student is made from its layers, then distilled from it
         model = load(a.teacher)
         steps = [ShrinkConfig(keep=tuple(layers_arg(a.keep_layers, model))), DistillConfig(**cfg)]
-    res = run_recipe(model, steps, a.out, task, unlabeled=a.unlabeled)
+    res = run_recipe(model, steps, a.out, task, unlabeled=a.unlabeled, trackers=trackers_arg(a))
     d = res.steps[-1].details
     print(f"wrote {a.out}: {d['steps']} steps in {d['seconds']:.0f} s" + (f"; best {d['best']}" if d.get("best") else "")
           + " (result.json, report.md, report.html)")
@@ -108,7 +110,7 @@ def cmd_finetune(a) -> None:
     ev = load_task(a.task, a.eval_data) if a.eval_data else None
     cfg = FinetuneConfig(epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, batch_size=a.batch_size,
                          mixed_precision=a.precision)
-    res = run_recipe(load(a.model), [cfg], a.out, ev, train_task=train)
+    res = run_recipe(load(a.model), [cfg], a.out, ev, train_task=train, trackers=trackers_arg(a))
     d = res.steps[-1].details
     print(f"wrote {a.out}: {d['steps']} steps in {d['seconds']:.0f} s" + (f"; best {d['best']}" if d.get("best") else ""))
 

@@ -12,6 +12,7 @@ from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError, DataError
 from ..data.unlabeled import training_texts
 from ..train import TrainConfig, Trainer
+from ..train.trackers import tracker_callbacks
 from ..train.trainer import frozen
 from .configs import DistillConfig, FinetuneConfig
 from .losses import LOSSES, LossContext, Outputs, layer_map
@@ -321,7 +322,7 @@ def distill_step(sm, cfg: DistillConfig, run) -> Applied:
         texts = list(run.calibration)
         warnings.append(f"distill: trained on the {len(texts)} calibration texts; give unlabeled sentences "
                         "(compress --unlabeled FILE, or the step's `unlabeled`) for a real recovery")
-    callbacks = run.take_training_callbacks()
+    callbacks = run.take_training_callbacks() + tracker_callbacks(run.trackers, run.step_dir, "distill")
     eval_task = run.task if cfg.keep_best else None
     res = distill(sm, teacher, texts, cfg, out_dir=run.step_dir, eval_task=eval_task, callbacks=callbacks)
     resumed = f", resumed at step {res.resumed_from}" if res.resumed_from else ""
@@ -355,7 +356,7 @@ def finetune_step(sm, cfg: FinetuneConfig, run) -> Applied:
     if run.train_task is None:
         raise ConfigError("finetune needs labeled training data: slimformer finetune --task T --data TRAIN, or "
                           "compress(..., options=CompressOptions(train_task=...))")
-    callbacks = run.take_training_callbacks()
+    callbacks = run.take_training_callbacks() + tracker_callbacks(run.trackers, run.step_dir, "finetune")
     new, res = finetune(sm, run.train_task, cfg, out_dir=run.step_dir, eval_task=run.task, callbacks=callbacks)
     details = {"steps": res.steps, "epochs": res.epochs, "seconds": res.seconds, "final_loss": res.final_loss,
                "best": res.best, "precision": res.precision, "resumed_from": res.resumed_from,

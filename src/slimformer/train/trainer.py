@@ -146,6 +146,11 @@ class Callback:
     def on_train_end(self, trainer: "Trainer") -> None:
         pass
 
+    def on_log(self, trainer: "Trainer", record: dict) -> None:
+        """Each logged record ({"step", "loss", "lr", ...; eval/... after an evaluation})."""
+
+    # a callback that sets writes_tensorboard = True writes the TensorBoard files itself (the
+    # trainer then does not)
     # a callback with state (masks, scores) also defines state_dict() / load_state_dict(state):
     # checkpoints keep it, so a resumed run continues with the same masks
 
@@ -345,7 +350,9 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
-        logger = _Logger(self.out_dir, acc.is_main_process)
+        logger = _Logger(self.out_dir, acc.is_main_process,
+                         tensorboard=not any(getattr(cb, "writes_tensorboard", False) for cb in self.callbacks),
+                         callbacks=[lambda rec: [cb.on_log(self, rec) for cb in self.callbacks]])
         self.module.train()
         t0 = time.perf_counter()
         last = None
@@ -426,14 +433,18 @@ class Trainer:
 
 
 class _Logger:
-    """metrics.jsonl in the output folder, plus TensorBoard event files when tensorboard is installed."""
+    """metrics.jsonl in the output folder, plus TensorBoard event files when tensorboard is installed
+    (unless a tracker callback writes them); every record also goes to the callbacks' on_log."""
 
-    def __init__(self, out_dir: Path | None, main: bool):
+    def __init__(self, out_dir: Path | None, main: bool, tensorboard: bool = True, callbacks=()):
         self.file = self.tb = None
+        self.callbacks = list(callbacks) if main else []
         if out_dir is None or not main:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self.file = open(out_dir / "metrics.jsonl", "a")
+        if not tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -449,6 +460,8 @@ class _Logger:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, rec["step"])
+        for fn in self.callbacks:
+            fn(rec)
 
     def close(self) -> None:
         if self.file is not None:
