@@ -158,7 +158,7 @@ def _training_logs(work: Path) -> dict:
     """The metrics.jsonl and TensorBoard event files of every step that trained, for `out/logs/`."""
     logs = {}
     for step in sorted(p for p in work.iterdir() if p.is_dir()):
-        for name in ("metrics.jsonl", "tensorboard"):
+        for name in ("metrics.jsonl", "tensorboard", "mlruns"):
             if (step / name).exists():
                 logs[f"logs/{step.name}/{name}"] = step / name
     return logs
