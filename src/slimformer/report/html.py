@@ -227,12 +227,15 @@ def render_comparison(runs: list[tuple[str, dict]]) -> str:
         p = stage_points(d)
         if not p:
             continue
-        if d.get("model") not in originals and p[0]["label"] == "original":
-            originals.add(d.get("model"))
-            pts.append({**p[0], "label": f"original ({_short(d.get('model'))})"})
+        same = (p[0]["quality"] if p[0]["quality"] is None else round(p[0]["quality"], 4),
+                None if p[0]["mb"] is None else round(p[0]["mb"], 2))
+        if p[0]["label"] == "original" and same not in originals:  # the same original measured again: once
+            originals.add(same)
+            pts.append({**p[0], "label": "original" if len(originals) == 1 else f"original {len(originals)}"})
         last = dict(p[-1], label=label)
         pts.append(last)
-        rows.append([label, (d.get("recipe") or {}).get("name", ""), last["quality"], last["throughput_x"], last["mb"]])
+        rows.append([label, (d.get("recipe") or {}).get("name", ""), last["quality"],
+                     "-" if last["throughput_x"] is None else last["throughput_x"], "-" if last["mb"] is None else last["mb"]])
     if key:
         page.add("<h2>Trade-off</h2><p class='note'>Each run's final model and the original; the dotted line joins "
                  "the runs no other run beats on both axes.</p>")
@@ -245,6 +248,3 @@ def render_comparison(runs: list[tuple[str, dict]]) -> str:
     return page.render({"runs": [{"label": lbl, "result": d} for lbl, d in runs]})
 
 
-def _short(model) -> str:
-    s = str(model or "")
-    return s if len(s) <= 40 else "..." + s[-37:]
