@@ -114,3 +114,11 @@ def decoder_inputs(sm, input_ids):
     from ..adapters import get_adapter
 
     return get_adapter(sm.model).decoder_inputs(sm.model, input_ids)
+
+
+def step_batches(sm, cfg, run) -> list[dict]:
+    """The calibration batches of a method step: the run's calibration texts as token batches of
+    cfg.calibration_tokens, at most cfg.calibration_samples of them; a one-line error without texts."""
+    if not run.calibration:
+        raise DataError(f"{cfg.method} needs calibration data (texts); none was given (pass data=..., or --data PATH)")
+    return model_batches(sm, list(run.calibration), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)

@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 from ..adapters import get_adapter
 from ..adapters.base import is_conv1d, is_linear, linear_classes, linear_weight, unwrap
 from ..core.config import Applied, Traits, register_method
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError
 from ..core.targets import select_modules
-from ..data import model_batches
+from ..data.calibration import step_batches
 from ..models.activations import hessians, input_absmean
 from ..models.gradients import backward_passes
 from ..models.sequential import sequential_supported, with_hessians
@@ -61,12 +61,6 @@ def check_rank(sm, cfg) -> None:
                               f"is smaller only for r < {o}*{i}/({o}+{i})); accepted: 1..{lm.break_even_rank(o, i)}")
 
 
-def _batches(sm, cfg, run):
-    if not run.calibration:
-        raise DataError(f"{cfg.method} needs calibration data (texts); none was given (pass data=..., or --data PATH)")
-    return model_batches(sm, list(run.calibration), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
-
-
 def _fisher_rows(sm, targets, batches) -> dict[str, torch.Tensor]:
     """{name: (out,) summed squared gradients of each output row's weights}."""
     acc: dict[str, torch.Tensor] = {}
@@ -88,7 +82,7 @@ def _weightings(sm, cfg, targets, run) -> dict[str, dict]:
     """{name: keyword weighting for lm.factorize (row / col / S)} as the method defines it."""
     if cfg.method == "svd":
         return {n: {} for n, _ in targets}
-    batches = _batches(sm, cfg, run)
+    batches = step_batches(sm, cfg, run)
     if cfg.method == "fwsvd":
         fisher = _fisher_rows(sm, targets, batches)
         out = {}
@@ -160,7 +154,7 @@ def lowrank(sm, cfg, run) -> Applied:
                 whiten[key] = (H, lm.whitening(H))  # q/k/v (gate/up) share one input: one Cholesky
             one(name, mod, {"S": whiten[key][1]})
 
-        with_hessians(sm, targets, _batches(sm, cfg, run), seq, sequential=True, true_sequential=True,
+        with_hessians(sm, targets, step_batches(sm, cfg, run), seq, sequential=True, true_sequential=True,
                       name=cfg.method)
     else:
         for name, mod in tqdm(targets, desc=cfg.method, leave=False):

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from ..adapters import get_adapter
 from ..adapters.base import linear_weight
 from ..core.config import Applied, Traits, register_method
-from ..core.errors import ConfigError, DataError
-from ..data import model_batches
+from ..core.errors import ConfigError
+from ..data.calibration import step_batches
 from ..models.activations import hessians
 from ..models.hooks import SHARED
 from ..models.surgery import mark_shared, module_names, set_module
@@ -94,15 +94,9 @@ def share_layers(sm, cfg: ShareLayersConfig, run) -> Applied:
                 set_module(sm.model, name, first)
                 _record_shared(sm, name, first_name)
                 shared += sum(p.numel() for p in m.parameters())
-    return Applied([f"share_layers saves bytes, not compute: every layer still runs (size only)"],
+    return Applied(["share_layers saves bytes, not compute: every layer still runs (size only)"],
                    {"groups": [[li.index for li in g] for g in groups], "init": cfg.init, "params_shared": shared,
                     "saves_compute": False})
-
-
-def _batches(sm, cfg, run):
-    if not run.calibration:
-        raise DataError(f"{cfg.method} needs calibration data (texts); none was given (pass data=..., or --data PATH)")
-    return model_batches(sm, list(run.calibration), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
 
 
 @register_method(BasisSharingConfig, traits=Traits(changes_shapes=True, needs_calibration=True), check=check_share)
@@ -117,7 +111,7 @@ def basis_sharing(sm, cfg: BasisSharingConfig, run) -> Applied:
             if names[id(m)] not in grouped:
                 per_role_all.append({role: [(names[id(m)], m)]})
     targets = [(n, m) for pr in per_role_all for mods in pr.values() for n, m in mods]
-    hs = hessians(sm, targets, _batches(sm, cfg, run), "basis_sharing calibration")
+    hs = hessians(sm, targets, step_batches(sm, cfg, run), "basis_sharing calibration")
     mark_shared(sm.model)
     per_kind, dense = {}, []
     total = kept = 0

@@ -8,9 +8,9 @@ from tqdm.auto import tqdm
 
 from ..adapters.base import is_linear, linear_classes, linear_weight
 from ..core.config import Applied, Traits, register_method
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError
 from ..core.targets import select_modules
-from ..data import model_batches
+from ..data.calibration import step_batches
 from ..models.activations import observe_inputs
 from ..models.sequential import run_sequential, sequential_supported, with_hessians
 from ..models.surgery import layer_linears as body_linears, set_module
@@ -86,17 +86,10 @@ def magnitude(sm, cfg: MagnitudeConfig, run) -> Applied:
     return Applied([], _summary(per_layer, cfg))
 
 
-def _batches(sm, cfg, run):
-    data = run.calibration
-    if not data:
-        raise DataError(f"{cfg.method} needs calibration data (texts); none was given (pass data=..., or --data PATH)")
-    return model_batches(sm, list(data), cfg.calibration_tokens, max_seqs=cfg.calibration_samples)
-
-
 @register_method(WandaConfig, traits=Traits(needs_calibration=True, bytes_only=True))
 def wanda(sm, cfg: WandaConfig, run) -> Applied:
     targets = sparse_targets(sm, cfg)
-    batches = _batches(sm, cfg, run)
+    batches = step_batches(sm, cfg, run)
     sq: dict[str, torch.Tensor] = {}
     per_layer = {}
 
@@ -121,7 +114,7 @@ def wanda(sm, cfg: WandaConfig, run) -> Applied:
 @register_method(SparseGPTConfig, traits=Traits(needs_calibration=True, bytes_only=True))
 def sparsegpt(sm, cfg: SparseGPTConfig, run) -> Applied:
     targets = sparse_targets(sm, cfg)
-    batches = _batches(sm, cfg, run)
+    batches = step_batches(sm, cfg, run)
     n, m = parse_pattern(cfg.pattern)
     per_layer = {}
     warnings = []
