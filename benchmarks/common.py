@@ -248,3 +248,30 @@ def interleaved(runs: dict, rounds: int) -> dict:
         for n in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
             ts[n].append(timed(runs[n]))
     return {n: statistics.median(t) for n, t in ts.items()}
+
+
+def smollm2_wikitext(a):
+    """What the SmolLM2 benchmarks share: (the float model, the WikiText-2 raw test task, the first
+    a.calib_texts non-empty lines of WikiText-2 valid for calibration, perplexity options: window
+    1024, stride 512, the first a.ppl_max_tokens tokens, no efficiency timing)."""
+    import slimformer as sf
+    from slimformer.evaluate import EvalOptions, TaskOptions
+    from slimformer.testing.packaged import smollm2_gguf
+
+    base = sf.load(smollm2_gguf())
+    task = sf.load_task("lm", a.data / "wikitext2raw" / "wiki.test.raw")
+    calib = [t for t in (a.data / "wikitext2" / "valid.txt").read_text().splitlines() if t.strip()][: a.calib_texts]
+    opts = EvalOptions(task=TaskOptions(ppl_window=1024, ppl_stride=512, ppl_max_tokens=a.ppl_max_tokens),
+                       efficiency=False, threads=a.threads)
+    return base, task, calib, opts
+
+
+def greedy_decode(sm, ids, tokens: int = 32):
+    """A callable that decodes `tokens` greedy tokens after `ids` (batch 1), for interleaved timing."""
+    import torch
+
+    def run():
+        with torch.inference_mode():
+            sm.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                              pad_token_id=sm.tokenizer.eos_token_id)
+    return run

@@ -21,13 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, interleaved, write  # noqa: E402
+from common import base_parser, greedy_decode, interleaved, smollm2_wikitext, write  # noqa: E402
 from slimformer.core import step_details  # noqa: E402
 from slimformer.core.config import apply_method  # noqa: E402
-from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
-from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
 
 GPTQ = dict(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True, calibration_samples=64)
 METHODS = {  # row -> the configs it applies, for a ratio
@@ -47,14 +45,6 @@ DEFAULT = ["svd", "fwsvd", "asvd", "svd_llm (one pass)", "svd_llm spectrum (one 
            "basis_sharing"]
 
 
-def decode_fn(sm, ids):
-    def run():
-        with torch.inference_mode():
-            sm.model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                              pad_token_id=sm.tokenizer.eos_token_id)
-    return run
-
-
 def main() -> None:
     ap = base_parser(__doc__)
     ap.add_argument("--ppl-max-tokens", type=int, default=8192)
@@ -70,11 +60,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; accepted: {list(METHODS)}")
     torch.set_num_threads(a.threads)
-    base = sf.load(smollm2_gguf())
-    task = sf.load_task("lm", a.data / "wikitext2raw" / "wiki.test.raw")
-    calib = [t for t in (a.data / "wikitext2" / "valid.txt").read_text().splitlines() if t.strip()][: a.calib_texts]
-    opts = EvalOptions(task=TaskOptions(ppl_window=1024, ppl_stride=512, ppl_max_tokens=a.ppl_max_tokens),
-                       efficiency=False, threads=a.threads)
+    base, task, calib, opts = smollm2_wikitext(a)
     r = sf.evaluate(base, task, None, opts)
     fppl, fbytes = r.metrics["perplexity"], saved_bytes(base)["bytes"]
     payload = {"settings": r.env["task_settings"], "calibration": f"wikitext2/valid.txt first {a.calib_texts} lines",
@@ -99,7 +85,7 @@ def main() -> None:
             row = {"method": method, "ratio": ratio, "steps": [c.to_dict() for c in cfgs], "perplexity": ppl,
                    "kept": d.get("kept"), "params": m.num_params(), "bytes": saved_bytes(m)["bytes"], "seconds": secs}
             if a.rounds:
-                t = interleaved({"float": decode_fn(base, ids), "factorized": decode_fn(m, ids)}, a.rounds)
+                t = interleaved({"float": greedy_decode(base, ids), "factorized": greedy_decode(m, ids)}, a.rounds)
                 row["decode_speedup"] = t["float"] / t["factorized"]
             payload["rows"][f"{method} @ {ratio:g}"] = row
             print(f"{method} @ {ratio}: ppl {ppl:.2f} ({ppl / fppl:.2f}x), kept {row['kept']}, "

@@ -20,20 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import CACHE, base_parser, interleaved, write  # noqa: E402
+from common import CACHE, base_parser, greedy_decode, interleaved, write  # noqa: E402
 from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.recipes import load_recipe  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
 from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
-
-
-def decode_fn(sm, ids):
-    def run():
-        with torch.inference_mode():
-            sm.model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                              pad_token_id=sm.tokenizer.eos_token_id)
-    return run
 
 
 def main() -> None:
@@ -62,7 +54,7 @@ def main() -> None:
     secs = time.perf_counter() - t0
     base, rec = sf.load(smollm2_gguf()), sf.load(out)
     ids = base.tokenizer(" ".join(lines("valid.txt")[:20]), return_tensors="pt")["input_ids"][:, :64]
-    speed = interleaved({"float": decode_fn(base, ids), "recovered": decode_fn(rec, ids)}, a.rounds) \
+    speed = interleaved({"float": greedy_decode(base, ids), "recovered": greedy_decode(rec, ids)}, a.rounds) \
         if a.rounds else {}
     fppl = res.baseline.metrics["perplexity"]
     stages = res.stages

@@ -22,13 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
+from common import base_parser, smollm2_wikitext, write  # noqa: E402
 from slimformer.core import step_details  # noqa: E402
-from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
-from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
 
 SPARSE = {
     "magnitude 50%": [sf.MagnitudeConfig(amount=0.5)],
@@ -91,11 +89,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--only: unknown rows {unknown}; accepted: {list(rows_all)}")
     torch.set_num_threads(a.threads)
-    base = sf.load(smollm2_gguf())
-    task = sf.load_task("lm", a.data / "wikitext2raw" / "wiki.test.raw")
-    calib = [t for t in (a.data / "wikitext2" / "valid.txt").read_text().splitlines() if t.strip()][: a.calib_texts]
-    opts = EvalOptions(task=TaskOptions(ppl_window=1024, ppl_stride=512, ppl_max_tokens=a.ppl_max_tokens),
-                       efficiency=False, threads=a.threads)
+    base, task, calib, opts = smollm2_wikitext(a)
     r = sf.evaluate(base, task, None, opts)
     fppl, fbytes, fparams = r.metrics["perplexity"], saved_bytes(base)["bytes"], base.num_params()
     payload = {"cpu": cpu_info(), "threads": a.threads, "settings": r.env["task_settings"],
