@@ -102,3 +102,18 @@ def _has_playwright() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_per_layer_details_and_training_curves_are_drawn(runs):
+    import re
+
+    page = (runs / "svd" / "report.html").read_text()
+    result = json.loads((runs / "svd" / "result.json").read_text())
+    n = len(result["steps"][0]["details"]["per_layer"])
+    assert re.search(rf'data-name="svd per layer" data-points="{n}"', page)
+    from slimformer.report import render_html
+
+    d = dict(result)
+    d["steps"] = [{**result["steps"][0], "method": "distill",
+                   "details": {"curve": [{"step": 20 * i, "loss": 1.0 / i} for i in range(1, 6)]}}]
+    assert 'data-name="distill training curve" data-points="5"' in render_html(d)

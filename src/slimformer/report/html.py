@@ -17,6 +17,8 @@ from .markdown import _side_by_side, fmt, speed_summary
 from .pareto import pareto_front
 
 LOWER_IS_BETTER = ("perplexity", "loss", "wer", "kl")
+# details keys holding a figure per layer (factorization ranks, sparsity, sensitivities, sizes left by pruning)
+PER_LAYER_KEYS = ("per_layer", "sensitivity", "units_per_layer", "intermediate_per_layer")
 
 
 def quality_key(d: dict) -> tuple[str | None, bool]:
@@ -177,9 +179,10 @@ def _per_layer(page: _Page, i: int, s: dict) -> None:
     import plotly.graph_objects as go
 
     det = s.get("details") or {}
-    per = det.get("per_layer") or det.get("sensitivity")
-    if not isinstance(per, dict) or not per:
+    found = next(((k, det[k]) for k in PER_LAYER_KEYS if isinstance(det.get(k), dict) and det[k]), None)
+    if found is None:
         return
+    what, per = found
     first = next(iter(per.values()))
     if isinstance(first, dict):
         keys = [k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -188,8 +191,8 @@ def _per_layer(page: _Page, i: int, s: dict) -> None:
         key = next((k for k in ("rank", "sparsity", "relative_loss", "kl", "drop") if k in keys), keys[0])
         vals = {n: v.get(key) for n, v in per.items()}
     else:
-        key, vals = "value", per
-    vals = {n: v for n, v in vals.items() if isinstance(v, (int, float))}
+        key, vals = what.replace("_", " "), per
+    vals = {str(n): v for n, v in vals.items() if isinstance(v, (int, float))}
     if not vals:
         return
     fig = go.Figure(go.Bar(x=list(vals), y=list(vals.values())))
