@@ -38,6 +38,8 @@ METHODS = {  # row -> the configs it applies, for a ratio
     "basis_sharing": lambda r: [sf.BasisSharingConfig(ratio=r)],
     # composition: the factors quantized (GPTQ int4 g128 as w4-gptq; int8 RTN per group of 128)
     "svd_llm + int4 GPTQ g128": lambda r: [sf.SvdLlmConfig(ratio=r), sf.WeightOnlyConfig(**GPTQ)],
+    "svd_llm (ranks x16) + int4 GPTQ g128": lambda r: [sf.SvdLlmConfig(ratio=r, rank_multiple=16),
+                                                       sf.WeightOnlyConfig(**GPTQ)],
     "svd_llm + int8 g128": lambda r: [sf.SvdLlmConfig(ratio=r), sf.WeightOnlyConfig(bits=8, group_size=128,
                                                                                    algorithm="rtn")],
 }

@@ -222,3 +222,13 @@ def test_factorized_lm_exports_to_the_onnx_kv_cache_graph(tmp_path):
     with torch.no_grad():
         a, b = sm.model(input_ids=ids).logits, sf.load(art.folder).model(input_ids=ids).logits
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+
+
+def test_rank_multiple_rounds_ranks_down():
+    sm = tiny_slim("llama", "causal-lm", hidden_size=64, intermediate_size=160, head_dim=16)
+    sf.factorize_(sm, sf.SvdConfig(ratio=0.9, rank_multiple=8))
+    ranks = [m.rank for m in sm.model.modules() if isinstance(m, LowRankLinear)]
+    assert ranks and all(r % 8 == 0 for r in ranks)
+    assert sm.meta["steps"][-1]["details"]["kept"] <= 0.9
+    with pytest.raises(ConfigError, match="rank_multiple"):
+        sf.SvdConfig(rank_multiple=3)

@@ -16,16 +16,20 @@ class _LowRankConfig(MethodConfig):
     layer keeps `ratio` of its own parameters) or `spectrum` (a global ranking of the layers'
     (weighted) singular values picks each layer's rank; the total meets the ratio). parts: which
     of the Transformer layers' linear layers are targeted by default: all, attention (q/k/v/o) or
-    ffn; `targets` (module names, classes, 're:' patterns) overrides it."""
+    ffn; `targets` (module names, classes, 're:' patterns) overrides it. rank_multiple: round each
+    allocated rank down to a multiple of this (ranks below it stay as they are): kernels want it,
+    e.g. 16 lets torch's CPU int4 kernel take both factors after a 4-bit quantization step."""
 
     ratio: float = 0.8
     rank: int = 0
     allocation: str = "uniform"
     parts: str = "all"
+    rank_multiple: int = 1
 
     def validate(self) -> None:
         self._check_range("ratio", 0.0, 1.0, lo_open=True)
         self._check_choice("parts", ("all", "attention", "ffn"))
+        self._check_choice("rank_multiple", (1, 8, 16, 32, 64))
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
             raise _err(self, "rank", "0 (from ratio) or a positive integer")
         self._check_choice("allocation", ALLOCATIONS)

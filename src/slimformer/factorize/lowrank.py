@@ -110,10 +110,13 @@ def _ranks(cfg, targets, weights) -> list[int]:
     if cfg.rank:
         return [cfg.rank] * len(targets)
     if cfg.allocation == "uniform":
-        return lm.uniform_ranks(shapes, cfg.ratio)
-    spectra = [lm.spectrum(linear_weight(m).float(), **weights[n])
-               for n, m in tqdm(targets, desc=f"{cfg.method} spectra", leave=False)]
-    return lm.ranks_from_spectra(shapes, spectra, cfg.ratio)
+        ranks = lm.uniform_ranks(shapes, cfg.ratio)
+    else:
+        spectra = [lm.spectrum(linear_weight(m).float(), **weights[n])
+                   for n, m in tqdm(targets, desc=f"{cfg.method} spectra", leave=False)]
+        ranks = lm.ranks_from_spectra(shapes, spectra, cfg.ratio)
+    k = getattr(cfg, "rank_multiple", 1)
+    return [r - r % k if r >= k else r for r in ranks]
 
 
 def _swap(sm, name: str, mod: nn.Module, f: lm.Factors) -> LowRankLinear:
