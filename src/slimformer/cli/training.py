@@ -73,6 +73,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--warmup-steps", type=count, default=1000)
     p.add_argument("--out", required=True, help="output folder: the model, its tokenizer, result.json")
+    add_log_with(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("translate", help="translate a text file with a seq2seq model (one translation a line)")
@@ -128,7 +129,9 @@ def cmd_train(a) -> None:
                             max_tokens=a.max_tokens, epochs=a.epochs, max_steps=a.max_steps, lr=a.lr,
                             warmup_steps=a.warmup_steps)
     work = Path(a.out).expanduser().resolve().parent / f".{Path(a.out).name}.training"
-    sm, res = train_translation(train, valid, cfg, out_dir=work)
+    from ..train.trackers import tracker_callbacks
+
+    sm, res = train_translation(train, valid, cfg, out_dir=work, callbacks=tracker_callbacks(trackers_arg(a), work, "train"))
     report = {"training": res.to_dict(), "config": cfg.__dict__, "pair": pair}
     if valid is not None:
         report["valid_greedy_averaged"] = bleu_of(sm, valid)

@@ -126,7 +126,8 @@ def bleu_of(sm, task, n: int | None = None, num_beams: int = 1, batch_size: int 
     return run_translation(sm, sub, TaskOptions(batch_size=batch_size, gen_num_beams=num_beams, progress=False))[0]
 
 
-def train_translation(train, valid, cfg: TranslationConfig | None = None, out_dir=None, init=None):
+def train_translation(train, valid, cfg: TranslationConfig | None = None, out_dir=None, init=None,
+                      callbacks=()):
     """Train a reference Transformer on `train` (a translation Task), measuring greedy BLEU on
     `valid` after each epoch. Returns (SlimModel, TrainResult). With out_dir: the tokenizer and
     checkpoints live there, and a re-run resumes. init: a SlimModel to continue from instead of a
@@ -186,7 +187,7 @@ def train_translation(train, valid, cfg: TranslationConfig | None = None, out_di
                      weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, schedule="inverse_sqrt", clip_norm=1.0,
                      save_every=0, keep=cfg.average_last, seed=cfg.seed, mixed_precision=cfg.mixed_precision,
                      log_every=cfg.log_every)
-    trainer = Trainer(model, loss_fn, batches, collate, tc, out_dir=out, eval_fn=eval_fn)
+    trainer = Trainer(model, loss_fn, batches, collate, tc, out_dir=out, eval_fn=eval_fn, callbacks=callbacks)
     result = trainer.fit()
     avg = trainer.average_checkpoints(cfg.average_last)
     if avg is not None and cfg.average_last > 1:
