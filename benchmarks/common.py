@@ -275,3 +275,21 @@ def greedy_decode(sm, ids, tokens: int = 32):
             sm.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                               pad_token_id=sm.tokenizer.eos_token_id)
     return run
+
+
+def minilm_recipe_run(a, recipe: str):
+    """Run `recipe` on the default MiniLM through `slimformer.compress` as a user runs it (unlabeled:
+    the distillation sentences; resumable), once: cached in CACHE / a.name, reused afterwards.
+    Returns (CompressionResult, seconds this call took, STS-B dev task, the output folder)."""
+    import slimformer as sf
+
+    task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
+    out = CACHE / a.name
+    t0 = time.perf_counter()
+    if not (out / "result.json").exists():
+        res = sf.compress(sf.load(), recipe, task, out,
+                          sf.CompressOptions(unlabeled=unlabeled_sentences(a.data), progress=True,
+                                             evaluate=sf.EvalOptions(efficiency=False)))
+    else:
+        res = sf.CompressionResult.from_json((out / "result.json").read_text())
+    return res, time.perf_counter() - t0, task, out

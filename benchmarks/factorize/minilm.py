@@ -12,7 +12,6 @@ timed interleaved in this run (medians); bytes of the saved model, and of the la
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import CACHE, base_parser, throughput_ratio, unlabeled_sentences, write  # noqa: E402
+from common import base_parser, minilm_recipe_run, throughput_ratio, write  # noqa: E402
 from slimformer.evaluate.efficiency import make_inputs, saved_bytes  # noqa: E402
 from slimformer.evaluate.result import cpu_info  # noqa: E402
 from slimformer.evaluate.runners import TaskOptions, run_stsb  # noqa: E402
@@ -60,16 +59,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
-    out = CACHE / a.name
-    t0 = time.perf_counter()
-    if not (out / "result.json").exists():
-        res = sf.compress(sf.load(), a.recipe, task, out,
-                          sf.CompressOptions(unlabeled=unlabeled_sentences(a.data), progress=True,
-                                             evaluate=sf.EvalOptions(efficiency=False)))
-    else:
-        res = sf.CompressionResult.from_json((out / "result.json").read_text())
-    secs = time.perf_counter() - t0
+    res, secs, task, out = minilm_recipe_run(a, a.recipe)
     original, pruned = sf.load(), sf.load(out)
     sp_o = run_stsb(original, task, TaskOptions(progress=False))[0]["spearman"]
     sp_p = run_stsb(pruned, task, TaskOptions(progress=False))[0]["spearman"]
