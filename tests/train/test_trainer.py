@@ -109,7 +109,7 @@ def test_two_processes_match_one(tmp_path):
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29533", str(script), str(tmp_path / "two")], capture_output=True, text=True, env=env)
+                          _free_port(), str(script), str(tmp_path / "two")], capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     w1 = torch.load(tmp_path / "one-0.pt")
     a, b = torch.load(tmp_path / "two-0.pt"), torch.load(tmp_path / "two-1.pt")
@@ -154,9 +154,18 @@ def test_distill_command_under_torchrun_shares_one_work_folder(tmp_path):
     (tmp_path / "s.txt").write_text("\n".join(sf.sample_sentences()[:64]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29534", "-m", "slimformer.cli", "distill", "--teacher", str(tmp_path / "m"), "--keep-layers",
+                          _free_port(), "-m", "slimformer.cli", "distill", "--teacher", str(tmp_path / "m"), "--keep-layers",
                           "0", "--unlabeled", str(tmp_path / "s.txt"), "--max-steps", "4", "--batch-size", "16", "--out",
                           str(tmp_path / "d")], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(sf.load(tmp_path / "d").model.encoder.layer) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m", "s.txt"]  # no work folder left
+
+
+def _free_port() -> str:
+    """A port no one listens on now (fixed ports collide with other runs on a shared machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
