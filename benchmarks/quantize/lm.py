@@ -20,12 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import slimformer as sf  # noqa: E402
-from common import base_parser, write  # noqa: E402
+from common import base_parser, smollm2_wikitext, write  # noqa: E402
 from slimformer.core import step_details  # noqa: E402
-from slimformer.evaluate import EvalOptions, TaskOptions  # noqa: E402
 from slimformer.evaluate.efficiency import saved_bytes  # noqa: E402
 from slimformer.report.markdown import table  # noqa: E402
-from slimformer.testing.packaged import smollm2_gguf  # noqa: E402
 
 GPTQ = dict(bits=4, group_size=128, algorithm="gptq", act_order=True, clip=True, refit=True, calibration_samples=64)
 ROT = dict(GPTQ, cd_passes=3)  # after a rotate step = scheme w4-gptq-rot (with calibration_samples=64)
@@ -79,11 +77,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--only: unknown rows {unknown}; accepted: {list(SCHEMES)}")
     torch.set_num_threads(a.threads)
-    base = sf.load(smollm2_gguf())
-    task = sf.load_task("lm", a.data / "wikitext2raw" / "wiki.test.raw")
-    calib = [l for l in (a.data / "wikitext2" / "valid.txt").read_text().splitlines() if l.strip()][: a.calib_texts]
-    opts = EvalOptions(task=TaskOptions(ppl_window=1024, ppl_stride=512, ppl_max_tokens=a.ppl_max_tokens),
-                       efficiency=False, threads=a.threads)
+    base, task, calib, opts = smollm2_wikitext(a)
     r = sf.evaluate(base, task, None, opts)
     fppl, fbytes = r.metrics["perplexity"], saved_bytes(base)["bytes"]
     payload = {"settings": r.env["task_settings"], "calibration": f"wikitext2/valid.txt first {a.calib_texts} lines",

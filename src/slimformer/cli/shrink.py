@@ -177,11 +177,10 @@ def cmd_prune(a) -> None:
 
 def cmd_factorize(a) -> None:
     from .. import load
-    from ..factorize import EmbeddingFactorConfig, factorize_config
+    from ..factorize import factorize_steps
 
-    steps = [factorize_config(a.method, ratio=a.ratio, rank=a.rank, allocation=a.allocation, group=a.group)]
-    if a.embedding_rank:
-        steps.append(EmbeddingFactorConfig(rank=a.embedding_rank))
+    steps = factorize_steps(a.method, ratio=a.ratio, rank=a.rank, allocation=a.allocation, group=a.group,
+                            embedding_rank=a.embedding_rank or 0)
     res = run_recipe(load(a.model), _named(f"factorize {a.method}", steps), a.out,
                      calibration_samples=a.calibration_samples, calibration_source=a.data)
     first, last = res.steps[0], res.steps[-1]

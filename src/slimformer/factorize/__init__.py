@@ -23,9 +23,17 @@ def factorize_(model, config: MethodConfig, data=None) -> list[str]:
     return apply_method(model, config, data).warnings
 
 
+def factorize_steps(method: str, ratio: float = 0.8, rank: int = 0, allocation: str = "uniform", group: int = 2,
+                    embedding_rank: int = 0) -> list[MethodConfig]:
+    """The steps `slimformer factorize` runs: the method's config, then the factorized token
+    embedding when embedding_rank is given."""
+    steps = [factorize_config(method, ratio, rank, allocation, group)]
+    return steps + [EmbeddingFactorConfig(rank=embedding_rank)] if embedding_rank else steps
+
+
 def factorize_config(method: str, ratio: float = 0.8, rank: int = 0, allocation: str = "uniform",
                      group: int = 2) -> MethodConfig:
-    """The config `slimformer factorize` builds from its options."""
+    """The config of one factorize method from the command's options."""
     from ..core.errors import ConfigError
 
     if method not in METHOD_CONFIGS:
@@ -38,5 +46,5 @@ def factorize_config(method: str, ratio: float = 0.8, rank: int = 0, allocation:
     return cls(ratio=ratio, rank=rank, allocation=allocation)
 
 
-__all__ = ["factorize_", "factorize_config", "SvdConfig", "FwsvdConfig", "AsvdConfig", "SvdLlmConfig",
+__all__ = ["factorize_", "factorize_config", "factorize_steps", "SvdConfig", "FwsvdConfig", "AsvdConfig", "SvdLlmConfig",
            "EmbeddingFactorConfig", "ShareLayersConfig", "BasisSharingConfig", "LowRankLinear", "FactorizedEmbedding"]

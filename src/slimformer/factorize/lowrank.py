@@ -31,7 +31,7 @@ def lowrank_targets(sm, cfg) -> list[tuple[str, nn.Module]]:
         picked = select_modules(sm.model, cfg.targets, cfg.ignore, default=linear_classes())
     else:
         ignored = {n for n, _ in select_modules(sm.model, cfg.ignore)} if cfg.ignore else set()
-        roles = PARTS[getattr(cfg, "parts", "all")]
+        roles = PARTS[cfg.parts]
         names = module_names(sm.model)
         picked = [(names[id(m)], m) for li in get_adapter(sm.model).layers(sm.model)
                   for role, m in role_modules(li).items() if role.removeprefix("x_") in roles]
@@ -115,13 +115,15 @@ def _ranks(cfg, targets, weights) -> list[int]:
         spectra = [lm.spectrum(linear_weight(m).float(), **weights[n])
                    for n, m in tqdm(targets, desc=f"{cfg.method} spectra", leave=False)]
         ranks = lm.ranks_from_spectra(shapes, spectra, cfg.ratio)
-    k = getattr(cfg, "rank_multiple", 1)
+    k = cfg.rank_multiple
     return [r - r % k if r >= k else r for r in ranks]
 
 
-def _swap(sm, name: str, mod: nn.Module, f: lm.Factors) -> LowRankLinear:
+def swap_low_rank(sm, name: str, mod: nn.Module, a: torch.Tensor, b: torch.Tensor) -> LowRankLinear:
+    """Put a LowRankLinear of factors a (out x r) @ b (r x in) and `mod`'s bias at `name`, recorded
+    for the save."""
     bias = getattr(mod, "bias", None)
-    new = LowRankLinear.from_factors(f.a.float(), f.b.float(), bias.detach().float() if bias is not None else None)
+    new = LowRankLinear.from_factors(a.float(), b.float(), bias.detach().float() if bias is not None else None)
     set_module(sm.model, name, new)
     sm.meta.setdefault("modules", {}).setdefault(META_KEY, {})[name] = new.record()
     return new
@@ -144,7 +146,7 @@ def lowrank(sm, cfg, run) -> Applied:
             dense.append(name)
             return
         f = lm.factorize(linear_weight(mod).float(), r, **weighting)
-        _swap(sm, name, mod, f)
+        swap_low_rank(sm, name, mod, f.a, f.b)
         per_layer[name] = {"shape": [o, i], "rank": r, "kept": round(r * (o + i) / (o * i), 4),
                            "relative_loss": round(f.dropped / max(f.energy, 1e-30), 6)}
 
@@ -174,11 +176,9 @@ def lowrank(sm, cfg, run) -> Applied:
     return Applied(warnings, details)
 
 
-_TRAITS = Traits(changes_shapes=True)
-register_method(SvdConfig, lowrank, traits=_TRAITS, check=check_rank)
-register_method(FwsvdConfig, lowrank, traits=Traits(changes_shapes=True, needs_calibration=True), check=check_rank)
-register_method(AsvdConfig, lowrank, traits=Traits(changes_shapes=True, needs_calibration=True), check=check_rank)
-register_method(SvdLlmConfig, lowrank, traits=Traits(changes_shapes=True, needs_calibration=True), check=check_rank)
+register_method(SvdConfig, lowrank, traits=Traits(changes_shapes=True), check=check_rank)
+for _cls in (FwsvdConfig, AsvdConfig, SvdLlmConfig):
+    register_method(_cls, lowrank, traits=Traits(changes_shapes=True, needs_calibration=True), check=check_rank)
 
 
 def _embedding(sm) -> tuple[str, nn.Embedding]:

@@ -18,7 +18,8 @@ from ..models.hooks import SHARED
 from ..models.surgery import mark_shared, module_names, set_module
 from . import lowrank_math as lm
 from .configs import BasisSharingConfig, ShareLayersConfig
-from .modules import META_KEY, LowRankLinear
+from .lowrank import swap_low_rank
+from .modules import META_KEY
 from .roles import role_modules
 
 def layer_groups(sm, size: int) -> list[list]:
@@ -105,8 +106,8 @@ def basis_sharing(sm, cfg: BasisSharingConfig, run) -> Applied:
     per_role_all = [_members(sm, g, cfg.shared) for g in groups]
     # layers in no group (a lone last layer) and the kinds not shared: SVD-LLM, one layer at a time
     grouped = {n for pr in per_role_all for mods in pr.values() for n, _ in mods}
+    names = module_names(sm.model)
     for li in get_adapter(sm.model).layers(sm.model):
-        names = module_names(sm.model)
         for role, m in role_modules(li).items():
             if names[id(m)] not in grouped:
                 per_role_all.append({role: [(names[id(m)], m)]})
@@ -130,15 +131,12 @@ def basis_sharing(sm, cfg: BasisSharingConfig, run) -> Applied:
             b, coeffs, dropped, energy = lm.shared_basis(ws, r, lm.whitening(H))
             first = None
             for (name, m), a in zip(mods, coeffs):
-                bias = getattr(m, "bias", None)
-                new = LowRankLinear.from_factors(a, b, bias.detach().float() if bias is not None else None)
+                new = swap_low_rank(sm, name, m, a, b)
                 if first is None:
                     first, first_name = new.first, name + ".first"
                 else:
-                    new.first = first
+                    new.first = first  # the group's one basis
                     _record_shared(sm, name + ".first", first_name)
-                set_module(sm.model, name, new)
-                sm.meta.setdefault("modules", {}).setdefault(META_KEY, {})[name] = new.record()
             kept += r * (i + n * o)
             key = role if n > 1 else f"{role} (alone)"
             per_kind.setdefault(key, []).append({"layers": [name for name, _ in mods], "rank": r,

@@ -13,18 +13,13 @@ from ..core.targets import select_modules
 from ..data.calibration import step_batches
 from ..models.activations import observe_inputs
 from ..models.sequential import run_sequential, sequential_supported, with_hessians
-from ..models.surgery import layer_linears as body_linears, set_module
+from ..models.surgery import layer_linears, set_module
 from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig, parse_pattern
 from .masks import global_threshold, magnitude_scores, mask_layer, mask_nm, mask_rows, wanda_scores
 from .modules import SparseLinear
 from .sparsegpt import sparsegpt as sparsegpt_math
 
 META_KEY = "sparsity"
-
-
-def layer_linears(sm) -> list[tuple[str, nn.Module]]:
-    """The linear layers inside the Transformer layers (q/k/v/o, FFN), by the adapter."""
-    return body_linears(sm.model)
 
 
 def sparse_targets(sm, cfg) -> list[tuple[str, nn.Module]]:
@@ -34,7 +29,7 @@ def sparse_targets(sm, cfg) -> list[tuple[str, nn.Module]]:
         picked = select_modules(sm.model, cfg.targets, cfg.ignore, default=linear_classes())
     else:
         ignored = {n for n, _ in select_modules(sm.model, cfg.ignore)} if cfg.ignore else set()
-        picked = [(n, m) for n, m in layer_linears(sm) if n not in ignored]
+        picked = [(n, m) for n, m in layer_linears(sm.model) if n not in ignored]
     picked = [(n, m) for n, m in picked if is_linear(m)]
     if not picked:
         raise ConfigError(f"{cfg.method}: no linear layer to prune (targets={list(cfg.targets)}, ignore={list(cfg.ignore)})")

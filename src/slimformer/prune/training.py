@@ -17,10 +17,10 @@ from torch import nn
 from ..adapters import get_adapter
 from ..adapters.base import linear_weight
 from ..core.errors import ConfigError
-from ..models.surgery import remove_ffn_neurons_, remove_heads_
+from ..models.surgery import layer_linears, remove_ffn_neurons_, remove_heads_
 from ..train import Callback
 from .masks import mask_layer
-from .sparsity import _swap, layer_linears
+from .sparsity import _swap
 
 
 def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float = 0.0) -> float:
@@ -65,7 +65,7 @@ class _MaskedTraining(_Scheduled):
     def __init__(self, sm, final: float, start, end, every: int = 50, targets=None):
         self._set_schedule(final, start, end, every)
         self.sm = sm
-        self.layers = dict(targets) if targets is not None else dict(layer_linears(sm))
+        self.layers = dict(targets) if targets is not None else dict(layer_linears(sm.model))
         bad = [n for n, m in self.layers.items() if not isinstance(m, nn.Linear)]
         if bad:
             raise ConfigError(f"training-time pruning needs nn.Linear layers; {bad[0]} is not one")

@@ -149,8 +149,8 @@ class Callback:
     def on_log(self, trainer: "Trainer", record: dict) -> None:
         """Each logged record ({"step", "loss", "lr", ...; eval/... after an evaluation})."""
 
-    # a callback that sets writes_tensorboard = True writes the TensorBoard files itself (the
-    # trainer then does not)
+    # a callback whose writes_tensorboard is True writes the TensorBoard files itself (the trainer
+    # then does not: one writer)
     # a callback with state (masks, scores) also defines state_dict() / load_state_dict(state):
     # checkpoints keep it, so a resumed run continues with the same masks
 
@@ -352,7 +352,7 @@ class Trainer:
             random.seed(cfg.seed)
         logger = _Logger(self.out_dir, acc.is_main_process,
                          tensorboard=not any(getattr(cb, "writes_tensorboard", False) for cb in self.callbacks),
-                         callbacks=[lambda rec: [cb.on_log(self, rec) for cb in self.callbacks]])
+                         on_log=self._on_log)
         self.module.train()
         t0 = time.perf_counter()
         last = None
@@ -424,6 +424,10 @@ class Trainer:
                         avg[k] += v.double()
         return {k: (v / len(done)).to(torch.float32) if v.is_floating_point() else v for k, v in avg.items()}
 
+    def _on_log(self, rec: dict) -> None:
+        for cb in self.callbacks:
+            cb.on_log(self, rec)
+
     def load_best(self) -> bool:
         """Put the best evaluated weights back into the module (if any were kept)."""
         if self.out_dir is None or not (self.out_dir / "best.pt").exists():
@@ -436,9 +440,9 @@ class _Logger:
     """metrics.jsonl in the output folder, plus TensorBoard event files when tensorboard is installed
     (unless a tracker callback writes them); every record also goes to the callbacks' on_log."""
 
-    def __init__(self, out_dir: Path | None, main: bool, tensorboard: bool = True, callbacks=()):
+    def __init__(self, out_dir: Path | None, main: bool, tensorboard: bool = True, on_log=None):
         self.file = self.tb = None
-        self.callbacks = list(callbacks) if main else []
+        self.on_log = on_log if main else None
         if out_dir is None or not main:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -460,8 +464,8 @@ class _Logger:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, rec["step"])
-        for fn in self.callbacks:
-            fn(rec)
+        if self.on_log is not None:
+            self.on_log(rec)
 
     def close(self) -> None:
         if self.file is not None:
