@@ -114,11 +114,12 @@ def add_parsers(sub) -> None:
                    help="write a model quantized by slimformer (weight_only with integer zero points and whole groups, "
                    "or int8_dynamic) in the compressed-tensors format, codes and scales carried over exactly; loads with "
                    "AutoModelForCausalLM.from_pretrained (pip install compressed-tensors) and vLLM")
-    p.add_argument("--quantize", choices=["int8", "int8-static", "int8-weights"], help="int8: SmoothQuant-equalized "
+    p.add_argument("--quantize", choices=["int8", "int8-static", "int8-weights", "int8-nncf"], help="int8: SmoothQuant-equalized "
                    "dynamic int8 (weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: "
                    "activation ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops; "
                    "int8-weights: int8 weights per channel (slimformer's own codes), activations quantized at run time "
-                   "by OpenVINO (pip install 'slimformer[openvino]'); recipe 'fastest' times it against the others")
+                   "by OpenVINO (pip install 'slimformer[openvino]'); int8-nncf: NNCF's static int8 (SmoothQuant, calibrated "
+                   "activations) saved as OpenVINO IR and run by OpenVINO; recipe 'fastest' times them against each other")
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer (default: "
                    "build the graph with and without it and keep the faster on this machine)")
     p.add_argument("--data", help="calibration text for int8 / int8-static (one text per line; default: packaged "
@@ -202,7 +203,7 @@ def cmd_export(a) -> None:
                        f"accuracy level {a.accuracy_level}; run it with slimformer.load(DIR).generate, evaluate or "
                        "onnxruntime-genai",
             "onnx": f"{a.quantize or 'float32'}; run it with slimformer.load(DIR), slimformer.export.load_onnx or "
-                    + ("OpenVINO (or onnxruntime, slower)" if a.quantize == "int8-weights" else "onnxruntime")}[step.method]
+                    + ("OpenVINO (or onnxruntime, slower)" if a.quantize in ("int8-weights", "int8-nncf") else "onnxruntime")}[step.method]
     res = run_recipe(model, _named(f"export {step.method}", [step]), a.out, calibration_source=a.data)
     st = res.steps[-1]
     if st.details.get("tensor_types"):

@@ -2,7 +2,9 @@
 
 Candidates: "onnx-int8" (the int8 ONNX Runtime export of the `onnx` step), "openvino-int8" (the
 `int8-weights` export run by OpenVINO: int8 weights, activations quantized at run time, bf16
-elsewhere where the CPU has it; a candidate only where `openvino` is installed) and "bf16" (the
+elsewhere where the CPU has it; a candidate only where `openvino` is installed),
+"openvino-int8-static" (NNCF's static int8, quantize="int8-nncf", run by OpenVINO; where `nncf`
+and `openvino` are installed) and "bf16" (the
 PyTorch model cast to bfloat16; a candidate only where the CPU runs bf16 natively: AMX-BF16 or
 AVX512-BF16). Each is timed on this machine (batch 32 x 128 of the step's texts, interleaved,
 medians) and the fastest is what the recipe ends with; the details keep every timing and the
@@ -16,7 +18,7 @@ from ..core.config import Applied, MethodConfig, Traits, register_method
 from ..core.errors import ConfigError
 from ..core.hardware import cpu_info, fast_bf16
 
-CANDIDATES = ("onnx-int8", "openvino-int8", "bf16")
+CANDIDATES = ("onnx-int8", "openvino-int8", "openvino-int8-static", "bf16")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,15 @@ def deploy_step(sm, cfg: DeployConfig, run) -> Applied:
         else:
             notes.append("openvino-int8 not tried: " + ("the model is on " + device if device != "cpu" else
                                                         "openvino is not installed (pip install 'slimformer[openvino]')"))
+    if "openvino-int8-static" in cfg.candidates:
+        from .openvino import nncf_available
+
+        if device == "cpu" and nncf_available():
+            built["openvino-int8-static"] = onnx_step(sm, ExportConfig(quantize="int8-nncf"), run, name="nncf").model
+        else:
+            notes.append("openvino-int8-static not tried: " + ("the model is on " + device if device != "cpu" else
+                                                               "nncf / openvino are not installed (pip install "
+                                                               "'slimformer[openvino]')"))
     if "bf16" in cfg.candidates:
         if fast_bf16(device):
             m = copy.deepcopy(sm)

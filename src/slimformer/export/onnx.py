@@ -90,6 +90,7 @@ from ..core.errors import ConfigError, SlimformerError
 from .onnx_graph import (_calibration_texts, _optimize, _quiet, _token_gather_4bit, _token_table,  # noqa: F401
                          _torch_batches, activation_absmax, fold_vo_smoothing, int8_flow, int8_weight_graph,
                          mask_readers, module_roles, onnx_node_roles, quantize_int8, quantize_int8_static, smooth_graph, weight_matmul_groups)
+from .openvino import IR_FILE
 from .options import (DEFAULT_OPSET, EXPORT_OPTIONS, FUSION_PROFILES, MODEL_FILE, ONNX_META_FILE,  # noqa: F401
                       QUANTIZE_MODES, ROLES, SESSION_DISABLED_OPTIMIZERS, STATIC_OBSERVERS, SUPPORTED_KINDS,
                       _MAX_BYTES, _options, input_names, require_onnx)
@@ -121,7 +122,7 @@ def export_onnx(sm, out_dir, *, optimize: bool = True, quantize: str | None = No
         raise ConfigError(f"export_onnx: optimize={optimize!r}; accepted: true, false, 'auto' (build both graphs, "
                           "keep the one that runs faster on this machine)")
 
-    if quantize == "int8-weights":
+    if quantize in ("int8-weights", "int8-nncf"):
         optimize = False  # one graph, the plain one: OpenVINO fuses it itself; ORT's contrib ops are not for it
 
     def write(tmp: Path) -> None:
@@ -261,6 +262,12 @@ def _build(sm, folder: Path, optimize: bool, quantize, calibration_texts, o: dic
                                "products in float (pick a group size dividing every width)")
             _log.warning(info["warning"])
         steps.append({"step": "int8_weights", **info})
+    elif quantize == "int8-nncf":
+        from .openvino import nncf_int8
+
+        texts = _calibration_texts(calibration_texts, o["calibration_samples"])
+        feeds = [{k: v.numpy() for k, v in b.items()} for b in _torch_batches(sm, texts, o, batch_size=8)]
+        steps.append({"step": "nncf_quantize", "calibration_texts": len(texts), **nncf_int8(path, folder, feeds)})
     else:
         shutil.move(str(path), folder / MODEL_FILE)
     shutil.rmtree(work)
@@ -371,8 +378,8 @@ def _meta(sm, names, outputs, optimize, quantize, o, steps, folder: Path) -> dic
         "kind": sm.kind,
         "source": sm.source,
         "model_type": getattr(sm.model.config, "model_type", None),
-        "model_file": MODEL_FILE,
-        "bytes": (folder / MODEL_FILE).stat().st_size,
+        "model_file": IR_FILE if quantize == "int8-nncf" else MODEL_FILE,
+        "bytes": ((folder / "model.bin") if quantize == "int8-nncf" else (folder / MODEL_FILE)).stat().st_size,
         "inputs": [{"name": n, "dtype": "int64", "axes": {0: "batch", 1: "sequence"}} for n in names],
         "outputs": [{"name": outputs[0], "dtype": "float32", "axes": seq_out}],
         "pooling": asdict(sm.pooling) if sm.pooling is not None else None,
@@ -380,7 +387,7 @@ def _meta(sm, names, outputs, optimize, quantize, o, steps, folder: Path) -> dic
         "quantize": quantize,
         "options": options,
         "session": {"disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS)},
-        "runtime": "openvino" if quantize == "int8-weights" else "onnxruntime",
+        "runtime": "openvino" if quantize in ("int8-weights", "int8-nncf") else "onnxruntime",
         **({"openvino": {"dynamic_quantization_group_size": o["act_group_size"]}} if quantize == "int8-weights" else {}),
         "steps": steps,
         "model_meta": sm.meta,

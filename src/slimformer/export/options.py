@@ -7,7 +7,7 @@ from ..core.hardware import has_vnni
 ONNX_META_FILE = "slimformer_onnx.json"
 MODEL_FILE = "model.onnx"
 SUPPORTED_KINDS = ("embedding", "classification", "causal-lm")
-QUANTIZE_MODES = ("int8", "int8-static", "int8-weights")
+QUANTIZE_MODES = ("int8", "int8-static", "int8-weights", "int8-nncf")
 # our observer names (slimformer.quantize) -> ONNX Runtime CalibrationMethod for int8-static. ORT has
 # no MSE calibrator; Entropy (TensorRT's KL-divergence threshold search over a histogram) is the
 # closest: like an MSE search it picks the clipping range that best trades clipping error against

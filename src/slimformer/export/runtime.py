@@ -212,6 +212,9 @@ class OnnxSlimModel:
         a 4-bit block-quantized table counts its values, not its packed bytes, scales and zero points)."""
         import onnx
 
+        counted = [st["params"] for st in self.meta.get("steps", []) if "params" in st]
+        if counted:  # an OpenVINO IR (quantize="int8-nncf"): counted at export
+            return int(counted[-1])
         m = onnx.load(str(self.folder / self.meta.get("model_file", MODEL_FILE)), load_external_data=False)
         per_byte, skip = {}, set()
         for n in m.graph.node:
@@ -225,7 +228,7 @@ class OnnxSlimModel:
     def disk_bytes(self) -> dict:
         """Bytes on disk: the graph (weights), and the whole folder."""
         files = [f for f in self.folder.rglob("*") if f.is_file()]
-        weights = sum(f.stat().st_size for f in files if f.suffix in (".onnx", ".data"))
+        weights = sum(f.stat().st_size for f in files if f.suffix in (".onnx", ".data", ".bin"))
         return {"bytes": weights, "bytes_total": sum(f.stat().st_size for f in files)}
 
     def memory_bytes(self) -> int:
