@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import look, shrink, training
+from . import look, plan, shrink, training
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"slimformer {__version__}")
     ap.add_argument("--verbose", action="store_true", help="on an error, also show the full traceback")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (look, shrink, training):
+    for module in (look, shrink, training, plan):
         module.add_parsers(sub)
     return ap
 

@@ -1,0 +1,143 @@
+"""The search space, from the model's kind and size: what a trial may build.
+
+A candidate is a recipe (a list of steps, as a recipe file holds them) plus how it trains:
+`stage1` runs first (for a candidate that trains: the student's surgery and a short distillation,
+the multi-fidelity rung), `stage2` finishes it (the rest of the distillation, then the deploy
+step). A candidate with no training has everything in `stage2`. The recipe a user re-runs is
+stage1 + stage2 with both distillations in it.
+
+Encoders (sentence embeddings, classifiers): runtimes and precisions (ONNX Runtime dynamic and
+static int8, OpenVINO int8 weights and NNCF static int8, bf16 where the CPU has it natively), a
+student of fewer layers (evenly strided, DistilBERT-style) distilled from the model, FFN neurons
+pruned before the distillation, the token embedding factorized (when bytes are the objective).
+Language models: int4 weight-only variants (RTN, GPTQ with or without the Hadamard rotation, AWQ;
+group sizes), optionally after a light svd_llm factorization."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.hardware import fast_bf16
+
+ENCODER_RUNTIMES = {  # name -> the last step of the recipe
+    "onnx-int8": {"method": "onnx", "quantize": "int8"},
+    "onnx-int8-static": {"method": "onnx", "quantize": "int8-static"},
+    "openvino-int8": {"method": "onnx", "quantize": "int8-weights"},
+    "openvino-int8-static": {"method": "onnx", "quantize": "int8-nncf"},
+    "bf16": {"method": "cast", "dtype": "bf16"},
+}
+DISTILL_LOSS = {"embedding": ["embedding_cosine"], "classification": ["kd"]}
+DISTILL_LR = {"embedding": 0.0005, "classification": 0.0001}
+
+
+@dataclass
+class Candidate:
+    label: str
+    stage2: list[dict]
+    stage1: list[dict] = field(default_factory=list)
+    family: str = "ptq"
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.stage1)
+
+    def steps(self) -> list[dict]:
+        return [*self.stage1, *self.stage2]
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """What the space depends on: the model's kind, layer count and what this machine can run."""
+
+    kind: str
+    layers: int
+    runtimes: tuple[str, ...]
+    can_train: bool  # unlabeled sentences were given (or the task's texts are enough)
+    full_steps: int = 600
+    rung_steps: int = 150
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "layers": self.layers, "runtimes": list(self.runtimes),
+                "can_train": self.can_train, "full_steps": self.full_steps, "rung_steps": self.rung_steps}
+
+
+def available_runtimes() -> tuple[str, ...]:
+    from ..export.openvino import nncf_available
+    from ..export.runtime import openvino_available
+
+    out = ["onnx-int8", "onnx-int8-static"]
+    if openvino_available():
+        out.append("openvino-int8")
+    if nncf_available():
+        out.append("openvino-int8-static")
+    if fast_bf16("cpu"):
+        out.append("bf16")
+    return tuple(out)
+
+
+def first_candidates(info: SpaceInfo, objective: str) -> list[dict]:
+    """Optuna params of the candidates tried first: every runtime on the untouched model (no
+    training, seconds each), then the DistilBERT-style half-depth student in the first runtime."""
+    if info.kind == "causal-lm":
+        return [{"family": "int4", "rotate": r, "algorithm": a, "group_size": g, "svd_ratio": 1.0}
+                for r, a, g in ((False, "rtn", 128), (False, "gptq", 128), (True, "gptq", 128), (True, "gptq", 64))]
+    first = [{"family": "ptq", "runtime": r} for r in info.runtimes]
+    if info.can_train and info.layers > 1:
+        first.append({"family": "student", "depth": max(1, info.layers // 2), "ffn_prune": 0.0,
+                      "runtime": info.runtimes[0], **({"embedding_rank": 0} if objective == "bytes" else {})})
+    return first
+
+
+def suggest(trial, info: SpaceInfo, objective: str) -> Candidate:
+    """Define-by-run: the candidate this Optuna trial builds."""
+    if info.kind == "causal-lm":
+        return _suggest_lm(trial)
+    families = ["ptq", "student"] if info.can_train and info.layers > 1 else ["ptq"]
+    family = trial.suggest_categorical("family", families)
+    if family == "ptq":
+        runtime = trial.suggest_categorical("runtime", list(info.runtimes))
+        return Candidate(f"{runtime}", [dict(ENCODER_RUNTIMES[runtime])], family="ptq")
+    depth = trial.suggest_int("depth", 1, info.layers - 1)
+    ffn = trial.suggest_categorical("ffn_prune", [0.0, 0.25, 0.5])
+    rank = trial.suggest_categorical("embedding_rank", [0, 128, 64]) if objective == "bytes" else 0
+    runtime = trial.suggest_categorical("runtime", list(info.runtimes))
+    keep = strided_layers(info.layers, depth)
+    stage1 = [{"method": "shrink_layers", "keep": keep}]
+    if ffn:
+        stage1.append({"method": "prune_ffn", "amount": ffn, "importance": "taylor"})
+    if rank:
+        stage1.append({"method": "factorize_embedding", "rank": rank})
+    loss, lr = DISTILL_LOSS.get(info.kind, ["embedding_cosine"]), DISTILL_LR.get(info.kind, 0.0005)
+    stage1.append({"method": "distill", "losses": loss, "lr": lr, "max_steps": info.rung_steps})
+    stage2 = [{"method": "distill", "losses": loss, "lr": lr, "max_steps": info.full_steps - info.rung_steps,
+               "seed": 1},
+              dict(ENCODER_RUNTIMES[runtime])]
+    label = f"{depth}-layer student" + (f", FFN -{ffn:.0%}" if ffn else "") + (
+        f", embedding rank {rank}" if rank else "") + f", {runtime}"
+    return Candidate(label, stage2, stage1, family="student")
+
+
+def _suggest_lm(trial) -> Candidate:
+    rotate = trial.suggest_categorical("rotate", [False, True])
+    algorithm = trial.suggest_categorical("algorithm", ["rtn", "gptq", "awq"])
+    group = trial.suggest_categorical("group_size", [32, 64, 128, -1])
+    ratio = trial.suggest_categorical("svd_ratio", [1.0, 0.95, 0.9])
+    steps = []
+    if ratio < 1.0:
+        steps.append({"method": "svd_llm", "ratio": ratio, "parts": "ffn", "rank_multiple": 16})
+    if rotate:
+        steps.append({"method": "rotate", "seed": 0})
+    if algorithm == "awq":  # AWQ's scaling, then round to nearest on the scaled weights
+        g = group if group > 0 else 128
+        steps += [{"method": "awq", "bits": 4, "group_size": g},
+                  {"method": "weight_only", "bits": 4, "group_size": g}]
+    else:
+        extra = {"act_order": True, "clip": True, "refit": True, "cd_passes": 3} if algorithm == "gptq" else {}
+        steps.append({"method": "weight_only", "bits": 4, "group_size": group, "algorithm": algorithm, **extra})
+    label = (f"svd_llm {ratio:g} + " if ratio < 1 else "") + ("rotated " if rotate else "") + (
+        f"int4 {algorithm} g{group if group > 0 else 'row'}")
+    return Candidate(label, steps, family="int4")
+
+
+def strided_layers(n: int, depth: int) -> list[int]:
+    """`depth` of `n` layers, evenly strided from the bottom (3 of 6: 0, 2, 4, as DistilBERT)."""
+    return sorted({min(n - 1, round(i * n / depth)) for i in range(depth)})
