@@ -51,6 +51,9 @@ def plan(model=None, task=None, out="plan", budget: Budget | None = None, unlabe
     a path or hub id (None: the default model); `task`: a data.Task (stsb, classification, lm)."""
     out = Path(out).expanduser().resolve()
     log = progress_log() if progress else (lambda msg: None)
+    start = time.time()  # the time budget counts from here: measuring the original and the peers is part of it
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers {workers!r}: expected an integer >= 1")
     if resume:
         spec = _resume(out, budget, log)
     else:
@@ -60,9 +63,6 @@ def plan(model=None, task=None, out="plan", budget: Budget | None = None, unlabe
         if peers:
             _measure_peers(spec, out, log)
     b = spec.budget_obj
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: expected an integer >= 1")
-    start = time.time()
     deadline = start + b.time if b.time else None
     if ray_address:
         from .distributed import run_on_ray
@@ -198,7 +198,13 @@ def _measure_peers(spec: PlanSpec, out: Path, log) -> None:
     from .peers import measure_peers
 
     spec_path = out / ".plan" / "peers.json"
-    peers = measure_peers(spec, out / ".plan" / "peers", log)
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        peers = measure_peers(spec, out / ".plan" / "peers", log)
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
     spec_path.write_text(json.dumps(peers, indent=2, default=str))
 
 
