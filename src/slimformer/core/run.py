@@ -115,7 +115,9 @@ class Run:
     resumes); artifact_dir: where export steps write. threads / device: where to compute. logger,
     trackers: where training steps report (accelerate tracker names: tensorboard, mlflow, wandb).
     training_callbacks: callbacks that steps acting during training (trait `wraps_training`) hand to
-    the next training step."""
+    the next training step. callbacks: trainer callbacks every training step of the run also gets
+    (the planner's check of a candidate at its short rung). cache_dir: a folder shared by runs for
+    what does not change between them (a teacher's embeddings of the training texts)."""
 
     calibration: list = field(default_factory=list)
     task: Any = None
@@ -130,6 +132,8 @@ class Run:
     logger: logging.Logger = field(default=LOG)
     trackers: tuple = ()
     training_callbacks: list = field(default_factory=list)
+    callbacks: tuple = ()
+    cache_dir: Path | None = None
 
     @classmethod
     def of(cls, data=None) -> "Run":
@@ -152,7 +156,8 @@ class Run:
         return Path(base) / name
 
     def take_training_callbacks(self) -> list:
-        """The callbacks waiting for the next training step (emptied: each wraps one training step)."""
+        """The callbacks waiting for the next training step (emptied: each wraps one training step),
+        then the run's own callbacks."""
         cbs = list(self.training_callbacks)
         self.training_callbacks.clear()
-        return cbs
+        return cbs + list(self.callbacks)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -158,6 +159,35 @@ def _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projecti
         trainer.load_best()
     student.model.eval()
     return result
+
+
+def _shared_teacher_cache(run, teacher, texts, cfg):
+    """With run.cache_dir (runs that distil from the same teacher on the same texts, e.g. the
+    planner's trials): the teacher's embeddings are copied in from there before training, or after
+    it (the returned callable) copied there for the next run."""
+    import hashlib
+    import shutil
+
+    if run.cache_dir is None or run.step_dir is None or getattr(teacher, "teachers", None):
+        return None
+    from ..core.run import weights_fingerprint
+
+    h = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    shared = Path(run.cache_dir) / f"teacher-{weights_fingerprint(teacher.model)}-{h}-{cfg.max_length}.pt"
+    local = Path(run.step_dir) / "teacher_embeddings.pt"
+    if shared.exists() and not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared, local)
+        return None
+
+    def keep() -> None:
+        if local.exists() and not shared.exists():
+            shared.parent.mkdir(parents=True, exist_ok=True)
+            tmp = shared.with_name(f".{shared.name}.{os.getpid()}.tmp")
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, shared)
+
+    return keep
 
 
 @torch.no_grad()
@@ -324,7 +354,10 @@ def distill_step(sm, cfg: DistillConfig, run) -> Applied:
                         "(compress --unlabeled FILE, or the step's `unlabeled`) for a real recovery")
     callbacks = run.take_training_callbacks() + tracker_callbacks(run.trackers, run.step_dir, "distill")
     eval_task = run.task if cfg.keep_best else None
+    shared = _shared_teacher_cache(run, teacher, texts, cfg)
     res = distill(sm, teacher, texts, cfg, out_dir=run.step_dir, eval_task=eval_task, callbacks=callbacks)
+    if shared is not None:
+        shared()
     resumed = f", resumed at step {res.resumed_from}" if res.resumed_from else ""
     loss = f"{res.final_loss:.4g}" if res.final_loss is not None else "(no step left to run)"
     details = {"steps": res.steps, "epochs": res.epochs, "seconds": res.seconds, "final_loss": res.final_loss,

@@ -1,10 +1,8 @@
 """The search space, from the model's kind and size: what a trial may build.
 
-A candidate is a recipe (a list of steps, as a recipe file holds them) plus how it trains:
-`stage1` runs first (for a candidate that trains: the student's surgery and a short distillation,
-the multi-fidelity rung), `stage2` finishes it (the rest of the distillation, then the deploy
-step). A candidate with no training has everything in `stage2`. The recipe a user re-runs is
-stage1 + stage2 with both distillations in it.
+A candidate is a recipe (a list of steps, as a recipe file holds them). One that trains (a
+distilled student) is checked at its short rung: after `rung_steps` of its `full_steps`
+distillation steps its quality decides whether it trains on (multi-fidelity).
 
 Encoders (sentence embeddings, classifiers): runtimes and precisions (ONNX Runtime dynamic and
 static int8, OpenVINO int8 weights and NNCF static int8, bf16 where the CPU has it natively), a
@@ -14,7 +12,7 @@ Language models: int4 weight-only variants (RTN, GPTQ with or without the Hadama
 group sizes), optionally after a light svd_llm factorization."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..core.hardware import fast_bf16
 
@@ -33,16 +31,15 @@ DISTILL_LR = {"embedding": 0.0005, "classification": 0.0001}
 @dataclass
 class Candidate:
     label: str
-    stage2: list[dict]
-    stage1: list[dict] = field(default_factory=list)
+    recipe: list[dict]
     family: str = "ptq"
 
     @property
     def trains(self) -> bool:
-        return bool(self.stage1)
+        return any(s["method"] in ("distill", "finetune") for s in self.recipe)
 
     def steps(self) -> list[dict]:
-        return [*self.stage1, *self.stage2]
+        return list(self.recipe)
 
 
 @dataclass(frozen=True)
@@ -103,19 +100,17 @@ def suggest(trial, info: SpaceInfo, objective: str) -> Candidate:
     rank = trial.suggest_categorical("embedding_rank", [0, 128, 64]) if objective == "bytes" else 0
     runtime = trial.suggest_categorical("runtime", list(info.runtimes))
     keep = strided_layers(info.layers, depth)
-    stage1 = [{"method": "shrink_layers", "keep": keep}]
+    steps = [{"method": "shrink_layers", "keep": keep}]
     if ffn:
-        stage1.append({"method": "prune_ffn", "amount": ffn, "importance": "taylor"})
+        steps.append({"method": "prune_ffn", "amount": ffn, "importance": "taylor"})
     if rank:
-        stage1.append({"method": "factorize_embedding", "rank": rank})
+        steps.append({"method": "factorize_embedding", "rank": rank})
     loss, lr = DISTILL_LOSS.get(info.kind, ["embedding_cosine"]), DISTILL_LR.get(info.kind, 0.0005)
-    stage1.append({"method": "distill", "losses": loss, "lr": lr, "max_steps": info.rung_steps})
-    stage2 = [{"method": "distill", "losses": loss, "lr": lr, "max_steps": info.full_steps - info.rung_steps,
-               "seed": 1},
-              dict(ENCODER_RUNTIMES[runtime])]
+    steps.append({"method": "distill", "losses": loss, "lr": lr, "max_steps": info.full_steps})
+    steps.append(dict(ENCODER_RUNTIMES[runtime]))
     label = f"{depth}-layer student" + (f", FFN -{ffn:.0%}" if ffn else "") + (
         f", embedding rank {rank}" if rank else "") + f", {runtime}"
-    return Candidate(label, stage2, stage1, family="student")
+    return Candidate(label, steps, family="student")
 
 
 def _suggest_lm(trial) -> Candidate:

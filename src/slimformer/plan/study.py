@@ -19,9 +19,10 @@ from .trial import PlanSpec, Pruned
 DIRECTION = {"throughput": "maximize", "latency": "maximize", "bytes": "minimize", "memory": "minimize"}
 VALUE_KEY = {"throughput": "throughput_x", "latency": "latency_x", "bytes": "bytes_x", "memory": "memory_x"}
 STUDY_NAME = "slimformer-plan"
-# how far beyond the budget a candidate may be after its short rung and still be trained to full
-# length (distillation gains after the rung), in the budget's unit
-RUNG_SLACK = {"max_drop": 2.0, "min_recovery": 0.02, "max_ppl_ratio": 0.10}
+# how far beyond the budget a candidate may be after its short rung (a quarter of its steps) and
+# still be trained to full length, in the budget's unit: MiniLM's 3-layer student was 3.4 points
+# below the original after 337 of 1,350 steps, 0.9 below after 3,300
+RUNG_SLACK = {"max_drop": 3.0, "min_recovery": 0.03, "max_ppl_ratio": 0.15}
 
 
 def storage_url(out: Path) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data.tasks import Task
+from ..train.trainer import Callback
 from .budget import Budget
 from .space import Candidate
 
@@ -79,17 +80,19 @@ class Worker:
         self.original.model.eval()
         self.budget = spec.budget_obj
 
-    def options(self):
+    def options(self, callbacks=()):
         from ..evaluate.api import EvalOptions
         from ..evaluate.runners import TaskOptions
         from ..recipes.compress import CompressOptions
 
+        cache = Path(self.spec.search).parent / "cache"
         return CompressOptions(evaluate=EvalOptions(task=TaskOptions(progress=False), threads=self.spec.threads),
-                               evaluation=False, unlabeled=self.spec.unlabeled, seed=self.spec.seed)
+                               evaluation=False, unlabeled=self.spec.unlabeled, seed=self.spec.seed,
+                               callbacks=tuple(callbacks), cache_dir=cache)
 
     def run(self, cand: Candidate, folder: Path, promote=None) -> dict:
-        """Build `cand` into folder/model and measure it. promote(figures) -> None or a reason to
-        stop after the short rung (raises Pruned)."""
+        """Build `cand` into folder/model and measure it. A candidate that trains is checked after
+        its short rung: promote(figures) -> None, or why it stops there (raises Pruned)."""
         import copy
 
         from ..recipes.compress import compress
@@ -97,19 +100,14 @@ class Worker:
         t0 = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
         sm = copy.deepcopy(self.original)
-        if cand.trains:
-            compress(sm, cand.stage1, self.search, folder / "stage1", self.options())
-            sm = self._load(folder / "stage1")
-            figures = {"rung": self.spec.info.get("rung_steps"), "seconds": time.perf_counter() - t0,
-                       **self.quality(sm, self.search, "search"), **self.speed(sm)}
-            why = promote(figures) if promote else None
-            if why:
-                raise Pruned(why, figures)
-        compress(sm, cand.stage2, self.search, folder / "model", self.options())
-        shutil.rmtree(folder / "stage1", ignore_errors=True)
+        rung = self.spec.info.get("rung_steps")
+        callbacks = [RungCheck(self, sm, rung, promote, t0)] if cand.trains and promote and rung else []
+        compress(sm, cand.steps(), self.search, folder / "model", self.options(callbacks))
         final = self._load(folder / "model")
         figures = {**self.quality(final, self.search, "search"), **self.quality(final, self.confirm, "confirm"),
                    **self.speed(final), **self.size(final)}
+        for cb in callbacks:
+            figures.update(cb.seen)
         figures["seconds"] = time.perf_counter() - t0
         return figures
 
@@ -159,6 +157,31 @@ class Worker:
         mem = peak_memory_mb(sm, enc)
         return {"bytes": nbytes, "bytes_x": nbytes / self.spec.baseline["bytes"], "peak_memory_mb": mem,
                 "memory_x": mem / self.spec.baseline["peak_memory_mb"]}
+
+
+class RungCheck(Callback):
+    """A trainer callback: after `rung` steps, the student (the model being trained, in place) is
+    measured on the search part; promote(figures) says whether it trains on."""
+
+    def __init__(self, worker: Worker, sm, rung: int, promote, t0: float):
+        self.worker, self.sm, self.rung, self.promote, self.t0 = worker, sm, int(rung), promote, t0
+        self.seen: dict = {}
+
+    def on_step_end(self, trainer, step: int) -> None:
+        if step != self.rung:
+            return
+        net = self.sm.model
+        was = net.training
+        net.eval()
+        try:
+            q = self.worker.quality(self.sm, self.worker.search, "search")
+        finally:
+            net.train(was)
+        metric = next(iter(q))
+        self.seen = {"rung": self.rung, f"rung_{metric}": q[metric], "rung_seconds": time.perf_counter() - self.t0}
+        why = self.promote({**q, "seconds": time.perf_counter() - self.t0})
+        if why:
+            raise Pruned(why, dict(self.seen))
 
 
 def _input_names(sm) -> set:

@@ -37,6 +37,8 @@ class CompressOptions:
     progress: bool = False  # a line on stderr as each step starts (the CLI turns it on)
     train_task: object = None
     trackers: tuple = ()
+    callbacks: tuple = ()  # trainer callbacks every training step gets (see Run.callbacks)
+    cache_dir: object = None  # a folder runs share for work that repeats between them (see Run.cache_dir)
 
 
 def calibration_texts_for(task, n: int, seed: int, source=None) -> list[str]:
@@ -84,7 +86,8 @@ def _compress(model, rec, task, out, opts) -> CompressionResult:
         original = Original(model, work / "original") if needs_original else None
         run = Run(calibration=calib, task=task, train_task=opts.train_task, unlabeled=unlabeled, original=original,
                   work_dir=work, artifact_dir=work / "artifacts", threads=opts.evaluate.threads,
-                  trackers=tuple(opts.trackers))
+                  trackers=tuple(opts.trackers), callbacks=tuple(opts.callbacks),
+                  cache_dir=Path(opts.cache_dir) if opts.cache_dir is not None else None)
         stages = []
 
         def after_step(i, current):
