@@ -190,3 +190,29 @@ def test_cli_plan_bad_budgets_are_one_line_errors(tmp_path):
         assert not (tmp_path / "o").exists()
     r = subprocess.run(base + ["--objective", "speed"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice: 'speed'" in r.stderr
+
+
+def test_a_student_is_checked_at_its_short_rung_and_the_teacher_cache_is_shared(tmp_path):
+    """The rung callback measures the student mid-training and stops it when told; a student that
+    trains to the end leaves the teacher's embeddings in the plan's cache for the next trial."""
+    from slimformer.plan.api import _prepare
+    from slimformer.plan.space import Candidate, strided_layers
+    from slimformer.plan.trial import Pruned, Worker
+
+    out = tmp_path / "plan"
+    spec = _prepare(tiny_slim("bert", "embedding"), _task(), out, Budget(max_drop=5.0, time=60), sf.sample_sentences(),
+                    None, 1, 0.5, 0, lambda m: None)
+    info = spec.info
+    assert info["full_steps"] == 22 and info["rung_steps"] == 5 and info["can_train"]
+    cand = Candidate("student", [{"method": "shrink_layers", "keep": strided_layers(2, 1)},
+                                 {"method": "distill", "losses": ["embedding_cosine"], "max_steps": info["full_steps"]},
+                                 {"method": "onnx", "quantize": "int8"}], family="student")
+    w = Worker(spec)
+    seen = []
+    with pytest.raises(Pruned, match="stop here") as e:
+        w.run(cand, tmp_path / "t0", promote=lambda f: seen.append(f) or "stop here")
+    assert e.value.figures["rung"] == 5 and "rung_spearman" in e.value.figures and len(seen) == 1
+    assert not list((out / ".plan" / "cache").glob("teacher-*.pt"))  # stopped before the end: nothing shared yet
+    fig = w.run(cand, tmp_path / "t1", promote=lambda f: None)
+    assert fig["rung"] == 5 and "confirm_spearman" in fig and fig["throughput_x"] > 0
+    assert len(list((out / ".plan" / "cache").glob("teacher-*.pt"))) == 1

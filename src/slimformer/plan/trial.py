@@ -177,8 +177,9 @@ class RungCheck(Callback):
             q = self.worker.quality(self.sm, self.worker.search, "search")
         finally:
             net.train(was)
-        metric = next(iter(q))
-        self.seen = {"rung": self.rung, f"rung_{metric}": q[metric], "rung_seconds": time.perf_counter() - self.t0}
+        key = next(iter(q))  # search_<metric>
+        self.seen = {"rung": self.rung, key.replace("search_", "rung_", 1): q[key],
+                     "rung_seconds": time.perf_counter() - self.t0}
         why = self.promote({**q, "seconds": time.perf_counter() - self.t0})
         if why:
             raise Pruned(why, dict(self.seen))
