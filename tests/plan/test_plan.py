@@ -109,6 +109,29 @@ def test_plan_runs_trials_keeps_the_best_and_its_recipe_rebuilds_it(tmp_path):
     assert rebuilt.steps and torch.allclose(a, b, atol=1e-5)
     page = (out / "report.html").read_text()
     assert 'id="slimformer-data"' in page and "quality budget" in page
+    _check_in_browser(out / "report.html", res, tmp_path)
+
+
+def _check_in_browser(page: Path, res, tmp_path: Path) -> None:
+    """The plan's report in headless Chromium: every finished trial and peer drawn, no console error."""
+    import importlib.util
+    import shutil
+
+    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    if exe is None or importlib.util.find_spec("playwright") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser check: install chromium and playwright")
+        return
+    probe = Path(__file__).resolve().parents[1] / "report" / "browser_probe.py"
+    r = subprocess.run([sys.executable, str(probe), exe, str(page), str(tmp_path / "plan.png")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["errors"] == []
+    chart = next(c for c in seen["charts"] if c["name"] == "trials")
+    done = [t for t in res.trials if t["state"] == "COMPLETE"]
+    peers = [t for t in done if t.get("peer")] + [p for p in res.peers if "error" not in p]
+    assert chart["drawn_all"] == chart["declared"] == len(done) + len(peers)
 
 
 def test_a_second_plan_into_the_same_folder_is_refused_and_resume_needs_a_plan(tmp_path):

@@ -23,6 +23,7 @@ with sync_playwright() as p:
         const t = gd && gd.data ? gd.data[0] : {x: [], y: []};
         return {name: d.dataset.name, declared: Number(d.dataset.points),
                 drawn: d.querySelectorAll('.scatterlayer .trace:first-child .point, .barlayer .point').length,
+                drawn_all: d.querySelectorAll('.scatterlayer .point').length,
                 x: Array.from(t.x || []), y: Array.from(t.y || [])};
     })""")
     page.screenshot(path=shot, full_page=True)

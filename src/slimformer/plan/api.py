@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, SlimformerError
 from .budget import Budget
+from .peers import PEER_RUNTIMES
 from .space import SpaceInfo, available_runtimes, first_candidates
 from .study import DIRECTION, VALUE_KEY, open_study, progress_log
 from .trial import PlanSpec, Worker, read_task, write_task
@@ -252,7 +253,8 @@ def finalize(out: Path, log=print) -> PlanResult:
             continue
         if a.get("why", "").startswith("the same candidate as"):
             continue  # a repeat the sampler asked for; nothing was run
-        rows.append({"trial": t.number, "state": state, "label": a.get("label"), "steps": a.get("steps"),
+        peer = PEER_RUNTIMES.get(t.params.get("runtime")) if t.params.get("family") == "ptq" else None
+        rows.append({"trial": t.number, "state": state, "label": a.get("label"), "steps": a.get("steps"), "peer": peer,
                      "params": t.params, "value": t.value, "feasible": a.get("constraint", 1) <= 0,
                      "confirmed": a.get("confirm_constraint", 1) <= 0,
                      **{k: v for k, v in a.items() if k not in ("label", "steps")}})

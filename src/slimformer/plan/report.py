@@ -24,6 +24,8 @@ def plan_points(result, spec) -> dict:
               for r in result.trials if r["state"] == "COMPLETE"]
     peers = [{"label": p["label"], "x": p[key], "quality": p[f"search_{metric}"], "state": "peer"}
              for p in result.peers if key in p]
+    peers += [{"label": f"{r['peer']} (trial #{r['trial']})", "x": r[key], "quality": r[f"search_{metric}"],
+               "state": "peer"} for r in result.trials if r.get("peer") and r["state"] == "COMPLETE"]
     lower = metric == "perplexity"
     sign = 1 if DIRECTION[b.objective] == "maximize" else -1
     idx = pareto_front([(sign * t["x"], -t["quality"] if lower else t["quality"]) for t in trials])
