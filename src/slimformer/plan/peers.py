@@ -21,7 +21,7 @@ PEER_RUNTIMES = {"openvino-int8-static": "OpenVINO int8 (NNCF quantize, static a
 def measure_peers(spec: PlanSpec, folder: Path, log) -> list[dict]:
     w = Worker(spec)
     folder.mkdir(parents=True, exist_ok=True)
-    out = [{"label": "original (fp32 PyTorch)", **_figures(w, w.original)}]
+    out = [{"label": "original (fp32 PyTorch)", **_figures(w, w.original), "throughput_x": 1.0, "latency_x": 1.0}]
     if w.original.kind != "causal-lm":
         got = _ort_dynamic(w, folder)
         if got is not None:

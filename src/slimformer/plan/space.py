@@ -131,7 +131,7 @@ def _suggest_lm(trial) -> Candidate:
         extra = {"act_order": True, "clip": True, "refit": True, "cd_passes": 3} if algorithm == "gptq" else {}
         steps.append({"method": "weight_only", "bits": 4, "group_size": group, "algorithm": algorithm, **extra})
     label = (f"svd_llm {ratio:g} + " if ratio < 1 else "") + ("rotated " if rotate else "") + (
-        f"int4 {algorithm} g{group if group > 0 else 'row'}")
+        f"int4 {algorithm} " + (f"g{group}" if group > 0 else "per row"))
     return Candidate(label, steps, family="int4")
 
 
