@@ -134,6 +134,14 @@ def _check_in_browser(page: Path, res, tmp_path: Path) -> None:
     assert chart["drawn_all"] == chart["declared"] == len(done) + len(peers)
 
 
+def test_two_workers_share_one_study(tmp_path):
+    res = sf.plan(tiny_slim("bert", "embedding"), _task(), tmp_path / "plan",
+                  Budget(max_drop=5.0, time=45, batch_size=4, seq_len=16), peers=False, progress=False, workers=2)
+    done = [t for t in res.trials if t["state"] == "COMPLETE"]
+    assert len(done) >= 4 and {t["worker"] for t in done} == {0, 1}  # both processes ran trials of the one study
+    assert len({t["trial"] for t in res.trials}) == len(res.trials)
+
+
 def test_a_second_plan_into_the_same_folder_is_refused_and_resume_needs_a_plan(tmp_path):
     with pytest.raises(sf.SlimformerError, match="no plan to resume"):
         sf.plan(out=tmp_path / "none", budget=Budget(trials=1), resume=True, progress=False)

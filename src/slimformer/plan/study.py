@@ -48,7 +48,7 @@ def better(budget: Budget, a: float, b: float | None) -> bool:
     return b is None or (a > b if DIRECTION[budget.objective] == "maximize" else a < b)
 
 
-def make_objective(worker, spec: PlanSpec, out: Path, deadline: float | None, log=print):
+def make_objective(worker, spec: PlanSpec, out: Path, deadline: float | None, log=print, worker_id: int = 0):
     import optuna
 
     budget, info = spec.budget_obj, SpaceInfo(**spec.info)
@@ -71,6 +71,7 @@ def make_objective(worker, spec: PlanSpec, out: Path, deadline: float | None, lo
             raise optuna.TrialPruned()
         repeats[0] = 0
         trial.set_user_attr("label", cand.label)
+        trial.set_user_attr("worker", worker_id)
         trial.set_user_attr("steps", cand.steps())
         trial.set_user_attr("trains", cand.trains)
         if deadline is not None and cand.trains:

@@ -40,7 +40,7 @@ def work(out: Path, deadline: float | None, max_trials: int | None, worker_id: i
     timeout = None if not deadline else max(0.0, deadline - time.time())
     if timeout == 0:
         return
-    study.optimize(make_objective(worker, spec, out, deadline or None, log), timeout=timeout, callbacks=callbacks,
+    study.optimize(make_objective(worker, spec, out, deadline or None, log, worker_id), timeout=timeout, callbacks=callbacks,
                    catch=(Exception,), gc_after_trial=True)
 
 
