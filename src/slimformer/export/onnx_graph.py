@@ -44,6 +44,8 @@ def _optimize(path: Path, model: nn.Module, profile: str, work: Path, gelu_appro
             setattr(fo, k, False)
     fo.enable_gelu_approximation = bool(gelu_approximation)
     heads, hidden = adapter.heads_and_hidden(model)
+    if not heads or hidden % heads:  # heads pruned unevenly across layers: let ORT read them from the graph
+        heads, hidden = 0, 0
     with _quiet():
         om = optimize_model(str(path), model_type=mt, num_heads=int(heads), hidden_size=int(hidden),
                             optimization_options=fo, opt_level=0)

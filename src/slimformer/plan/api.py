@@ -111,7 +111,8 @@ def _prepare(model, task, out: Path, budget: Budget, unlabeled, test, workers, c
     layers = _layer_count(sm)
     full = train_steps(budget)
     info = SpaceInfo(kind=kind, layers=layers, runtimes=available_runtimes() if kind != "causal-lm" else (),
-                     can_train=texts_file is not None, full_steps=full, rung_steps=max(1, full // 4))
+                     can_train=texts_file is not None, full_steps=full, rung_steps=max(1, full // 4),
+                     hidden=int(getattr(sm.model.config, "hidden_size", 384) or 384))
     threads = max(1, (os.cpu_count() or 1) // workers)
     spec = PlanSpec(model=str(src), task_kind=task.kind, search=write_task(search, state / "search.json"),
                     confirm=write_task(confirm, state / "confirm.json"), budget=budget.to_dict(), info=info.to_dict(),

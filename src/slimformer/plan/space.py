@@ -6,8 +6,9 @@ distillation steps its quality decides whether it trains on (multi-fidelity).
 
 Encoders (sentence embeddings, classifiers): runtimes and precisions (ONNX Runtime dynamic and
 static int8, OpenVINO int8 weights and NNCF static int8, bf16 where the CPU has it natively), a
-student of fewer layers (evenly strided, DistilBERT-style) distilled from the model, FFN neurons
-pruned before the distillation, the token embedding factorized (when bytes are the objective).
+student of fewer layers (evenly strided, DistilBERT-style, or the bottom ones) distilled from the
+model, attention heads and FFN neurons pruned before the distillation, and (when bytes are the
+objective) its FFNs factorized (svd_llm) and its token embedding factorized.
 Language models: int4 weight-only variants (RTN, GPTQ with or without the Hadamard rotation, AWQ;
 group sizes), optionally after a light svd_llm factorization."""
 from __future__ import annotations
@@ -52,10 +53,12 @@ class SpaceInfo:
     can_train: bool  # unlabeled sentences were given (or the task's texts are enough)
     full_steps: int = 600
     rung_steps: int = 150
+    hidden: int = 384  # the model's width (embedding ranks are fractions of it)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "layers": self.layers, "runtimes": list(self.runtimes),
-                "can_train": self.can_train, "full_steps": self.full_steps, "rung_steps": self.rung_steps}
+                "can_train": self.can_train, "full_steps": self.full_steps, "rung_steps": self.rung_steps,
+                "hidden": self.hidden}
 
 
 def available_runtimes() -> tuple[str, ...]:
@@ -80,9 +83,9 @@ def first_candidates(info: SpaceInfo, objective: str) -> list[dict]:
                 for r, a, g in ((False, "rtn", 128), (False, "gptq", 128), (True, "gptq", 128), (True, "gptq", 64))]
     first = [{"family": "ptq", "runtime": r} for r in info.runtimes if r != "deploy"]
     if info.can_train and info.layers > 1:  # the DistilBERT-style student, in the fastest runtime here (or smallest)
-        first.append({"family": "student", "depth": max(1, info.layers // 2), "ffn_prune": 0.0,
-                      "runtime": "onnx-int8" if objective == "bytes" else "deploy",
-                      **({"embedding_rank": 0} if objective == "bytes" else {})})
+        first.append({"family": "student", "depth": max(1, info.layers // 2), "layers": "strided", "ffn_prune": 0.0,
+                      "head_prune": 0.0, "runtime": "onnx-int8" if objective == "bytes" else "deploy",
+                      **({"embedding_rank": 0.0, "ffn_lowrank": 1.0} if objective == "bytes" else {})})
     return first
 
 
@@ -96,20 +99,30 @@ def suggest(trial, info: SpaceInfo, objective: str) -> Candidate:
         runtime = trial.suggest_categorical("runtime", list(info.runtimes))
         return Candidate(f"{runtime}", [dict(ENCODER_RUNTIMES[runtime])], family="ptq")
     depth = trial.suggest_int("depth", 1, info.layers - 1)
+    which = trial.suggest_categorical("layers", ["strided", "bottom"])
     ffn = trial.suggest_categorical("ffn_prune", [0.0, 0.25, 0.5])
-    rank = trial.suggest_categorical("embedding_rank", [0, 128, 64]) if objective == "bytes" else 0
+    heads = trial.suggest_categorical("head_prune", [0.0, 0.25])
+    share = trial.suggest_categorical("embedding_rank", [0.0, 0.33, 0.17]) if objective == "bytes" else 0.0
+    rank = max(1, int(info.hidden * share)) if share else 0  # MiniLM (384 wide): 126 or 65
+    lowrank = trial.suggest_categorical("ffn_lowrank", [1.0, 0.7, 0.5]) if objective == "bytes" else 1.0
     runtime = trial.suggest_categorical("runtime", list(info.runtimes))
-    keep = strided_layers(info.layers, depth)
+    keep = strided_layers(info.layers, depth) if which == "strided" else list(range(depth))
     steps = [{"method": "shrink_layers", "keep": keep}]
+    if heads:
+        steps.append({"method": "prune_heads", "amount": heads, "importance": "taylor"})
     if ffn:
         steps.append({"method": "prune_ffn", "amount": ffn, "importance": "taylor"})
+    if lowrank < 1.0:
+        steps.append({"method": "svd_llm", "ratio": lowrank, "parts": "ffn"})
     if rank:
         steps.append({"method": "factorize_embedding", "rank": rank})
     loss, lr = DISTILL_LOSS.get(info.kind, ["embedding_cosine"]), DISTILL_LR.get(info.kind, 0.0005)
     steps.append({"method": "distill", "losses": loss, "lr": lr, "max_steps": info.full_steps})
     steps.append(dict(ENCODER_RUNTIMES[runtime]))
-    label = f"{depth}-layer student" + (f", FFN -{ffn:.0%}" if ffn else "") + (
-        f", embedding rank {rank}" if rank else "") + f", {runtime}"
+    label = (f"{depth}-layer student" + ("" if which == "strided" else " (bottom layers)")
+             + (f", heads -{heads:.0%}" if heads else "") + (f", FFN -{ffn:.0%}" if ffn else "")
+             + (f", FFN low rank {lowrank:g}" if lowrank < 1 else "") + (f", embedding rank {rank}" if rank else "")
+             + f", {runtime}")
     return Candidate(label, steps, family="student")
 
 
