@@ -63,10 +63,11 @@ def main() -> None:
     t0 = time.time()
     if a.resume or not (folder / "plan.json").exists():
         if a.resume:
-            res = sf.plan(out=folder, budget=budget, resume=True, workers=a.workers)
+            res = sf.plan(out=folder, budget=budget, options=sf.PlanOptions(resume=True, workers=a.workers))
         else:
             task = sf.load_task("stsb", a.data / "stsb" / "stsb-en-dev.csv")
-            res = sf.plan(model_for(a.model), task, folder, budget, unlabeled_sentences(a.data), workers=a.workers)
+            res = sf.plan(model_for(a.model), task, folder, budget, unlabeled_sentences(a.data),
+                          sf.PlanOptions(workers=a.workers))
         wall = time.time() - t0
     else:
         res = json.loads((folder / "plan.json").read_text())

@@ -43,7 +43,7 @@ def main() -> None:
                        seq_len=128)
     t0 = time.time()
     if a.resume:
-        res = sf.plan(out=folder, budget=budget, resume=True)
+        res = sf.plan(out=folder, budget=budget, options=sf.PlanOptions(resume=True))
     elif not (folder / "plan.json").exists():
         task = sf.load_task("lm", a.data / "wikitext2raw" / "wiki.test.raw")
         res = sf.plan(sf.load(smollm2_gguf()), task, folder, budget)

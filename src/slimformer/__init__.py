@@ -29,7 +29,7 @@ from .prune import (prune_, MagnitudeConfig, WandaConfig, SparseGPTConfig, HeadP
 from .distill import distill, finetune, shrink_layers, DistillConfig, FinetuneConfig, ShrinkConfig  # registers the distill step
 from .train import Trainer, TrainConfig
 from .attention import set_attention_, AttentionConfig, GQAConfig  # registers the attention and gqa steps
-from .plan import plan, Budget, PlanResult
+from .plan import plan, Budget, PlanOptions, PlanResult
 from .factorize import (factorize_, SvdConfig, FwsvdConfig, AsvdConfig, SvdLlmConfig, EmbeddingFactorConfig,
                         ShareLayersConfig, BasisSharingConfig)  # registers the factorization methods
 
@@ -44,7 +44,7 @@ __all__ = [
     "TrainConfig", "set_attention_", "AttentionConfig", "GQAConfig",
     "factorize_", "SvdConfig", "FwsvdConfig", "AsvdConfig", "SvdLlmConfig", "EmbeddingFactorConfig",
     "ShareLayersConfig", "BasisSharingConfig",
-    "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions", "plan", "Budget", "PlanResult",
+    "compress", "CompressionResult", "StepRecord", "load_recipe", "CompressOptions", "plan", "Budget", "PlanOptions", "PlanResult",
 ]
 
 _register()  # AutoConfig / AutoModelForSeq2SeqLM know the reference Transformer (models/transformer.py)

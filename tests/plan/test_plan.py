@@ -87,7 +87,7 @@ def test_plan_runs_trials_keeps_the_best_and_its_recipe_rebuilds_it(tmp_path):
     sm = tiny_slim("bert", "embedding")
     out = tmp_path / "plan"
     res = sf.plan(sm, _task(), out, Budget(max_drop=5.0, time=240, trials=4, batch_size=4, seq_len=16),
-                  unlabeled=sf.sample_sentences(), peers=False, progress=False)
+                  sf.sample_sentences(), sf.PlanOptions(peers=False, progress=False))
     data = json.loads((out / "plan.json").read_text())
     assert len(data["trials"]) == 4 == len(res.trials) and all(t["state"] == "COMPLETE" for t in data["trials"])
     assert {t["label"] for t in data["trials"]} >= {"onnx-int8", "onnx-int8-static"}  # no training first
@@ -136,7 +136,8 @@ def _check_in_browser(page: Path, res, tmp_path: Path) -> None:
 
 def test_two_workers_share_one_study(tmp_path):
     res = sf.plan(tiny_slim("bert", "embedding"), _task(), tmp_path / "plan",
-                  Budget(max_drop=5.0, time=45, batch_size=4, seq_len=16), peers=False, progress=False, workers=2)
+                  Budget(max_drop=5.0, time=45, batch_size=4, seq_len=16), None,
+                  sf.PlanOptions(peers=False, progress=False, workers=2))
     done = [t for t in res.trials if t["state"] == "COMPLETE"]
     assert len(done) >= 4 and {t["worker"] for t in done} == {0, 1}  # both processes ran trials of the one study
     assert len({t["trial"] for t in res.trials}) == len(res.trials)
@@ -144,14 +145,16 @@ def test_two_workers_share_one_study(tmp_path):
 
 def test_a_second_plan_into_the_same_folder_is_refused_and_resume_needs_a_plan(tmp_path):
     with pytest.raises(sf.SlimformerError, match="no plan to resume"):
-        sf.plan(out=tmp_path / "none", budget=Budget(trials=1), resume=True, progress=False)
+        sf.plan(out=tmp_path / "none", budget=Budget(trials=1), options=sf.PlanOptions(resume=True, progress=False))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(sf.SlimformerError, match="holds files slimformer did not write"):
-        sf.plan(tiny_slim("bert", "embedding"), _task(), tmp_path / "mine", Budget(trials=1), progress=False)
+        sf.plan(tiny_slim("bert", "embedding"), _task(), tmp_path / "mine", Budget(trials=1),
+                options=sf.PlanOptions(progress=False))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     with pytest.raises(ConfigError, match="--workers 0"):
-        sf.plan(tiny_slim("bert", "embedding"), _task(), tmp_path / "w", Budget(trials=1), workers=0, progress=False)
+        sf.plan(tiny_slim("bert", "embedding"), _task(), tmp_path / "w", Budget(trials=1),
+                options=sf.PlanOptions(workers=0, progress=False))
 
 
 def test_kill_9_then_resume_continues_the_same_study(tmp_path):
@@ -199,7 +202,7 @@ def test_plan_on_a_local_ray_instance_with_two_workers(tmp_path):
     out = tmp_path / "plan"
     res = sf.plan(tiny_slim("bert", "embedding"), _task(), out, Budget(max_drop=5.0, time=300, trials=3, batch_size=4,
                                                                        seq_len=16),
-                  peers=False, progress=False, ray_address="local", workers=2)
+                  None, sf.PlanOptions(peers=False, progress=False, ray_address="local", workers=2))
     assert len(res.trials) == 3 and all(t["state"] == "COMPLETE" for t in res.trials)
     assert all("throughput_x" in t and "confirm_spearman" in t for t in res.trials)  # figures stored by the searcher
     assert (out / "best" / "plan_best.json").exists() and res.best is not None
@@ -232,7 +235,7 @@ def test_a_student_is_checked_at_its_short_rung_and_the_teacher_cache_is_shared(
 
     out = tmp_path / "plan"
     spec = _prepare(tiny_slim("bert", "embedding"), _task(), out, Budget(max_drop=5.0, time=60), sf.sample_sentences(),
-                    None, 1, 0.5, 0, lambda m: None)
+                    sf.PlanOptions(), lambda m: None)
     info = spec.info
     assert info["full_steps"] == 22 and info["rung_steps"] == 5 and info["can_train"]
     cand = Candidate("student", [{"method": "shrink_layers", "keep": strided_layers(2, 1)},

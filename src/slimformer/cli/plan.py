@@ -54,14 +54,14 @@ def add_parsers(sub) -> None:
 def cmd_plan(a: argparse.Namespace) -> None:
     from .. import plan
     from ..core.errors import SlimformerError
-    from ..plan import Budget, parse_time
+    from ..plan import Budget, PlanOptions, parse_time
     from .common import task_from_args
 
     time = parse_time(a.time) if a.time is not None else (None if a.trials else 3600.0)
     budget = Budget(max_drop=a.max_drop, min_recovery=a.min_recovery, max_ppl_ratio=a.max_ppl_ratio,
                     objective=a.objective, time=time, trials=a.trials, batch_size=a.batch_size, seq_len=a.seq_len)
     if a.resume:
-        plan(out=a.out, budget=budget, resume=True, workers=a.workers, ray_address=a.ray)
+        plan(out=a.out, budget=budget, options=PlanOptions(resume=True, workers=a.workers, ray_address=a.ray))
         print(f"plan: see {a.out}/report.html and {a.out}/best/")
         return
     if a.task is None:
@@ -76,7 +76,8 @@ def cmd_plan(a: argparse.Namespace) -> None:
     from .. import load
 
     model = load(a.model) if a.model else load()
-    res = plan(model, task, a.out, budget, a.unlabeled, test=test, workers=a.workers, ray_address=a.ray,
-               confirm_fraction=a.confirm_fraction, seed=a.seed, peers=not a.no_peers)
+    res = plan(model, task, a.out, budget, a.unlabeled, PlanOptions(test=test, workers=a.workers, ray_address=a.ray,
+                                                                    confirm_fraction=a.confirm_fraction, seed=a.seed,
+                                                                    peers=not a.no_peers))
     print(res.note)
     print(f"plan: {len(res.trials)} trials; see {a.out}/report.html, {a.out}/plan.json and {a.out}/best/")

@@ -7,7 +7,7 @@ The data is split into a search part (what the sampler sees) and a confirmation 
 chosen model is checked on), unless `test` gives the confirmation data. The original is measured
 first, then the peers a user would try without slimformer, then the Optuna study runs trials
 (candidates without training first) in `workers` processes until the time or trial budget ends.
-OUT/ gets study.db (resume with resume=True), plan.json, report.html, trials/ and best/."""
+OUT/ gets study.db (resume with PlanOptions(resume=True)), plan.json, report.html, trials/ and best/."""
 from __future__ import annotations
 
 import json
@@ -45,30 +45,49 @@ class PlanResult:
         return dict(self.__dict__)
 
 
-def plan(model=None, task=None, out="plan", budget: Budget | None = None, unlabeled=None, *, test=None,
-         workers: int = 1, resume: bool = False, ray_address: str | None = None, confirm_fraction: float = 0.5,
-         seed: int = 0, peers: bool = True, progress: bool = True) -> PlanResult:
+@dataclass(frozen=True)
+class PlanOptions:
+    """How a plan runs. test: confirmation data (a Task) instead of a part of the data;
+    confirm_fraction: the part of the data kept aside to confirm on; workers: trials at a time on
+    this machine (or on Ray); ray_address: "local" or a Ray cluster's address; resume: continue the
+    plan in `out`; peers: measure the peers; seed: of the split and the sampler."""
+
+    test: object = None
+    confirm_fraction: float = 0.5
+    workers: int = 1
+    ray_address: str | None = None
+    resume: bool = False
+    peers: bool = True
+    seed: int = 0
+    progress: bool = True
+
+
+def plan(model=None, task=None, out="plan", budget: Budget | None = None, unlabeled=None,
+         options: PlanOptions | None = None) -> PlanResult:
     """Search for the best model within `budget` (see module docstring). `model`: a SlimModel,
-    a path or hub id (None: the default model); `task`: a data.Task (stsb, classification, lm)."""
+    a path or hub id (None: the default model); `task`: a data.Task (stsb, classification, lm);
+    `unlabeled`: texts or a file of sentences the candidates that train distil on."""
+    o = options or PlanOptions()
     out = Path(out).expanduser().resolve()
-    log = progress_log() if progress else (lambda msg: None)
+    log = progress_log() if o.progress else (lambda msg: None)
     start = time.time()  # the time budget counts from here: measuring the original and the peers is part of it
+    workers = o.workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers {workers!r}: expected an integer >= 1")
-    if resume:
+    if o.resume:
         spec = _resume(out, budget, log)
     else:
         if task is None:
             raise ConfigError("plan needs a task to measure quality on (--task and --data)")
-        spec = _prepare(model, task, out, budget or Budget(), unlabeled, test, workers, confirm_fraction, seed, log)
-        if peers:
+        spec = _prepare(model, task, out, budget or Budget(), unlabeled, o, log)
+        if o.peers:
             _measure_peers(spec, out, log)
     b = spec.budget_obj
     deadline = start + b.time if b.time else None
-    if ray_address:
+    if o.ray_address:
         from .distributed import run_on_ray
 
-        run_on_ray(out, spec, ray_address, workers, deadline, b.trials, log)
+        run_on_ray(out, spec, o.ray_address, workers, deadline, b.trials, log)
     else:
         _run_workers(out, workers, deadline, b.trials, log)
     result = finalize(out, log)
@@ -76,7 +95,7 @@ def plan(model=None, task=None, out="plan", budget: Budget | None = None, unlabe
     return result
 
 
-def _prepare(model, task, out: Path, budget: Budget, unlabeled, test, workers, confirm_fraction, seed, log) -> PlanSpec:
+def _prepare(model, task, out: Path, budget: Budget, unlabeled, o: PlanOptions, log) -> PlanSpec:
     from ..models.loading import load
     from ..models.saving import save
 
@@ -84,8 +103,9 @@ def _prepare(model, task, out: Path, budget: Budget, unlabeled, test, workers, c
         if (out / "study.db").exists():
             raise SlimformerError(f"{out} holds a plan already; continue it with --resume, or give a new folder")
         raise SlimformerError(f"{out} exists and holds files slimformer did not write; give a new or empty folder")
-    if not 0 < confirm_fraction < 1:
-        raise ConfigError(f"--confirm-fraction {confirm_fraction}: expected a fraction in (0, 1)")
+    test, workers, seed = o.test, o.workers, o.seed
+    if not 0 < o.confirm_fraction < 1:
+        raise ConfigError(f"--confirm-fraction {o.confirm_fraction}: expected a fraction in (0, 1)")
     budget = budget.for_task(task.kind)
     state = out / ".plan"
     state.mkdir(parents=True)
@@ -97,7 +117,7 @@ def _prepare(model, task, out: Path, budget: Budget, unlabeled, test, workers, c
     kind = sm.kind
     if kind not in ("embedding", "classification", "causal-lm"):
         raise ConfigError(f"plan searches embedding models, classifiers and causal LMs; this model is {kind!r}")
-    search, confirm = split_task(task, confirm_fraction, seed) if test is None else (task, test)
+    search, confirm = split_task(task, o.confirm_fraction, seed) if test is None else (task, test)
     if len(search) < 1 or len(confirm) < 1:
         raise ConfigError("the data is too small to split into a search and a confirmation part; give more "
                           "examples or --test FILE")
