@@ -272,8 +272,8 @@ def finalize(out: Path, log=print) -> PlanResult:
         a = t.user_attrs
         if state == "WAITING":
             continue
-        if a.get("why", "").startswith("the same candidate as"):
-            continue  # a repeat the sampler asked for; nothing was run
+        if a.get("idle"):
+            continue  # a candidate not run (a repeat, or no time left for it)
         peer = PEER_RUNTIMES.get(t.params.get("runtime")) if t.params.get("family") == "ptq" else None
         rows.append({"trial": t.number, "state": state, "label": a.get("label"), "steps": a.get("steps"), "peer": peer,
                      "params": t.params, "value": t.value, "feasible": a.get("constraint", 1) <= 0,

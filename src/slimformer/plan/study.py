@@ -64,22 +64,17 @@ def make_objective(worker, spec: PlanSpec, out: Path, deadline: float | None, lo
         cand = suggest(trial, info, budget.objective)
         same = _same_params(trial)
         if same is not None:  # the sampler asked for a candidate already measured: its figures, no work
-            repeats[0] += 1
-            if repeats[0] > MAX_REPEATS:
-                trial.study.stop()
-            trial.set_user_attr("why", f"the same candidate as trial {same.number}")
-            raise optuna.TrialPruned()
+            _idle(trial, repeats, f"the same candidate as trial {same.number}")
+        if deadline is not None and cand.trains:
+            need = _typical_seconds(trial.study, trains=True)
+            if need and time.time() + need > deadline:
+                _idle(trial, repeats, f"not started: a training candidate takes ~{need:.0f}s, "
+                                      f"{max(0, deadline - time.time()):.0f}s left")
         repeats[0] = 0
         trial.set_user_attr("label", cand.label)
         trial.set_user_attr("worker", worker_id)
         trial.set_user_attr("steps", cand.steps())
         trial.set_user_attr("trains", cand.trains)
-        if deadline is not None and cand.trains:
-            need = _typical_seconds(trial.study, trains=True)
-            if need and time.time() + need > deadline:
-                trial.set_user_attr("why", f"not started: a training candidate takes ~{need:.0f}s, "
-                                    f"{max(0, deadline - time.time()):.0f}s left")
-                raise optuna.TrialPruned()
         folder = out / "trials" / f"{trial.number:04d}"
 
         def promote(fig):
@@ -120,7 +115,20 @@ def make_objective(worker, spec: PlanSpec, out: Path, deadline: float | None, lo
     return objective
 
 
-MAX_REPEATS = 30  # candidates in a row that were measured already: the space is exhausted
+MAX_REPEATS = 30  # candidates in a row that were not run (measured already, or no time left for them): stop
+
+
+def _idle(trial, repeats: list, why: str):
+    """A candidate not run: recorded why, pruned; after MAX_REPEATS in a row the study stops (the
+    space is exhausted, or what is left does not fit in the time)."""
+    import optuna
+
+    repeats[0] += 1
+    if repeats[0] > MAX_REPEATS:
+        trial.study.stop()
+    trial.set_user_attr("why", why)
+    trial.set_user_attr("idle", True)
+    raise optuna.TrialPruned()
 
 
 def _same_params(trial):
