@@ -250,3 +250,17 @@ def test_a_student_is_checked_at_its_short_rung_and_the_teacher_cache_is_shared(
     fig = w.run(cand, tmp_path / "t1", promote=lambda f: None)
     assert fig["rung"] == 5 and "confirm_spearman" in fig and fig["throughput_x"] > 0
     assert len(list((out / ".plan" / "cache").glob("teacher-*.pt"))) == 1
+
+
+def test_candidates_not_run_stop_the_study_after_a_limit():
+    """A sampler that only proposes what cannot run (repeats, or training with no time left) stops
+    the study after MAX_REPEATS of them instead of spinning until the deadline."""
+    import optuna
+
+    from slimformer.plan.study import MAX_REPEATS, _idle
+
+    study = optuna.create_study()
+    repeats = [0]
+    study.optimize(lambda t: _idle(t, repeats, "no time left"), n_trials=10 * MAX_REPEATS)
+    assert len(study.trials) == MAX_REPEATS + 1
+    assert all(t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["idle"] for t in study.trials)
