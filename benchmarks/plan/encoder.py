@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--name", help="cache and results name (default MODEL-OBJECTIVE-TIME)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--refinalize", action="store_true", help="rebuild plan.json from the study and reuse the "
+                    "re-timing already in the results file (no timing)")
     a = ap.parse_args()
     name = a.name or f"{a.model}-{a.objective}-{a.time}"
     folder = CACHE / "plan" / name
@@ -69,12 +71,22 @@ def main() -> None:
             res = sf.plan(model_for(a.model), task, folder, budget, unlabeled_sentences(a.data),
                           sf.PlanOptions(workers=a.workers))
         wall = time.time() - t0
+    elif a.refinalize:
+        from slimformer.plan.api import finalize
+
+        res = finalize(folder)
+        wall = None
     else:
         res = json.loads((folder / "plan.json").read_text())
         res = sf.PlanResult(**res)
         wall = None
     plan = res.to_dict()
-    rows = retime(a, plan, folder)
+    old = a.out / f"plan_{name}.json"
+    if a.refinalize and old.exists():
+        prev = json.loads(old.read_text())
+        rows, wall = prev["retimed"], prev.get("wall_seconds")
+    else:
+        rows = retime(a, plan, folder)
     md = markdown(a, plan, rows, wall)
     write(f"plan_{name}", {"plan": plan, "retimed": rows, "wall_seconds": wall, "budget": budget.to_dict()}, md)
 

@@ -272,7 +272,7 @@ def finalize(out: Path, log=print) -> PlanResult:
         a = t.user_attrs
         if state == "WAITING":
             continue
-        if a.get("idle"):
+        if a.get("idle") or str(a.get("why", "")).startswith(("the same candidate as", "not started")):
             continue  # a candidate not run (a repeat, or no time left for it)
         peer = PEER_RUNTIMES.get(t.params.get("runtime")) if t.params.get("family") == "ptq" else None
         rows.append({"trial": t.number, "state": state, "label": a.get("label"), "steps": a.get("steps"), "peer": peer,
