@@ -137,7 +137,9 @@ def _prepare(model, task, out: Path, budget: Budget, unlabeled, o: PlanOptions, 
     spec = PlanSpec(model=str(src), task_kind=task.kind, search=write_task(search, state / "search.json"),
                     confirm=write_task(confirm, state / "confirm.json"), budget=budget.to_dict(), info=info.to_dict(),
                     unlabeled=str(texts_file) if texts_file else None, threads=threads, seed=seed)
-    log(f"plan: {budget.describe()}; {len(search)} examples to search on, {len(confirm)} to confirm on; "
+    unit = (lambda t: f"{sum(x.count(chr(10)) + 1 for x in t.examples)} lines") if task.kind == "lm" else (
+        lambda t: f"{len(t)} examples")
+    log(f"plan: {budget.describe()}; {unit(search)} to search on, {unit(confirm)} to confirm on; "
         f"{threads} thread(s) per trial")
     spec.baseline = _baseline(spec)
     (state / "spec.json").write_text(spec.to_json())
