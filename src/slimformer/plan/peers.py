@@ -21,7 +21,9 @@ PEER_RUNTIMES = {"openvino-int8-static": "OpenVINO int8 (NNCF quantize, static a
 def measure_peers(spec: PlanSpec, folder: Path, log) -> list[dict]:
     w = Worker(spec)
     folder.mkdir(parents=True, exist_ok=True)
-    out = [{"label": "original (fp32 PyTorch)", **_figures(w, w.original), "throughput_x": 1.0, "latency_x": 1.0}]
+    base = {k: v for k, v in spec.baseline.items() if k.startswith(("search_", "confirm_"))}  # measured already
+    out = [{"label": "original (fp32 PyTorch)", **base, "throughput_x": 1.0, "latency_x": 1.0, "bytes_x": 1.0,
+            "memory_x": 1.0, "bytes": spec.baseline["bytes"], "peak_memory_mb": spec.baseline["peak_memory_mb"]}]
     if w.original.kind != "causal-lm":
         got = _ort_dynamic(w, folder)
         if got is not None:
