@@ -4,9 +4,9 @@
 
 1. `slimformer plan --time 5m` (MiniLM, STS-B dev, the distillation sentences as --unlabeled):
    its wall time, from the command's start to its exit, and whether best/ holds a model.
-2. `slimformer plan --time 10m`, killed with SIGKILL (the whole process group) after --kill-after
-   seconds, then `slimformer plan --resume --time 2m`: the trials completed before the kill are still
-   in the study and the resumed run adds trials to it.
+2. `slimformer plan --time 10m`, killed with SIGKILL (the whole process group) once a trial has
+   completed (or after --kill-after seconds), then `slimformer plan --resume --time 2m`: the trials
+   completed before the kill are still in the study and the resumed run completes more.
 Writes benchmarks/results/plan_time_budget.{json,md}.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def trials(out: Path) -> list[tuple[int, str]]:
 def main() -> None:
     ap = base_parser(__doc__.splitlines()[0])
     ap.add_argument("--time", default="5m")
-    ap.add_argument("--kill-after", type=float, default=180)
+    ap.add_argument("--kill-after", type=float, default=600)
     a = ap.parse_args()
     import shutil
 
@@ -63,7 +63,12 @@ def main() -> None:
     shutil.rmtree(out2, ignore_errors=True)
     p = subprocess.Popen(SLIMFORMER + ["plan", *common, "--time", "10m", "--out", str(out2)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(a.kill_after)
+    t_kill = time.time()
+    while time.time() - t_kill < a.kill_after:  # kill once a trial is done, as a crash mid-plan would
+        if (out2 / "study.db").exists() and any(s == "COMPLETE" for _, s in trials(out2)):
+            break
+        time.sleep(1)
+    killed_at = time.time() - t_kill
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     before = trials(out2)
@@ -75,7 +80,7 @@ def main() -> None:
     after = trials(out2)
     kept = [n for n, s in before if s == "COMPLETE"]
     payload = {"time_budget": a.time, "wall_seconds": wall, "exit": r.returncode, "trials": len(plan1.get("trials", [])),
-               "best": best1, "note": plan1.get("note"), "kill_after_seconds": a.kill_after,
+               "best": best1, "note": plan1.get("note"), "killed_after_seconds": killed_at,
                "trials_before_kill": before, "best_saved_before_kill": best_after_kill, "resume_exit": r2.returncode,
                "resume_wall_seconds": resume_wall, "trials_after_resume": after,
                "completed_kept": all((n, "COMPLETE") in after for n in kept),
@@ -87,10 +92,11 @@ def main() -> None:
         f"| `plan --time {a.time}`: wall time from start to exit | {wall:.0f} s (limit {_secs(a.time) * 1.1:.0f} s), "
         f"exit {r.returncode}, {payload['trials']} trials |",
         f"| best so far saved | {'yes: trial ' + str(best1['trial']) + ' (' + best1['label'] + ')' if best1 else 'no'} |",
-        f"| killed with SIGKILL after {a.kill_after:.0f} s | {len(kept)} trials completed, best/ "
+        f"| killed with SIGKILL after {killed_at:.0f} s | {len(kept)} trial(s) completed, best/ "
         f"{'saved' if best_after_kill else 'missing'} |",
-        f"| `plan --resume --time 2m` | exit {r2.returncode} in {resume_wall:.0f} s; trials {len(before)} -> {len(after)}; "
-        f"the completed ones kept: {payload['completed_kept']} |", ""])
+        f"| `plan --resume --time 2m` | exit {r2.returncode} in {resume_wall:.0f} s; completed trials {len(kept)} -> "
+        f"{sum(s == 'COMPLETE' for _, s in after)}, the earlier ones kept: {payload['completed_kept']}; "
+        f"interrupted trials marked: {sum(s == 'FAIL' for _, s in after)} |", ""])
     write("plan_time_budget", payload, md)
 
 
