@@ -36,4 +36,4 @@ def test_readme_is_short_and_opens_with_the_two_commands():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 250
     first = text.split("```")[1]
-    assert "slimformer compress --recipe int8" in first and "pytest -q" in first
+    assert "slimformer compress --recipe fastest" in first and "pytest -q" in first
