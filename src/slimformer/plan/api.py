@@ -173,11 +173,18 @@ def _resume(out: Path, budget: Budget | None, log) -> PlanSpec:
     study = open_study(out, spec.budget_obj, spec.seed)
     stale = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "why", "interrupted (the plan was stopped); not resumed")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        _stop(study, t, "interrupted (the plan was stopped); not resumed")
         stale += 1
     log(f"resuming the plan in {out}: {len(study.trials)} trials so far" + (f", {stale} interrupted" if stale else ""))
     return spec
+
+
+def _stop(study, frozen, why: str) -> None:
+    """Mark a trial left RUNNING by a killed worker as failed, with why."""
+    import optuna
+
+    optuna.trial.Trial(study, frozen._trial_id).set_user_attr("why", why)  # a live handle on the stored trial
+    study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _layer_count(sm) -> int:
@@ -266,8 +273,7 @@ def finalize(out: Path, log=print) -> PlanResult:
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == optuna.trial.TrialState.RUNNING:  # killed at the deadline
-            study._storage.set_trial_user_attr(t._trial_id, "why", "stopped at the time limit")
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            _stop(study, t, "stopped at the time limit")
             state = "FAIL"
         else:
             state = t.state.name
