@@ -90,8 +90,8 @@ def first_candidates(info: SpaceInfo, objective: str) -> list[dict]:
         rt = "onnx-int8" if objective == "bytes" else "deploy"  # in the fastest runtime here (or the smallest)
         for depth in sorted({max(1, info.layers // 2), max(1, (2 * info.layers) // 3)}):
             first.append({"family": "student", "depth": depth, "layers": "strided", "ffn_prune": 0.0,
-                          "head_prune": 0.0, "runtime": rt,
-                          **({"embedding_rank": 0.0, "ffn_lowrank": 1.0} if objective == "bytes" else {})})
+                          "head_prune": 0.0, "runtime": rt,  # bytes: the token table is most of a small encoder
+                          **({"embedding_rank": 0.33, "ffn_lowrank": 1.0} if objective == "bytes" else {})})
     return first
 
 
