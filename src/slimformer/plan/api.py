@@ -272,12 +272,12 @@ def finalize(out: Path, log=print) -> PlanResult:
     lower = metric == "perplexity"
     rows = []
     for t in study.get_trials(deepcopy=False):
+        a = dict(t.user_attrs)
         if t.state == optuna.trial.TrialState.RUNNING:  # killed at the deadline
             _stop(study, t, "stopped at the time limit")
-            state = "FAIL"
+            state, a["why"] = "FAIL", "stopped at the time limit"
         else:
             state = t.state.name
-        a = t.user_attrs
         if state == "WAITING":
             continue
         if a.get("idle") or str(a.get("why", "")).startswith(("the same candidate as", "not started")):
