@@ -24,7 +24,7 @@ from .budget import Budget
 from .peers import PEER_RUNTIMES
 from .space import SpaceInfo, available_runtimes, first_candidates
 from .study import DIRECTION, VALUE_KEY, open_study, progress_log
-from .trial import PlanSpec, Worker, read_task, write_task
+from .trial import PlanSpec, Worker, write_task
 
 SPLIT_MIN = 20  # examples in each part, at least
 

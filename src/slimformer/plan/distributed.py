@@ -30,24 +30,17 @@ def trainable(config: dict) -> dict:
     import torch
 
     from .space import SpaceInfo, suggest
-    from .study import RUNG_SLACK, _budget_kind
+    from .study import rung_verdict
     from .trial import Pruned, Worker
 
     out = Path(config.pop("__plan_out"))
-    number = int(config.pop("__trial_number", 0))
     spec = PlanSpec.read(out / ".plan" / "spec.json")
     torch.set_num_threads(spec.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     budget, info = spec.budget_obj, SpaceInfo(**spec.info)
     cand = suggest(optuna.trial.FixedTrial(config), info, budget.objective)
-    metric = budget.metric(spec.task_kind)
-
-    def loss(fig, part):
-        return budget.loss(spec.task_kind, spec.baseline[f"{part}_{metric}"], fig.get(f"{part}_{metric}"))
-
     def promote(fig):
-        over, slack = loss(fig, "search"), RUNG_SLACK[_budget_kind(budget)]
-        return f"{metric} {over:.2f} beyond the budget after the short rung" if over > slack else None
+        return rung_verdict(spec, fig)
 
     base = {"label": cand.label, "steps": cand.steps(), "trains": cand.trains}
     folder = out / "trials" / f"ray-{time.time_ns()}"
@@ -64,7 +57,6 @@ def run_on_ray(out: Path, spec: PlanSpec, address: str, workers: int, deadline: 
     import optuna
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from .space import SpaceInfo
     from .study import DIRECTION, STUDY_NAME, storage_url, value_of

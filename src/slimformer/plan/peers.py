@@ -48,7 +48,7 @@ def _said(spec, p: dict) -> str:
 
 def _figures(w: Worker, sm) -> dict:
     t0 = time.perf_counter()
-    fig = {**w.quality(sm, w.search, "search"), **w.quality(sm, w.confirm, "confirm"), **w.speed(sm), **w.size(sm)}
+    fig = w.measure(sm)
     fig["seconds"] = time.perf_counter() - t0
     return fig
 

@@ -78,13 +78,8 @@ def make_objective(worker, spec: PlanSpec, out: Path, deadline: float | None, lo
         folder = out / "trials" / f"{trial.number:04d}"
 
         def promote(fig):
-            over = loss(fig, "search")
-            slack = RUNG_SLACK[_budget_kind(budget)]
-            trial.report(-over, step=int(info.rung_steps))
-            if over > slack:
-                return (f"{metric} {fig[f'search_{metric}']:.2f} after {info.rung_steps} steps is {over:.2f} beyond "
-                        f"the budget (promoted only within {slack:g})")
-            return None
+            trial.report(-loss(fig, "search"), step=int(info.rung_steps))
+            return rung_verdict(spec, fig)
 
         log(f"trial {trial.number}: {cand.label} ...")
         try:
@@ -138,6 +133,18 @@ def _same_params(trial):
                                                             optuna.trial.TrialState.RUNNING)):
         if t.number != trial.number and t.params == trial.params:
             return t
+    return None
+
+
+def rung_verdict(spec: PlanSpec, fig: dict) -> str | None:
+    """Why a student stops at its short rung (more than RUNG_SLACK beyond the budget), or None."""
+    budget, rung = spec.budget_obj, spec.info.get("rung_steps")
+    metric = budget.metric(spec.task_kind)
+    over = budget.loss(spec.task_kind, spec.baseline[f"search_{metric}"], fig.get(f"search_{metric}"))
+    slack = RUNG_SLACK[_budget_kind(budget)]
+    if over > slack:
+        return (f"{metric} {fig[f'search_{metric}']:.2f} after {rung} steps is {over:.2f} beyond the budget "
+                f"(promoted only within {slack:g})")
     return None
 
 

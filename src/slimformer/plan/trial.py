@@ -7,7 +7,6 @@ sequence length; bytes on disk; peak memory of one forward."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,13 +102,25 @@ class Worker:
         rung = self.spec.info.get("rung_steps")
         callbacks = [RungCheck(self, sm, rung, promote, t0)] if cand.trains and promote and rung else []
         compress(sm, cand.steps(), self.search, folder / "model", self.options(callbacks))
-        final = self._load(folder / "model")
-        figures = {**self.quality(final, self.search, "search"), **self.quality(final, self.confirm, "confirm"),
-                   **self.speed(final), **self.size(final)}
+        figures = self.measure(self._load(folder / "model"))
         for cb in callbacks:
             figures.update(cb.seen)
         figures["seconds"] = time.perf_counter() - t0
         return figures
+
+    def measure(self, sm) -> dict:
+        """Quality on both parts, speed against the original, bytes and memory."""
+        return {**self.quality(sm, self.search, "search"), **self.quality(sm, self.confirm, "confirm"),
+                **self.speed(sm), **self.size(sm)}
+
+    def inputs(self, batch: int) -> dict:
+        """A batch x seq_len batch of the search part's tokens (made once per batch size)."""
+        from ..evaluate.efficiency import make_inputs
+
+        cache = self.__dict__.setdefault("_inputs", {})
+        if batch not in cache:
+            cache[batch] = make_inputs(self.original, self.search.texts(), batch, self.budget.seq_len)
+        return dict(cache[batch])
 
     def _load(self, folder: Path):
         from ..export.options import ONNX_META_FILE
@@ -131,13 +142,11 @@ class Worker:
 
     def speed(self, sm) -> dict:
         """Throughput (batch x seq) and batch-1 latency as ratios to the original, interleaved here."""
-        from ..evaluate.efficiency import interleaved_seconds, make_inputs
+        from ..evaluate.efficiency import interleaved_seconds
 
         b = self.budget
-        texts = self.search.texts() or []
         models = {"original": self.original, "candidate": sm}
-        big = make_inputs(self.original, texts, b.batch_size, b.seq_len)
-        one = make_inputs(self.original, texts, 1, b.seq_len)
+        big, one = self.inputs(b.batch_size), self.inputs(1)
         for enc in (big, one):
             if "token_type_ids" not in _input_names(sm):
                 enc.pop("token_type_ids", None)
@@ -148,9 +157,9 @@ class Worker:
                 "latency_ms": lat["candidate"] * 1e3, "throughput": b.batch_size / tp["candidate"]}
 
     def size(self, sm) -> dict:
-        from ..evaluate.efficiency import make_inputs, peak_memory_mb, saved_bytes
+        from ..evaluate.efficiency import peak_memory_mb, saved_bytes
 
-        enc = make_inputs(self.original, self.search.texts(), self.budget.batch_size, self.budget.seq_len)
+        enc = self.inputs(self.budget.batch_size)
         if "token_type_ids" not in _input_names(sm):
             enc.pop("token_type_ids", None)
         nbytes = saved_bytes(sm)["bytes"]
