@@ -141,3 +141,30 @@ def test_smollm2_compressed_tensors_loads_in_transformers_with_our_perplexity(sm
         ours = math.exp(sm.model(input_ids=ids, labels=ids).loss.item())
         theirs = math.exp(plain(input_ids=ids, labels=ids).loss.item())
     assert abs(theirs / ours - 1) < 0.005, (ours, theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["w4", "w4-gptq"])
+def test_smollm2_streamed_layer_by_layer_is_bit_identical_to_the_whole_model(smollm2, tmp_path, scheme):
+    """SmolLM2-135M as a bf16 checkpoint: quantized streamed one layer at a time and loaded whole,
+    the two saved models give the very same logits."""
+    import torch
+
+    import slimformer as sf
+    from slimformer.quantize import quantize_steps
+
+    src = tmp_path / "src"
+    smollm2.model.to(torch.bfloat16).save_pretrained(src, max_shard_size="100MB")
+    smollm2.model.to(torch.float32)
+    smollm2.tokenizer.save_pretrained(src)
+    texts = sf.sample_sentences()[:24]
+    ids = smollm2.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")["input_ids"]
+    logits = {}
+    for stream in (False, True):
+        model = sf.load(str(src), stream=stream)
+        assert (model.stream is not None) == stream
+        sf.compress(model, {"name": scheme, "steps": [s.to_dict() for s in quantize_steps(scheme)]}, None,
+                    tmp_path / f"out-{stream}", sf.CompressOptions(evaluation=False, calibration_source=texts))
+        with torch.inference_mode():
+            logits[stream] = sf.load(str(tmp_path / f"out-{stream}")).model(ids).logits
+    assert torch.equal(logits[False], logits[True])

@@ -17,6 +17,20 @@ def count(text: str) -> int:
     return _integer(text, 0)
 
 
+def memory_size(text: str) -> int:
+    """argparse type: a memory size such as 4G, 1.5GB, 800M (bytes)."""
+    from ..core.errors import SlimformerError
+    from ..models.streaming import parse_size
+
+    try:
+        n = parse_size(text)
+    except SlimformerError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"memory size {text!r}: must be above zero (e.g. 4G)")
+    return n
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     try:

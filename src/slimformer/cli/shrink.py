@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import (MODEL_HELP, add_log_with, trackers_arg, add_eval_args, count, eval_options, positive, positive_float, run_recipe,
+from .common import (MODEL_HELP, add_log_with, memory_size, trackers_arg, add_eval_args, count, eval_options, positive, positive_float, run_recipe,
                      task_from_args)
 
 
@@ -17,6 +17,7 @@ def add_parsers(sub) -> None:
                    "distill step): a text file (one a line) or task files, several joined with ','")
     p.add_argument("--out", required=True, help="output folder: model, result.json, report.md, report.html. A recipe that trains "
                    "keeps checkpoints in .OUT.slimformer-work beside it: re-run the same command to resume")
+    _memory_arg(p)
     add_log_with(p)
     p.set_defaults(run=cmd_compress)
 
@@ -135,6 +136,14 @@ def add_parsers(sub) -> None:
 def _calibration_args(p, help_text: str) -> None:
     p.add_argument("--data", help=help_text)
     p.add_argument("--calibration-samples", type=positive, default=128, help="texts to calibrate on (default 128)")
+    _memory_arg(p)
+
+
+def _memory_arg(p) -> None:
+    p.add_argument("--max-memory", type=memory_size, metavar="SIZE", help="e.g. 4G: refuse up front, with the estimate, "
+                   "a run that needs more. A decoder LM folder of safetensors is streamed one layer at a time "
+                   "through a single layer-local step (w4, w4-gptq, w8, sparsegpt, wanda): about one layer plus "
+                   "the calibration activations in memory, whatever the model's size")
 
 
 def cmd_compress(a) -> None:
@@ -142,8 +151,8 @@ def cmd_compress(a) -> None:
     from ..report.markdown import render_markdown
 
     task = task_from_args(a)
-    res = run_recipe(load(a.model), a.recipe, a.out, task, evaluation=True, evaluate=eval_options(a),
-                     unlabeled=a.unlabeled, trackers=trackers_arg(a))
+    res = run_recipe(load(a.model, stream=True), a.recipe, a.out, task, evaluation=True, evaluate=eval_options(a),
+                     unlabeled=a.unlabeled, trackers=trackers_arg(a), max_memory=a.max_memory)
     print(render_markdown(res))
     if task is None:
         print("no --task/--data given: calibrated and measured fidelity on the packaged sample sentences; task "
@@ -158,8 +167,8 @@ def cmd_quantize(a) -> None:
 
     steps = quantize_steps(a.scheme, smoothquant=a.smoothquant, max_drop=a.max_drop, fallback=a.fallback,
                            max_kept=a.max_kept, search_texts=a.search_texts)
-    res = run_recipe(load(a.model), _named(f"quantize {a.scheme}", steps), a.out,
-                     calibration_samples=a.calibration_samples, calibration_source=a.data)
+    res = run_recipe(load(a.model, stream=True), _named(f"quantize {a.scheme}", steps), a.out,
+                     calibration_samples=a.calibration_samples, calibration_source=a.data, max_memory=a.max_memory)
     print(f"wrote {a.out} ({', '.join(st.method for st in res.steps)}; result.json lists the steps)")
 
 
@@ -169,8 +178,8 @@ def cmd_prune(a) -> None:
 
     cfg = prune_config(method=a.method, structure=a.structure, amount=a.amount, count=a.count, pattern=a.pattern,
                        scope=a.scope, importance=a.importance, bits=a.bits)
-    res = run_recipe(load(a.model), _named(f"prune {cfg.method}", [cfg]), a.out,
-                     calibration_samples=a.calibration_samples, calibration_source=a.data)
+    res = run_recipe(load(a.model, stream=True), _named(f"prune {cfg.method}", [cfg]), a.out,
+                     calibration_samples=a.calibration_samples, calibration_source=a.data, max_memory=a.max_memory)
     st = res.steps[-1]
     print(f"wrote {a.out} ({cfg.method}: {st.params_before:,} -> {st.params_after:,} params, "
           f"{st.bytes_before / 1e6:.1f} -> {st.bytes_after / 1e6:.1f} MB; result.json has the per-layer details)")
@@ -183,7 +192,7 @@ def cmd_factorize(a) -> None:
     steps = factorize_steps(a.method, ratio=a.ratio, rank=a.rank, allocation=a.allocation, group=a.group,
                             embedding_rank=a.embedding_rank or 0)
     res = run_recipe(load(a.model), _named(f"factorize {a.method}", steps), a.out,
-                     calibration_samples=a.calibration_samples, calibration_source=a.data)
+                     calibration_samples=a.calibration_samples, calibration_source=a.data, max_memory=a.max_memory)
     first, last = res.steps[0], res.steps[-1]
     print(f"wrote {a.out} ({', '.join(st.method for st in res.steps)}: {first.params_before:,} -> "
           f"{last.params_after:,} params, {first.bytes_before / 1e6:.1f} -> {last.bytes_after / 1e6:.1f} MB; "

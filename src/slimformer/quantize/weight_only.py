@@ -13,19 +13,21 @@ from ..core.config import Applied, Traits, register_method
 from ..core.errors import ConfigError, DataError
 from ..core.targets import select_modules
 from ..data import model_batches
-from ..models.sequential import with_hessians
+from ..models.sequential import by_layer, with_hessians
+from ..models.streaming import materialized
 from ..models.surgery import set_module as _set_module
 from .awq import awq_scale_
 from .awq import summary as awq_summary
 from .configs import AwqConfig, RotateConfig, WeightOnlyConfig
 from .gptq import coordinate_descent, gptq_quantize, refit_gptq
-from .handlers import _is_linear, _record, _replace_linear, head_name, linear_targets, quantize_embedding, tied_head
+from .handlers import (_is_linear, _record, _replace_linear, embedding_name, head_name, linear_targets,
+                       quantize_embedding, tied_head)
 from .modules import GroupQuantLinear, linear_weight
 from ..core.qmath import dequantize_groupwise, quantize_groupwise, resolve_group_size
 from .rotation import RotatedLinear, RotatedNorm, rotate_
 
 
-@register_method(WeightOnlyConfig, traits=Traits(needs_calibration=True))
+@register_method(WeightOnlyConfig, traits=Traits(needs_calibration=True, layer_local=True))
 def weight_only(sm, cfg: WeightOnlyConfig, run) -> Applied:
     warnings = []
     targets, head, body = _weight_only_layers(sm, cfg)
@@ -54,17 +56,20 @@ def weight_only(sm, cfg: WeightOnlyConfig, run) -> Applied:
             errors[name] = _group_quantize(sm, name, mod, cfg, H, layer_of(name))
 
         warnings += with_hessians(sm, body, batches, quantize_one, cfg.sequential, cfg.true_sequential, name="gptq")
-    else:
-        for name, mod in tqdm(body, desc=f"int{cfg.bits} rtn", leave=False):
+    else:  # one layer at a time (a streamed model reads each layer, then writes it out)
+        for name, mod in by_layer(sm, body, f"int{cfg.bits} rtn"):
             _group_quantize(sm, name, mod, cfg, None, layer_of(name))
-    if head is not None and any(n == head for n, _ in targets) and not (cfg.embeddings and tied):
+    head_in = head is not None and any(n == head for n, _ in targets)
+    if head_in and not (cfg.embeddings and tied):
         # the head: int8 per channel weight-only (vocab-sized; 4 bits hurt)
-        _replace_linear(sm, head, sm.model.get_submodule(head), act=None)
+        with materialized(sm, [head]):
+            _replace_linear(sm, head, sm.model.get_submodule(head), act=None)
     if cfg.embeddings:
         # int8 per row; a head tied to the table reads the same int8 table (stored once)
-        warnings += quantize_embedding(sm)
-        if tied and any(n == head for n, _ in targets) and _is_linear(sm.model.get_submodule(head)):
-            _replace_linear(sm, head, sm.model.get_submodule(head), act=None)  # the table stayed float
+        with materialized(sm, [embedding_name(sm)] + ([head] if tied and head_in else [])):
+            warnings += quantize_embedding(sm)
+            if tied and head_in and _is_linear(sm.model.get_submodule(head)):
+                _replace_linear(sm, head, sm.model.get_submodule(head), act=None)  # the table stayed float
     if wide:
         n8 = sum(1 for n, _ in body if n in wide)
         warnings.append(f"mixed int4/int8: {n8} of {len(body)} layers at 8 bits")

@@ -39,6 +39,7 @@ class CompressOptions:
     trackers: tuple = ()
     callbacks: tuple = ()  # trainer callbacks every training step gets (see Run.callbacks)
     cache_dir: object = None  # a folder runs share for work that repeats between them (see Run.cache_dir)
+    max_memory: int | None = None  # bytes: refuse up front a run estimated above it; smaller output shards
 
 
 def calibration_texts_for(task, n: int, seed: int, source=None) -> list[str]:
@@ -65,20 +66,77 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     check_recipe(rec, model)
     if out is not None:
         _check_out(out, model)
+    shard = plan_memory(model, rec, opts, out)  # streamed or whole; a run above --max-memory stops here
     lock = OutputLock(out) if out is not None and _main_process() else contextlib.nullcontext()
     with lock:  # a second run with the same --out is refused while this one is alive
         if out is not None:
             remove_stale(Path(out).expanduser().resolve())
-        return _compress(model, rec, task, out, opts)
+        return _compress(model, rec, task, out, opts, shard)
 
 
-def _compress(model, rec, task, out, opts) -> CompressionResult:
+def plan_memory(model, rec, opts: CompressOptions, out) -> int | None:
+    """For a model streamed from its shards (`load(folder, stream=True)`): keep it streamed when the
+    recipe is one layer-local step written to `out` and nothing evaluates the whole model; else load
+    it whole, saying why and how much memory that takes. With opts.max_memory, refuse up front a run
+    whose estimate is above it. Returns the output shard size of a streamed run (else None)."""
+    from ..core.errors import SlimformerError
+    from ..models.streaming import SHARD_BYTES, estimate_bytes, human, load_whole, whole_model_bytes
+
+    stream = getattr(model, "stream", None)
+    limit = opts.max_memory
+    if stream is not None:
+        why = None
+        if len(rec.steps) != 1 or not traits_of(rec.steps[0]).layer_local:
+            names = ", ".join(c.method for c in rec.steps if not traits_of(c).layer_local) or "more than one step"
+            why = f"{names} works on the whole model (streamed: one layer-local step)"
+        elif opts.evaluation:
+            why = "evaluating before and after runs the whole model"
+        elif out is None:
+            why = "no output folder to write the streamed layers to"
+        if why is None:
+            cfg = rec.steps[0]
+            calib = traits_of(cfg).needs_calibration and getattr(cfg, "algorithm", "gptq") != "rtn"
+            samples = getattr(cfg, "calibration_samples", 0) if calib else 0
+            tokens = getattr(cfg, "calibration_tokens", 0) if calib else 0
+            shard = SHARD_BYTES if limit is None else int(min(SHARD_BYTES, max(64 << 20, limit // 8)))
+            est = estimate_bytes(model, samples, tokens, shard)
+            if limit is not None and est["total"] > limit:
+                rest = est["total"] - est.get("activations", 0)
+                fit = int((limit - rest) // (tokens * model.config.hidden_size * 4)) if samples else 0
+                hint = (f"; {fit} calibration samples of {tokens} tokens would fit" if fit > 0 else
+                        f"; the process and one layer alone need {human(rest)}" if rest > limit else "")
+                raise SlimformerError(f"--max-memory {human(limit)}: streaming one layer at a time needs about "
+                                      f"{human(est['total'])} ({', '.join(f'{k} {human(v)}' for k, v in est.items() if k != 'total')}){hint}")
+            if opts.progress:
+                print(f"streaming {stream.folder}: one layer in memory at a time (about {human(est['total'])} at most)",
+                      file=sys.stderr, flush=True)
+            return shard
+        need = whole_model_bytes(model)
+        if limit is not None and need > limit:
+            raise SlimformerError(f"--max-memory {human(limit)}: {why}, and loading it whole needs about {human(need)} "
+                                  "in float32; run a layer-local step alone (quantize w4/w4-gptq/w8, prune sparsegpt/"
+                                  "wanda) without evaluation to stream it")
+        print(f"{why}: loading the whole model first (about {human(need)} in float32)", file=sys.stderr, flush=True)
+        load_whole(model)
+        return None
+    if limit is not None and hasattr(model, "num_params"):
+        need = 4 * model.num_params()
+        if need > limit:
+            raise SlimformerError(f"--max-memory {human(limit)}: the model is loaded whole ({human(need)} in float32); "
+                                  "load it with stream=True (the CLI does for a folder of safetensors) to stream "
+                                  "layer-local steps")
+    return None
+
+
+def _compress(model, rec, task, out, opts, shard=None) -> CompressionResult:
     unlabeled = _unlabeled(opts.unlabeled)  # a bad path fails here, before any work
     trains = last_training_step(rec) is not None
     needs_original = opts.evaluation or any(traits_of(s).needs_original for s in rec.steps)
     baseline = evaluate(model, task, None, opts.evaluate) if opts.evaluation else None
     calib = calibration_texts_for(task, opts.calibration_samples, opts.seed, opts.calibration_source)
     work, resumed = _work_folder(out, rec, model, keep=trains)
+    if getattr(model, "stream", None) is not None:
+        model.stream.start(work / "stream", shard)  # finished layers are written here, moved into `out` at the end
     if resumed and opts.progress:
         print(f"resuming the interrupted run kept in {work}", file=sys.stderr, flush=True)
     ok = False
@@ -213,6 +271,8 @@ def _module_bytes(final) -> dict:
     """Bytes per part of a PyTorch model (for the report); {} for an exported artifact."""
     from ..evaluate.efficiency import bytes_by_module
 
+    if getattr(final, "stream", None) is not None:
+        return final.stream.bytes_by_module()
     net = getattr(final, "model", None)
     return bytes_by_module(net) if hasattr(net, "state_dict") and not hasattr(final, "disk_bytes") else {}
 

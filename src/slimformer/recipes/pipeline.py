@@ -65,6 +65,8 @@ def run_steps(model, recipe, run=None, after_step=None, progress: bool = False):
         secs = time.perf_counter() - t0
         if out.model is not None:
             current = out.model
+        if getattr(current, "stream", None) is not None:
+            current.stream.finish()  # a streamed step: what it did not touch is copied over
         after = saved_bytes(current)["bytes"], current.num_params()
         records.append(StepRecord(cfg.method, cfg.to_dict(), before[1], after[1], before[0], after[0],
                                   round(secs, 3), list(out.warnings), dict(out.details), traits_of(cfg).names()))

@@ -1,0 +1,115 @@
+"""Streaming a model from its shards, one layer at a time: the same output as the whole-model path,
+one layer in memory, clear errors for bad shards and memory limits."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import slimformer as sf
+from slimformer.core.errors import ModelLoadError
+from slimformer.quantize import quantize_steps
+from slimformer.testing.slim import tiny_slim
+
+IDS = torch.tensor([[1, 5, 7, 9, 11, 3, 20, 31]])
+
+
+def _checkpoint(path, layers=4, tied=False):
+    """A tiny Llama in bf16, sharded (as a hub checkpoint is)."""
+    sm = tiny_slim("llama", "causal-lm", num_hidden_layers=layers, tie_word_embeddings=tied)
+    sm.model.to(torch.bfloat16).save_pretrained(path, max_shard_size="20KB")
+    sm.tokenizer.save_pretrained(path)
+    assert len(list(path.glob("*.safetensors"))) > 1
+    return path
+
+
+def _compress(src, steps, out, stream):
+    model = sf.load(str(src), stream=stream)
+    assert (model.stream is not None) == stream
+    res = sf.compress(model, {"name": "t", "steps": [s.to_dict() for s in steps]}, None, out,
+                      sf.CompressOptions(evaluation=False))
+    return model, res
+
+
+@pytest.mark.parametrize("steps,tied", [
+    (quantize_steps("w4"), True),
+    (quantize_steps("w4-gptq"), False),
+    (quantize_steps("w8"), False),
+    ([sf.SparseGPTConfig(amount=0.5)], True),
+    ([sf.WandaConfig(amount=0.5)], False),
+], ids=["w4", "w4-gptq", "w8", "sparsegpt", "wanda"])
+def test_streamed_and_whole_model_give_bit_identical_outputs(tmp_path, steps, tied):
+    src = _checkpoint(tmp_path / "src", tied=tied)
+    logits = {}
+    for stream in (False, True):
+        model, res = _compress(src, steps, tmp_path / f"out-{stream}", stream)
+        logits[stream] = sf.load(str(tmp_path / f"out-{stream}")).model(IDS).logits
+        if stream:
+            r = model.stream.reader
+            layer = 2 * sum(r.nbytes(k) for k in r.keys() if k.startswith("model.layers.0."))  # bf16 -> float32
+            embedding = 2 * r.nbytes("model.embed_tokens.weight")
+            # at most one layer and the embedding (both float32) in memory at a time, never the model
+            assert model.stream.peak_loaded <= layer + embedding + 1024 < 2 * r.nbytes()
+            assert res.steps[0].bytes_after < res.steps[0].bytes_before or steps[0].method != "weight_only"
+    assert torch.equal(logits[False], logits[True])
+
+
+def test_streamed_output_keeps_the_stored_dtype_and_is_sharded(tmp_path):
+    from safetensors import safe_open
+
+    src = _checkpoint(tmp_path / "src")
+    model = sf.load(str(src), stream=True)
+    model.stream.start(tmp_path / "stage", 20_000)  # small shards
+    sf.quantize_(model, quantize_steps("w4")[0])
+    model.stream.finish()
+    sf.save(model, tmp_path / "out")
+    files = sorted((tmp_path / "out").glob("slimformer-model-*.safetensors"))
+    assert len(files) > 1
+    index = json.loads((tmp_path / "out" / "slimformer-model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {f.name for f in files}
+    with safe_open(str(files[0]), "pt") as f:
+        norms = [k for k in f.keys() if k.endswith("layernorm.weight")]
+        assert norms and all(f.get_tensor(k).dtype == torch.bfloat16 for k in norms)
+    assert not (tmp_path / "stage").exists() or not list((tmp_path / "stage").glob("*.safetensors"))
+    reloaded = sf.load(str(tmp_path / "out"))
+    assert torch.isfinite(reloaded.model(IDS).logits).all()
+
+
+def test_a_recipe_that_needs_the_whole_model_loads_it_whole_and_says_so(tmp_path, capsys):
+    src = _checkpoint(tmp_path / "src")
+    model = sf.load(str(src), stream=True)
+    sf.compress(model, "int4-gptq-rot", None, tmp_path / "out", sf.CompressOptions(evaluation=False, calibration_samples=8))
+    err = capsys.readouterr().err
+    assert "rotate works on the whole model" in err and "loading the whole model first" in err
+    assert model.stream is None and sf.load(str(tmp_path / "out")).model(IDS).logits.isfinite().all()
+
+
+def test_truncated_or_missing_shard_is_a_one_line_error_naming_it(tmp_path):
+    src = _checkpoint(tmp_path / "src")
+    shard = sorted(src.glob("model-*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    with pytest.raises(ModelLoadError, match=f"shard .*{shard.name}: truncated"):
+        sf.load(str(src), stream=True)
+    shard.unlink()
+    with pytest.raises(ModelLoadError, match=f"shard {shard.name} named in model.safetensors.index.json is missing"):
+        sf.load(str(src), stream=True)
+    r = subprocess.run([sys.executable, "-m", "slimformer.cli", "quantize", str(src), "--scheme", "w4", "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode != 0 and shard.name in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_memory_below_one_layer_is_refused_before_work_with_the_estimate(tmp_path):
+    src = _checkpoint(tmp_path / "src")
+    r = subprocess.run([sys.executable, "-m", "slimformer.cli", "quantize", str(src), "--scheme", "w4-gptq", "--out",
+                        str(tmp_path / "out"), "--max-memory", "50M"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "--max-memory 50 MiB" in line and "needs about" in line and "layer" in line
+    assert not (tmp_path / "out").exists()
+    r = subprocess.run([sys.executable, "-m", "slimformer.cli", "quantize", str(src), "--scheme", "w4", "--out",
+                        str(tmp_path / "out"), "--max-memory", "3G"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "streaming" in r.stderr and sf.load(str(tmp_path / "out")).model(IDS).logits.isfinite().all()
