@@ -113,3 +113,23 @@ def test_max_memory_below_one_layer_is_refused_before_work_with_the_estimate(tmp
                         str(tmp_path / "out"), "--max-memory", "3G"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "streaming" in r.stderr and sf.load(str(tmp_path / "out")).model(IDS).logits.isfinite().all()
+
+
+def test_layer_by_layer_perplexity_equals_the_whole_model_for_float_and_quantized(tmp_path, shared_data):
+    src = _checkpoint(tmp_path / "src", tied=True)
+    _compress(src, quantize_steps("w4"), tmp_path / "q", stream=True)
+    task = sf.load_task("lm", shared_data / "wikitext2" / "valid.txt")
+    opts = sf.EvalOptions(task=sf.TaskOptions(ppl_max_tokens=2000, progress=False), efficiency=False)
+    for folder in (src, tmp_path / "q"):
+        whole = sf.evaluate(sf.load(str(folder)), task, None, opts)
+        streamed_model = sf.load(str(folder), stream=True)
+        assert streamed_model.stream is not None
+        streamed = sf.evaluate(streamed_model, task, None, opts)
+        assert streamed.metrics["perplexity"] == pytest.approx(whole.metrics["perplexity"], rel=1e-6)
+        assert streamed.env["task_settings"]["ppl_mode"].startswith("layer by layer")
+        assert streamed.efficiency["peak_rss_mb"] > 0 and streamed.efficiency["bytes"] == streamed_model.stream.reader.nbytes()
+    r = subprocess.run([sys.executable, "-m", "slimformer.cli", "evaluate", str(tmp_path / "q"), "--task", "lm",
+                        "--data", str(shared_data / "wikitext2" / "valid.txt"), "--ppl-max-tokens", "2000", "--stream"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"{whole.metrics['perplexity']:.2f}" in r.stdout and "peak_rss_mb" in r.stdout

@@ -37,6 +37,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--kv-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of --kv-cache (repeatable): sinks=, window=, heavy=, group=, residual=, chunk= "
                    "(tokens fed at a time, default 64)")
+    p.add_argument("--stream", action="store_true", help="--task lm on a decoder LM folder of safetensors: "
+                   "perplexity computed one layer at a time, read from the shards (a model bigger than memory); "
+                   "reports the peak memory instead of timings. On by itself when the model in float32 would not fit "
+                   "in the memory available")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("report", help="an HTML page of one run, or several runs on one quality / speed / bytes "
@@ -106,7 +110,7 @@ def _inspect_kernels(a) -> None:
 def cmd_evaluate(a) -> None:
     from .. import evaluate, load
 
-    model = load(a.model)
+    model = _load_for_evaluation(a, load)
     if a.attention or a.window or a.attention_option:
         from ..attention import set_attention_
 
@@ -130,6 +134,37 @@ def cmd_evaluate(a) -> None:
 
         write_file_atomically(a.out, res.to_json(), ours=_is_eval_result)
         print(f"\nwrote {a.out}")
+
+
+def _load_for_evaluation(a, load):
+    """The model whole, or (--stream, or a float32 model bigger than the memory available, with
+    --task lm) streamed from its shards, evaluated layer by layer."""
+    want = a.stream
+    if not want and getattr(a, "task", None) == "lm" and a.model:
+        lazy = load(a.model, stream=True)
+        if lazy.stream is None:
+            return lazy
+        from ..core.hardware import available_memory
+        from ..models.streaming import human, whole_model_bytes
+
+        need, free = whole_model_bytes(lazy), available_memory()
+        if free and need > 0.8 * free:
+            print(f"the model needs about {human(need)} in float32 and {human(free)} is available: evaluating it "
+                  "layer by layer from its shards", file=sys.stderr)
+            return lazy
+        return load(a.model)
+    if not want:
+        return load(a.model)
+    from ..core.errors import ConfigError
+
+    if getattr(a, "task", None) != "lm" or a.reference or a.attention or a.kv_cache:
+        raise ConfigError("--stream evaluates perplexity layer by layer: it takes --task lm, without --reference, "
+                          "--attention or --kv-cache")
+    model = load(a.model, stream=True)
+    if model.stream is None:
+        raise ConfigError(f"--stream: {a.model} is not a decoder LM folder of safetensors shards; evaluate it "
+                          "without --stream")
+    return model
 
 
 def _is_eval_result(path: Path) -> bool:

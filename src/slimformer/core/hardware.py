@@ -53,3 +53,15 @@ def resolve_precision(name: str, device: str = "cpu") -> str:
     if name == "auto":
         return "bf16" if fast_bf16(device) else "no"
     return name
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux MemAvailable; 0 when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -65,7 +65,13 @@ def evaluate(model, task=None, reference=None, options: EvalOptions | None = Non
         if reference is not None:
             res.fidelity.update(fidelity(model, reference, texts, max_length=opts.task.max_length))
             res.env["reference"] = reference.source
-        if opts.efficiency:
+        if getattr(model, "stream", None) is not None:  # streamed from its shards: size and this process's peak
+            import resource
+
+            res.efficiency.update({"bytes": model.stream.reader.nbytes(),
+                                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            res.env["timing"] = {"note": "streamed layer by layer: no timing (the model does not fit in memory)"}
+        elif opts.efficiency:
             timing = TimingOptions(**{**opts.timing.__dict__, "threads": threads})
             eff, settings = measure(model, texts, timing)
             res.efficiency.update(eff)

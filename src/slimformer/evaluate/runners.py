@@ -1,6 +1,8 @@
 """Task metrics: run a model over a task's examples and score it (the scoring is in metrics.py)."""
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import torch
@@ -100,22 +102,59 @@ def run_lm(sm, task, opts: TaskOptions) -> tuple[dict, dict]:
             "ppl_scored": r["tokens"], "peak_cache_mb": r["peak_cache_bytes"] / 1e6}
     window = min(opts.ppl_window, getattr(sm.config, "max_position_embeddings", opts.ppl_window))
     stride = min(opts.ppl_stride, window)
-    nll, n, prev_end = 0.0, 0, 0
-    starts = list(range(0, len(ids), stride))
-    for begin in _bar(starts, opts, "perplexity"):
+    windows, prev_end = [], 0
+    for begin in range(0, len(ids), stride):
         end = min(begin + window, len(ids))
-        trg_len = end - prev_end
         x = ids[begin:end].unsqueeze(0)
-        logits = sm.model(input_ids=x, use_cache=False).logits[0, :-1].float()
         target = x[0, 1:].clone()
-        target[: max(0, target.numel() - trg_len)] = -100
-        loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
-        k = int((target != -100).sum())
-        nll, n, prev_end = nll + loss.item(), n + k, end
+        target[: max(0, target.numel() - (end - prev_end))] = -100  # score only the tokens not scored before
+        windows.append((x, target))
+        prev_end = end
         if end == len(ids):
             break
-    return {"perplexity": M.perplexity_from_nll(nll, n)}, {
-        "ppl_window": window, "ppl_stride": stride, "ppl_tokens": int(len(ids)), "ppl_scored": n}
+    settings = {"ppl_window": window, "ppl_stride": stride, "ppl_tokens": int(len(ids))}
+    if getattr(sm, "stream", None) is not None:  # bigger than memory: all windows through one layer at a time
+        from ..models.sequential import final_hidden
+
+        hidden = final_hidden(sm, [{"input_ids": x} for x, _ in windows], desc="perplexity, layer by layer")
+        settings["ppl_mode"] = "layer by layer (streamed from the shards)"
+        with _output_layers(sm) as out:
+            nll, n = _nll((out(h), t) for h, (_, t) in zip(hidden, windows))  # one window's logits at a time
+    else:
+        nll, n = 0.0, 0
+        for i in _bar(range(len(windows)), opts, "perplexity"):
+            x, target = windows[i]
+            a, b = _nll([(sm.model(input_ids=x, use_cache=False).logits, target)])
+            nll, n = nll + a, n + b
+    return {"perplexity": M.perplexity_from_nll(nll, n)}, {**settings, "ppl_scored": n}
+
+
+def _nll(pairs) -> tuple[float, int]:
+    """Summed cross-entropy and scored tokens of (logits (1, T, V), target (T-1,) with -100 unscored)."""
+    nll, n = 0.0, 0
+    for logits, target in pairs:
+        loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), target, ignore_index=-100, reduction="sum")
+        nll, n = nll + loss.item(), n + int((target != -100).sum())
+    return nll, n
+
+
+@contextlib.contextmanager
+def _output_layers(sm):
+    """Inside: a function final hidden state -> logits (final norm, LM head), with the streamed
+    model's norm and head (and the embedding a tied head reads) in memory."""
+    from ..models.streaming import materialized
+
+    base = sm.model.get_decoder() if hasattr(sm.model, "get_decoder") else sm.model.base_model
+    norm = next((getattr(base, k) for k in ("norm", "ln_f", "final_layer_norm") if hasattr(base, k)), None)
+    if norm is None:
+        raise ValueError(f"{type(sm.model).__name__}: no final norm found for layer-by-layer perplexity")
+    head, emb = sm.model.get_output_embeddings(), sm.model.get_input_embeddings()
+    names = {id(m): n for n, m in sm.model.named_modules()}
+    own = any(True for _ in head.parameters()) or any(True for _ in head.buffers())
+    tied = getattr(head, "weight", None) is getattr(emb, "weight", 0)
+    tail = [names[id(norm)], names[id(head)]] + ([names[id(emb)]] if tied or not own else [])
+    with materialized(sm, tail, torch.float32, write=False):
+        yield lambda h: head(norm(h))
 
 
 @torch.inference_mode()

@@ -253,3 +253,22 @@ def with_hessians(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
         return [f"{name}: layer-by-layer calibration does not apply to this architecture; Hessians come from one "
                 "pass of the unchanged model"]
     return []
+
+
+@torch.inference_mode()
+def final_hidden(sm, batches: list[dict], desc: str = "layer by layer") -> list[torch.Tensor]:
+    """The last layer's output for each batch, computed one layer at a time over all batches (a
+    streamed model reads each layer in float32 once, and drops it after). Works in memory too."""
+    stack = layer_stack(sm)
+    if stack is None:
+        raise ValueError("layer-by-layer evaluation needs a model with one layer stack")
+    prefix, layers = stack
+    stream = stream_of(sm)
+    with materialized(sm, outside_modules(sm, prefix, skip=(_head(sm) or "",)) if stream else [], torch.float32,
+                      write=False):
+        cache = _first_layer_inputs(sm, layers[0], batches)
+    for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
+        with materialized(sm, [f"{prefix}.{i}"] if stream else [], torch.float32, write=False):
+            for j, (args, kwargs) in enumerate(cache):
+                cache[j] = _with_hidden(args, kwargs, _layer_out(layer, args, kwargs))
+    return [_hidden(args, kwargs) for args, kwargs in cache]

@@ -419,23 +419,32 @@ def load_streamed(folder: Path, kind: str | None, label: str):
     import transformers as tf
     from accelerate import init_empty_weights
 
-    from .loading import META_FILE, SLIM_WEIGHTS, _auto_class, _check_kind, _kind_from_config, _load_tokenizer
+    from .loading import META_FILE, _auto_class, _check_kind, _kind_from_config, _load_tokenizer
     from .sequential import layer_stack
     from .wrapper import SlimModel
 
-    if (folder / META_FILE).exists() or (folder / SLIM_WEIGHTS).exists() or not any(folder.glob("*.safetensors*")):
-        return None  # written by slimformer (modules to rebuild) or not safetensors: the whole-model loader
-    reader = ShardReader(folder)  # a missing or truncated shard fails here, before any work
+    if not any(folder.glob("*.safetensors")):
+        return None
+    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
     config = tf.AutoConfig.from_pretrained(folder)
-    kind = kind or _kind_from_config(config, folder)
+    if getattr(config, "slimformer_layer_sizes", None) or meta.get("dtype") or meta.get("steps") and not meta.get(
+            "modules"):
+        return None  # pruned shapes, a cast, or other recorded changes: the whole-model loader knows them
+    kind = kind or meta.get("kind") or _kind_from_config(config, folder)
     _check_kind(kind)
     if kind != "causal-lm":  # decoder LMs are what outgrows memory; encoders load whole
         return None
+    reader = ShardReader(folder)  # a missing or truncated shard fails here, before any work
     with init_empty_weights():  # parameters on the meta device; buffers (rotary frequencies) real
         model = _auto_class(kind).from_config(config, dtype=torch.float32)
     model.tie_weights()  # a tied LM head is the embedding's very Parameter, as when loaded whole
+    if meta.get("modules"):  # a model slimformer quantized / sparsified: its modules, rebuilt on the meta device
+        from .hooks import restore_modules
+
+        with torch.device("meta"):
+            restore_modules(model, meta["modules"])
     model.eval()
-    sm = SlimModel(model, _load_tokenizer(folder), kind, None, source=label, meta={})
+    sm = SlimModel(model, _load_tokenizer(folder), kind, None, source=label, meta=meta)
     if layer_stack(sm) is None:
         return None
     sm.stream = WeightStream(folder, reader, model)

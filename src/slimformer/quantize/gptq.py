@@ -184,21 +184,29 @@ def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, da
     n_groups = -(-n_cols // gs)
     W, H0 = _without_dead_inputs(weight, H, torch.float64)
     Hd, _ = _damped(H0, damp)
-    U = q.double()  # (out, in)
     g_of = torch.arange(n_cols, device=q.device) // gs
     E = torch.nn.functional.one_hot(g_of, n_groups).double()  # (in, G)
-    HW = W @ Hd  # (out, in)
     HE = Hd @ E  # (in, G)
-    # Z[r, g', j] = sum_{k in g'} H_jk u_rk
-    Z = torch.stack([U[:, g_of == g] @ Hd[g_of == g, :] for g in range(n_groups)], 1)  # (out, G, in)
-    M_aa = torch.einsum("rhj,rj,jg->rgh", Z, U, E)  # sum_{j in g} u_j Z[h, j]
-    M_ab = torch.einsum("rj,jg,jh->rgh", U, E, HE)  # sum_{j in g, k in h} u_j H_jk
-    M_bb = (E.T @ HE).expand(out_f, n_groups, n_groups)
-    M = torch.cat([torch.cat([M_aa, M_ab], 2), torch.cat([M_ab.transpose(1, 2), M_bb], 2)], 1)
-    rhs = torch.cat([(U * HW) @ E, HW @ E], 1)  # (out, 2G)
-    ridge = 1e-10 * M.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-    M = M + ridge[:, None, None] * torch.eye(2 * n_groups, dtype=M.dtype, device=M.device)
-    theta = torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)  # (out, 2G)
+    M_bb = E.T @ HE  # (G, G)
+    eye = torch.eye(2 * n_groups, dtype=torch.float64, device=q.device)
+    # each row is its own least-squares problem: rows in chunks so that Z (rows, G, in) float64
+    # stays near 256 MB (whole, it is 8.6 GB for a 1B Llama's down projection)
+    chunk = max(1, (256 << 20) // (8 * n_groups * n_cols))
+    theta = torch.empty(out_f, 2 * n_groups, dtype=torch.float64, device=q.device)
+    for r0 in range(0, out_f, chunk):
+        U = q[r0:r0 + chunk].double()  # (c, in)
+        HW = W[r0:r0 + chunk] @ Hd  # (c, in)
+        # Z[r, g', j] = sum_{k in g'} H_jk u_rk
+        Z = torch.stack([U[:, g_of == g] @ Hd[g_of == g, :] for g in range(n_groups)], 1)  # (c, G, in)
+        M_aa = torch.einsum("rhj,rj,jg->rgh", Z, U, E)  # sum_{j in g} u_j Z[h, j]
+        del Z
+        M_ab = torch.einsum("rj,jg,jh->rgh", U, E, HE)  # sum_{j in g, k in h} u_j H_jk
+        c = U.shape[0]
+        M = torch.cat([torch.cat([M_aa, M_ab], 2), torch.cat([M_ab.transpose(1, 2), M_bb.expand(c, -1, -1)], 2)], 1)
+        rhs = torch.cat([(U * HW) @ E, HW @ E], 1)  # (c, 2G)
+        ridge = 1e-10 * M.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+        M = M + ridge[:, None, None] * eye
+        theta[r0:r0 + chunk] = torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)  # (c, 2G)
     a, b = theta[:, :n_groups], theta[:, n_groups:]
     scales = a.float()
     zeros = (-b / a).float()
