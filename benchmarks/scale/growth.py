@@ -74,7 +74,20 @@ def child(a) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only) so that every size reads its shards from disk: a
+    small model read again from memory would look faster per parameter than a big one from disk."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
 def measure(a, method: str, size: str, whole: bool) -> dict:
+    cold = drop_page_cache() if a.cold else False
     cmd = [sys.executable, __file__, "--child", "--method", method, "--size", size, "--samples", str(a.samples),
            "--tokens", str(a.tokens), "--threads", str(a.threads), "--data", str(a.data)] + (["--whole-path"] if whole else [])
     t0 = time.time()
@@ -83,7 +96,7 @@ def measure(a, method: str, size: str, whole: bool) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
     row = {"method": method, "size": size, "params": params(size), "path": "whole" if whole else "streamed",
-           "peak_rss_bytes": usage.ru_maxrss * 1024, "wall_seconds": time.time() - t0}
+           "peak_rss_bytes": usage.ru_maxrss * 1024, "wall_seconds": time.time() - t0, "cold_cache": cold}
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     if status != 0 or not lines:
         row["error"] = (err.strip().splitlines() or ["?"])[-1][:300]
@@ -102,6 +115,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--name", default="scale_growth")
+    ap.add_argument("--warm", dest="cold", action="store_false", help="keep the page cache between runs (default: "
+                    "drop it before each run where permitted, so every size reads from disk)")
     ap.add_argument("--child", action="store_true", help=__import__("argparse").SUPPRESS)
     ap.add_argument("--method", help=__import__("argparse").SUPPRESS)
     ap.add_argument("--size", help=__import__("argparse").SUPPRESS)
@@ -128,7 +143,8 @@ def markdown(a, rows: list[dict]) -> str:
              f"`python benchmarks/scale/growth.py` on {cpu.get('cpu_model', '?')} "
              f"({' '.join(f for f in cpu.get('cpu_flags', []) if f.startswith(('avx512_vnni', 'amx')))}). Random "
              f"Llama checkpoints of real shapes in bf16 (benchmarks/scale/make_models.py), each run in its own process; "
-             f"peak RSS is the kernel's ru_maxrss. GPTQ and SparseGPT calibrate on {a.samples} x {a.tokens} tokens of "
+             f"peak RSS is the kernel's ru_maxrss; page cache dropped before each run: "
+             f"{'yes' if all(r.get('cold_cache') for r in rows) else 'no (not permitted or --warm)'}. GPTQ and SparseGPT calibrate on {a.samples} x {a.tokens} tokens of "
              "WikiText-2 valid.", "",
              "| method | model | params | path | wall s | s per 1B params | peak RSS GB | estimate GB | output GB |",
              "|---|---|---|---|---|---|---|---|---|"]

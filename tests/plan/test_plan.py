@@ -264,3 +264,31 @@ def test_candidates_not_run_stop_the_study_after_a_limit():
     study.optimize(lambda t: _idle(t, repeats, "no time left"), n_trials=10 * MAX_REPEATS)
     assert len(study.trials) == MAX_REPEATS + 1
     assert all(t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["idle"] for t in study.trials)
+
+
+def test_resume_queues_again_the_first_candidates_that_never_ran(tmp_path):
+    """A plan whose first candidates were skipped (no time left, or killed before them) tries them
+    first when resumed, once each."""
+    import optuna
+
+    from slimformer.plan.api import _resume
+    from slimformer.plan.space import SpaceInfo, first_candidates
+    from slimformer.plan.trial import PlanSpec
+
+    (tmp_path / "sents.txt").write_text("\n".join(sf.sample_sentences()))
+    out = tmp_path / "plan"
+    sf.plan(tiny_slim("bert", "embedding"), _task(60), out, Budget(max_drop=5.0, trials=1, batch_size=4, seq_len=16),
+            str(tmp_path / "sents.txt"), sf.PlanOptions(progress=False, peers=False))
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    while study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
+        t = study.ask()  # the next queued candidate, as a worker takes it ...
+        study.tell(t, state=optuna.trial.TrialState.PRUNED)  # ... and skips it (no time left)
+    spec = PlanSpec.read(out / ".plan" / "spec.json")
+    first = first_candidates(SpaceInfo(**spec.info), spec.budget["objective"])
+    complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    for _ in range(2):  # a second resume queues nothing twice
+        _resume(out, None, lambda m: None)
+        waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+        assert len(waiting) == len(first) - complete > 0
+        assert {tuple(sorted(t.system_attrs["fixed_params"].items())) for t in waiting} <= {
+            tuple(sorted(p.items())) for p in first}

@@ -175,8 +175,20 @@ def _resume(out: Path, budget: Budget | None, log) -> PlanSpec:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         _stop(study, t, "interrupted (the plan was stopped); not resumed")
         stale += 1
-    log(f"resuming the plan in {out}: {len(study.trials)} trials so far" + (f", {stale} interrupted" if stale else ""))
+    # first candidates that never ran (skipped for lack of time, or interrupted) are tried first again
+    S = optuna.trial.TrialState
+    done = {_key(t.params or t.system_attrs.get("fixed_params", {}))  # a waiting trial: its enqueued params
+            for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.WAITING, S.RUNNING))}
+    again = [p for p in first_candidates(SpaceInfo(**spec.info), spec.budget["objective"]) if _key(p) not in done]
+    for params in again:
+        study.enqueue_trial(params, skip_if_exists=False)
+    log(f"resuming the plan in {out}: {len(study.trials)} trials so far" + (f", {stale} interrupted" if stale else "")
+        + (f"; {len(again)} first candidate(s) not run yet queued again" if again else ""))
     return spec
+
+
+def _key(params: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in params.items()))
 
 
 def _stop(study, frozen, why: str) -> None:

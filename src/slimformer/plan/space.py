@@ -89,13 +89,14 @@ def first_candidates(info: SpaceInfo, objective: str) -> list[dict]:
     first = [{"family": "ptq", "runtime": r} for r in info.runtimes if r != "deploy"]
     if info.can_train and info.layers > 1:  # the DistilBERT-style students of half and two thirds of the depth,
         rt = "onnx-int8" if objective == "bytes" else "deploy"  # in the fastest runtime here (or the smallest)
-        for depth in sorted({max(1, info.layers // 2), max(1, (2 * info.layers) // 3)}):
-            first.append({"family": "student", "depth": depth, "layers": "strided", "ffn_prune": 0.0,
-                          "head_prune": 0.0, "runtime": rt,  # bytes: the token table is most of a small encoder
-                          **({"embedding_rank": 0.33, "ffn_lowrank": 1.0} if objective == "bytes" else {})})
-        if objective != "bytes" and info.layers > 2:  # speed: two thirds of the depth with half the FFN neurons
-            first.append({"family": "student", "depth": max(1, (2 * info.layers) // 3), "layers": "strided",
-                          "ffn_prune": 0.5, "head_prune": 0.0, "runtime": "deploy"})
+        students = [{"family": "student", "depth": depth, "layers": "strided", "ffn_prune": 0.0,
+                     "head_prune": 0.0, "runtime": rt,  # bytes: the token table is most of a small encoder
+                     **({"embedding_rank": 0.33, "ffn_lowrank": 1.0} if objective == "bytes" else {})}
+                    for depth in sorted({max(1, info.layers // 2), max(1, (2 * info.layers) // 3)})]
+        if objective != "bytes" and info.layers > 2:  # speed: two thirds of the depth with half the FFN neurons,
+            students.insert(1, {"family": "student", "depth": max(1, (2 * info.layers) // 3), "layers": "strided",
+                                "ffn_prune": 0.5, "head_prune": 0.0, "runtime": "deploy"})  # near half depth's cost
+        first += students
     return first
 
 
