@@ -157,7 +157,8 @@ def _typical_seconds(study, trains: bool) -> float | None:
 
     secs = [t.user_attrs["seconds"] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.user_attrs.get("trains") == trains and "seconds" in t.user_attrs]
-    return sorted(secs)[len(secs) // 2] if secs else None
+    return sorted(secs)[(len(secs) - 1) // 2] if secs else None  # the lower median: one slow trial (a busy
+    # machine) must not keep every later candidate from starting
 
 
 @contextmanager

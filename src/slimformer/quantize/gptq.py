@@ -58,14 +58,16 @@ def _inverse_hessian_cholesky(H: Tensor, damp: float) -> Tensor:
     10x damping (up to 5 times) if H is not positive definite."""
     H = H.double()
     mean_diag = torch.diag(H).mean()
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    for attempt in range(6):
-        L, info = torch.linalg.cholesky_ex(H + (damp * 10**attempt) * mean_diag * eye)
+    for attempt in range(6):  # (in, in) float64 copies are 1.6 GB for an 8B's down projection: few at a time
+        L, info = torch.linalg.cholesky_ex(_plus_diagonal(H, (damp * 10**attempt) * mean_diag))
         if info == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if info == 0:
                 return U
+        del L
     raise ValueError(f"GPTQ: Hessian is not positive definite even with damp={damp * 1e5:g}; check calibration data")
 
 
@@ -166,7 +168,14 @@ def quadratic_error(weight: Tensor, approx: Tensor, H: Tensor) -> Tensor:
 def _damped(H: Tensor, damp: float) -> tuple[Tensor, Tensor]:
     """(H + lam I, lam) with lam = damp * mean(diag H): GPTQ's damping, in H's dtype."""
     lam = damp * torch.diag(H).mean()
-    return H + lam * torch.eye(H.shape[0], dtype=H.dtype, device=H.device), lam
+    return _plus_diagonal(H, lam), lam
+
+
+def _plus_diagonal(H: Tensor, lam) -> Tensor:
+    """H + lam I without building I (the same values: only the diagonal changes)."""
+    out = H.clone()
+    out.diagonal().add_(lam)
+    return out
 
 
 def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, damp: float = 0.01
