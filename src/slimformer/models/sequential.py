@@ -153,6 +153,8 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
         if stream is not None:
             stream.load(f"{prefix}.{i}", torch.float32)  # as the whole-model path computes
+            if i + 1 < len(layers):
+                stream.prefetch(f"{prefix}.{i + 1}")  # read while this one is processed
         names = per_layer[i]
         groups = _call_groups(sm, layer, names, cache[0]) if true_sequential and names else [names]
         outs = []  # exact: the observation pass's outputs, the next layer's inputs
@@ -216,8 +218,11 @@ def by_layer(sm, targets: list[tuple[str, nn.Module]], desc: str):
             per_layer.setdefault(int(idx), []).append(name)
         else:
             outside.append(name)
-    for i in tqdm(sorted(per_layer), desc=desc, leave=False):
+    order = sorted(per_layer)
+    for n, i in enumerate(tqdm(order, desc=desc, leave=False)):
         with materialized(sm, [f"{prefix}.{i}"]):  # as stored: the math upcasts one matrix at a time
+            if n + 1 < len(order):
+                stream.prefetch(f"{prefix}.{order[n + 1]}")  # read while this one is processed
             for name in per_layer[i]:
                 yield name, sm.model.get_submodule(name)
     for name in outside:
@@ -269,6 +274,8 @@ def final_hidden(sm, batches: list[dict], desc: str = "layer by layer") -> list[
         cache = _first_layer_inputs(sm, layers[0], batches)
     for i, layer in enumerate(tqdm(layers, desc=desc, leave=False)):
         with materialized(sm, [f"{prefix}.{i}"] if stream else [], torch.float32, write=False):
+            if stream is not None and i + 1 < len(layers):
+                stream.prefetch(f"{prefix}.{i + 1}")
             for j, (args, kwargs) in enumerate(cache):
                 cache[j] = _with_hidden(args, kwargs, _layer_out(layer, args, kwargs))
     return [_hidden(args, kwargs) for args, kwargs in cache]

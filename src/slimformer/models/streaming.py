@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import struct
+import threading
 from pathlib import Path
 
 import torch
@@ -53,6 +54,9 @@ class ShardReader:
         if not names:
             raise ModelLoadError(f"{self.folder}: no .safetensors weights in it")
         self.entries: dict[str, tuple[Path, torch.dtype, tuple, int, int]] = {}
+        self._ahead: dict[str, torch.Tensor] = {}  # read ahead by prefetch()
+        self._pending: set[str] = set()
+        self._thread = None
         for name in names:
             path = self.folder / name
             if not path.is_file():
@@ -102,7 +106,34 @@ class ShardReader:
             return e[4] - e[3]
         return sum(e[4] - e[3] for e in self.entries.values())
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Read `keys` in a background thread (the next layer while this one is processed: file
+        reads release the GIL, so reading and computing overlap); `get` takes them from there."""
+        self.wait()
+        keys = [k for k in keys if k in self.entries]
+        self._pending = set(keys)
+
+        def work():
+            for k in keys:
+                self._ahead[k] = self._read(k)
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        t = getattr(self, "_thread", None)
+        if t is not None:
+            t.join()
+            self._thread = None
+
     def get(self, key: str) -> torch.Tensor:
+        if key in getattr(self, "_pending", ()):
+            self.wait()
+            self._pending.discard(key)
+        t = self._ahead.pop(key, None) if hasattr(self, "_ahead") else None
+        return t if t is not None else self._read(key)
+
+    def _read(self, key: str) -> torch.Tensor:
         path, dtype, shape, start, stop = self.entries[key]
         buf = torch.empty(stop - start, dtype=torch.uint8)
         with open(path, "rb") as f:
@@ -204,6 +235,12 @@ class WeightStream:
         self.loaded.add(name)
         self.peak_loaded = max(self.peak_loaded, _loaded_bytes(self.model))
         return mod
+
+    def prefetch(self, name: str) -> None:
+        """Start reading module `name`'s tensors in the background (see ShardReader.prefetch)."""
+        if any(name == w or name.startswith(w + ".") for w in self.written):
+            return
+        self.reader.prefetch([k for k in self.reader.keys() if k.startswith(name + ".")])
 
     def unload(self, name: str, write: bool = True) -> None:
         """Drop module `name`'s tensors (back to the meta device), first writing them out (`write`)."""
