@@ -24,10 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import base_parser, write  # noqa: E402
-from make_models import CACHE, SHAPES, params  # noqa: E402
+from common import SCALE_CACHE as CACHE, SHAPES, base_parser, llama_params as params, write  # noqa: E402
 
 DEFAULT_RUNS = ("w4:0.36b,w4:1b,w4:3b,w4:8b,w4-gptq:0.36b,w4-gptq:1b,w4-gptq:8b-2l,sparsegpt:1b,"
                 "sparsegpt:8b-2l")

@@ -34,3 +34,11 @@ def select_modules(
         if hit and not any(_matches(name, mod, p) for p in ignore):
             out.append((name, mod))
     return out
+
+
+def module_part(name: str) -> str:
+    """The part of the model a tensor name belongs to: up to its layer index (`encoder.layer.3`),
+    else its first two components (`embeddings.word_embeddings`)."""
+    parts = name.split(".")[:-1]
+    idx = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    return ".".join(parts[: idx + 1] if idx is not None else parts[:2]) or name

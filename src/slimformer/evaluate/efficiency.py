@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import DataError
+from ..core.targets import module_part
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,6 @@ def bytes_by_module(model) -> dict[str, int]:
         part = module_part(name)
         out[part] = out.get(part, 0) + t.numel() * t.element_size()
     return out
-
-
-def module_part(name: str) -> str:
-    """The part of the model a tensor name belongs to: up to its layer index (`encoder.layer.3`),
-    else its first two components (`embeddings.word_embeddings`)."""
-    parts = name.split(".")[:-1]
-    idx = next((i for i, p in enumerate(parts) if p.isdigit()), None)
-    return ".".join(parts[: idx + 1] if idx is not None else parts[:2]) or name
 
 
 def make_inputs(sm, texts: list[str], batch: int, seq_len: int) -> dict[str, torch.Tensor]:

@@ -43,8 +43,6 @@ def load(source: str | os.PathLike | None = None, kind: str | None = None, strea
         if stream and source is not None and str(source) not in DEFAULT_NAMES:
             p = Path(str(source)).expanduser()
             if p.is_dir() and (p / "config.json").exists() and not any((p / m).exists() for m in FOLDER_LOADERS):
-                from .streaming import load_streamed
-
                 sm = load_streamed(p, kind, str(source))
                 if sm is not None:
                     return sm
@@ -359,3 +357,46 @@ def _check_kind(kind: str) -> None:
 def _ensure_pad(tokenizer) -> None:
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_streamed(folder: Path, kind: str | None, label: str):
+    """A SlimModel whose weights stay in `folder`'s shards (see the module doc), or None when the
+    folder is not a plain Hugging Face checkpoint of a model with one layer stack (then load it
+    whole)."""
+    import transformers as tf
+    from accelerate import init_empty_weights
+
+    from .streaming import ShardReader, WeightStream, layer_stack
+
+    if not any(folder.glob("*.safetensors")):
+        return None
+    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
+    config = tf.AutoConfig.from_pretrained(folder)
+    if getattr(config, "slimformer_layer_sizes", None) or meta.get("dtype") or meta.get("steps") and not meta.get(
+            "modules"):
+        return None  # pruned shapes, a cast, or other recorded changes: the whole-model loader knows them
+    kind = kind or meta.get("kind") or _kind_from_config(config, folder)
+    _check_kind(kind)
+    if kind != "causal-lm":  # decoder LMs are what outgrows memory; encoders load whole
+        return None
+    reader = ShardReader(folder)  # a missing or truncated shard fails here, before any work
+    with init_empty_weights():  # parameters on the meta device; buffers (rotary frequencies) real
+        model = _auto_class(kind).from_config(config, dtype=torch.float32)
+    model.tie_weights()  # a tied LM head is the embedding's very Parameter, as when loaded whole
+    if meta.get("modules"):  # a model slimformer quantized / sparsified: its modules, rebuilt on the meta device
+        from .hooks import restore_modules
+
+        with torch.device("meta"):
+            restore_modules(model, meta["modules"])
+    model.eval()
+    sm = SlimModel(model, _load_tokenizer(folder), kind, None, source=label, meta=meta)
+    if layer_stack(sm) is None:
+        return None
+    sm.stream = WeightStream(folder, reader, model)
+    return sm
+
+
+def load_whole(sm) -> None:
+    """Replace a streamed model's skeleton by the whole model, loaded from its folder."""
+    whole = load(sm.stream.folder, kind=sm.kind)
+    sm.model, sm.tokenizer, sm.pooling, sm.meta, sm.stream = whole.model, whole.tokenizer, whole.pooling, whole.meta, None

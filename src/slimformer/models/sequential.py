@@ -17,24 +17,11 @@ from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
 from .activations import calibration_forward, layer_input, observe_inputs
-from .streaming import materialized, outside_modules, stream_of
+from .streaming import layer_stack, materialized, outside_modules, stream_of  # noqa: F401 (layer_stack re-exported)
 
 
 class _Stop(Exception):
     pass
-
-
-def layer_stack(sm) -> tuple[str, nn.ModuleList] | None:
-    """(module name, ModuleList) of the one layer stack, or None (seq2seq: two stacks)."""
-    if sm.kind == "seq2seq-lm":
-        return None
-    stacks = get_adapter(sm.model).layer_containers(sm.model)
-    if len(stacks) != 1:
-        return None
-    layers = next(iter(stacks.values()))
-    names = {id(m): n for n, m in sm.model.named_modules()}
-    name = names.get(id(layers))
-    return (name, layers) if name is not None and len(layers) > 0 else None
 
 
 def sequential_supported(sm) -> bool:

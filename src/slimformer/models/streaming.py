@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters import get_adapter
 from ..core.errors import ModelLoadError, SlimformerError
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -311,7 +312,7 @@ class WeightStream:
         return {"bytes": b, "bytes_total": b}
 
     def bytes_by_module(self) -> dict[str, int]:
-        from ..evaluate.efficiency import module_part
+        from ..core.targets import module_part
 
         out: dict[str, int] = {}
         items = self.writer.bytes.items() if self.finished and self.writer is not None else \
@@ -413,6 +414,19 @@ def _loaded_bytes(model: nn.Module) -> int:
     return n
 
 
+def layer_stack(sm) -> tuple[str, nn.ModuleList] | None:
+    """(module name, ModuleList) of the one layer stack, or None (seq2seq: two stacks)."""
+    if sm.kind == "seq2seq-lm":
+        return None
+    stacks = get_adapter(sm.model).layer_containers(sm.model)
+    if len(stacks) != 1:
+        return None
+    layers = next(iter(stacks.values()))
+    names = {id(m): n for n, m in sm.model.named_modules()}
+    name = names.get(id(layers))
+    return (name, layers) if name is not None and len(layers) > 0 else None
+
+
 def stream_of(sm) -> WeightStream | None:
     return getattr(sm, "stream", None)
 
@@ -449,53 +463,6 @@ def outside_modules(sm, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
     return out
 
 
-def load_streamed(folder: Path, kind: str | None, label: str):
-    """A SlimModel whose weights stay in `folder`'s shards (see the module doc), or None when the
-    folder is not a plain Hugging Face checkpoint of a model with one layer stack (then load it
-    whole)."""
-    import transformers as tf
-    from accelerate import init_empty_weights
-
-    from .loading import META_FILE, _auto_class, _check_kind, _kind_from_config, _load_tokenizer
-    from .sequential import layer_stack
-    from .wrapper import SlimModel
-
-    if not any(folder.glob("*.safetensors")):
-        return None
-    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
-    config = tf.AutoConfig.from_pretrained(folder)
-    if getattr(config, "slimformer_layer_sizes", None) or meta.get("dtype") or meta.get("steps") and not meta.get(
-            "modules"):
-        return None  # pruned shapes, a cast, or other recorded changes: the whole-model loader knows them
-    kind = kind or meta.get("kind") or _kind_from_config(config, folder)
-    _check_kind(kind)
-    if kind != "causal-lm":  # decoder LMs are what outgrows memory; encoders load whole
-        return None
-    reader = ShardReader(folder)  # a missing or truncated shard fails here, before any work
-    with init_empty_weights():  # parameters on the meta device; buffers (rotary frequencies) real
-        model = _auto_class(kind).from_config(config, dtype=torch.float32)
-    model.tie_weights()  # a tied LM head is the embedding's very Parameter, as when loaded whole
-    if meta.get("modules"):  # a model slimformer quantized / sparsified: its modules, rebuilt on the meta device
-        from .hooks import restore_modules
-
-        with torch.device("meta"):
-            restore_modules(model, meta["modules"])
-    model.eval()
-    sm = SlimModel(model, _load_tokenizer(folder), kind, None, source=label, meta=meta)
-    if layer_stack(sm) is None:
-        return None
-    sm.stream = WeightStream(folder, reader, model)
-    return sm
-
-
-def load_whole(sm) -> None:
-    """Replace a streamed model's skeleton by the whole model, loaded from its folder."""
-    from .loading import load
-
-    whole = load(sm.stream.folder, kind=sm.kind)
-    sm.model, sm.tokenizer, sm.pooling, sm.meta, sm.stream = whole.model, whole.tokenizer, whole.pooling, whole.meta, None
-
-
 def whole_model_bytes(sm) -> int:
     """Memory a model needs loaded whole, in float32 (the estimate printed before falling back)."""
     return 4 * sm.num_params()
@@ -506,7 +473,6 @@ def estimate_bytes(sm, samples: int = 0, tokens: int = 0, shard_bytes: int = SHA
     in float32 with its processed copy, the largest module outside the layers as stored plus its
     int8 copy, one output shard, and (calibration) the activations of `samples` x `tokens` kept
     between layers, one sample's temporaries and the Hessians of one layer."""
-    from .sequential import layer_stack
 
     stream = stream_of(sm)
     prefix, layers = layer_stack(sm)

@@ -80,7 +80,8 @@ def plan_memory(model, rec, opts: CompressOptions, out) -> int | None:
     it whole, saying why and how much memory that takes. With opts.max_memory, refuse up front a run
     whose estimate is above it. Returns the output shard size of a streamed run (else None)."""
     from ..core.errors import SlimformerError
-    from ..models.streaming import SHARD_BYTES, estimate_bytes, human, load_whole, whole_model_bytes
+    from ..models.loading import load_whole
+    from ..models.streaming import SHARD_BYTES, estimate_bytes, human, whole_model_bytes
 
     stream = getattr(model, "stream", None)
     limit = opts.max_memory
