@@ -116,12 +116,8 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     per_layer: list[list[str]] = [[] for _ in layers]
     outside = []
     for name, _ in targets:
-        head, _, rest = name.partition(prefix + ".")
-        idx = rest.split(".", 1)[0] if head == "" and rest else ""
-        if idx.isdigit() and int(idx) < len(layers):
-            per_layer[int(idx)].append(name)
-        else:
-            outside.append(name)
+        idx = _layer_index(name, prefix, len(layers))
+        (outside if idx is None else per_layer[idx]).append(name)
     stream = stream_of(sm)
     if stream is not None:  # a streamed model: the modules in front of the layers, in float32, for this pass only
         with materialized(sm, outside_modules(sm, prefix, skip=(_head(sm) or "",)), torch.float32, write=False):
@@ -176,6 +172,13 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
         process_layer([(n, sm.model.get_submodule(n)) for n in outside])
 
 
+def _layer_index(name: str, prefix: str, n: int) -> int | None:
+    """The index of the layer of stack `prefix` (n layers) that module `name` lies in, or None."""
+    head, _, rest = name.partition(prefix + ".")
+    idx = rest.split(".", 1)[0] if head == "" and rest else ""
+    return int(idx) if idx.isdigit() and int(idx) < n else None
+
+
 def _head(sm) -> str | None:
     head = get_adapter(sm.model).lm_head(sm.model)
     if head is None:
@@ -199,12 +202,8 @@ def by_layer(sm, targets: list[tuple[str, nn.Module]], desc: str):
     per_layer: dict[int, list[str]] = {}
     outside = []
     for name, _ in targets:
-        head, _, rest = name.partition(prefix + ".")
-        idx = rest.split(".", 1)[0] if head == "" and rest else ""
-        if idx.isdigit() and int(idx) < len(layers):
-            per_layer.setdefault(int(idx), []).append(name)
-        else:
-            outside.append(name)
+        idx = _layer_index(name, prefix, len(layers))
+        (outside if idx is None else per_layer.setdefault(idx, [])).append(name)
     order = sorted(per_layer)
     for n, i in enumerate(tqdm(order, desc=desc, leave=False)):
         with materialized(sm, [f"{prefix}.{i}"]):  # as stored: the math upcasts one matrix at a time

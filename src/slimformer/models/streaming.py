@@ -122,16 +122,15 @@ class ShardReader:
         self._thread.start()
 
     def wait(self) -> None:
-        t = getattr(self, "_thread", None)
-        if t is not None:
-            t.join()
+        if self._thread is not None:
+            self._thread.join()
             self._thread = None
 
     def get(self, key: str) -> torch.Tensor:
-        if key in getattr(self, "_pending", ()):
+        if key in self._pending:
             self.wait()
             self._pending.discard(key)
-        t = self._ahead.pop(key, None) if hasattr(self, "_ahead") else None
+        t = self._ahead.pop(key, None)
         return t if t is not None else self._read(key)
 
     def _read(self, key: str) -> torch.Tensor:
