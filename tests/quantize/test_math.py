@@ -329,6 +329,42 @@ def test_gptq_dead_columns():
     assert torch.equal(res.dequantize(), res.weight)
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_wide_hessians_factor_in_float32_with_nearly_the_same_result(monkeypatch, act_order):
+    # above FLOAT64_MAX_INPUTS inputs (an 8B's down projection) the factorization runs in float32,
+    # in place on one copy of H; the result must stay GPTQ's (the reference code is float32 too)
+    import slimformer.core.hessian as gptq
+
+    x, w = _layer_and_inputs(in_f=256, out_f=64)
+    x[:, 7] = 0.0  # a dead input
+    H = _hessian(x).H
+    a = gptq_quantize(w, H, bits=4, group_size=64, act_order=act_order)
+    assert gptq.factor_dtype(256) == torch.float64
+    monkeypatch.setattr(gptq, "FLOAT64_MAX_INPUTS", 128)
+    assert gptq.factor_dtype(256) == torch.float32
+    b = gptq_quantize(w, H, bits=4, group_size=64, act_order=act_order)
+    assert (a.q == b.q).float().mean() > 0.99
+    assert torch.all(b.weight[:, 7] == 0) and torch.equal(b.dequantize(), b.weight)
+    assert abs(a.error - b.error) <= 1e-3 * a.error
+    ea, eb = quadratic_error(w, a.weight, H).sum(), quadratic_error(w, b.weight, H).sum()
+    assert abs(float(ea - eb)) <= 0.01 * float(ea)
+
+
+def test_gptq_damping_retries_on_a_singular_hessian():
+    # a rank-2 H: damping 1e-10 fails to factor (checked below) and is retried with 10x more until
+    # it does; 1e-12 stays singular through all five retries: a clear error
+    w = torch.randn(16, 64, generator=gen())
+    v = torch.randn(64, 2, generator=gen())
+    H = v @ v.T  # rank 2, no dead input
+    Hd = H.double()
+    Hd.diagonal().add_(1e-10 * Hd.diagonal().mean())
+    assert torch.linalg.cholesky_ex(Hd).info != 0
+    res = gptq_quantize(w, H, bits=4, group_size=32, damp=1e-10)
+    assert torch.isfinite(res.weight).all() and torch.equal(res.dequantize(), res.weight)
+    with pytest.raises(ValueError, match="not positive definite"):
+        gptq_quantize(w, H, bits=4, group_size=32, damp=1e-12)
+
+
 def test_gptq_ragged_groups_reconstruct():
     x, w = _layer_and_inputs()
     w = w[:, :200]

@@ -28,12 +28,17 @@ def sequential_supported(sm) -> bool:
     return layer_stack(sm) is not None
 
 
-def _first_layer_inputs(sm, layer: nn.Module, batches: list[dict]) -> list[tuple[tuple, dict]]:
-    """(args, kwargs) of the first layer's call for every batch (the rest of the model not run)."""
+def _first_layer_inputs(sm, layer: nn.Module, batches: list[dict],
+                        keep_dtype: torch.dtype | None = None) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) of the first layer's call for every batch (the rest of the model not run);
+    keep_dtype: the hidden states are kept in that dtype (see _layer_out)."""
     seen: list[tuple[tuple, dict]] = []
 
     def pre(mod, args, kwargs):
-        seen.append((args, dict(kwargs)))
+        kwargs = dict(kwargs)
+        if keep_dtype is not None:
+            args, kwargs = _with_hidden(args, kwargs, _hidden(args, kwargs).to(keep_dtype))
+        seen.append((args, kwargs))
         raise _Stop
 
     h = layer.register_forward_pre_hook(pre, with_kwargs=True)
@@ -61,8 +66,16 @@ def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dic
 
 
 def _layer_out(layer: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The layer's output hidden states. Hidden states kept in a narrower dtype than the layer
+    computes in (a streamed bf16 model under a memory limit) go in as float32 and come out in
+    the dtype they were kept in."""
+    h = _hidden(args, kwargs)
+    kept = h.dtype if h.is_floating_point() and h.dtype != torch.float32 else None
+    if kept is not None:
+        args, kwargs = _with_hidden(args, kwargs, h.float())
     out = layer(*args, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out.to(kept) if kept is not None else out
 
 
 def _call_groups(sm, layer: nn.Module, names: list[str], first: tuple[tuple, dict]) -> list[list[str]]:
@@ -72,7 +85,7 @@ def _call_groups(sm, layer: nn.Module, names: list[str], first: tuple[tuple, dic
     hooks = [sm.model.get_submodule(n).register_forward_hook(
         lambda m, args, out, n=n: order.append((n, args[0]))) for n in names]
     try:
-        layer(*first[0], **first[1])
+        _layer_out(layer, *first)
     finally:
         for h in hooks:
             h.remove()
@@ -121,7 +134,7 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     stream = stream_of(sm)
     if stream is not None:  # a streamed model: the modules in front of the layers, in float32, for this pass only
         with materialized(sm, outside_modules(sm, prefix, skip=(_head(sm) or "",)), torch.float32, write=False):
-            cache = _first_layer_inputs(sm, layers[0], batches)
+            cache = _first_layer_inputs(sm, layers[0], batches, stream.activation_dtype)
     else:
         cache = _first_layer_inputs(sm, layers[0], batches)
 

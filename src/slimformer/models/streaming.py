@@ -205,6 +205,17 @@ class WeightStream:
         self.written: set[str] = set()
         self.finished = False
         self.peak_loaded = 0  # most bytes of weights in memory at once (reported)
+        # the dtype calibration activations are kept in between layers: None = float32, as the whole-model
+        # path computes; the stored 16-bit dtype when float32 would not fit (set by the memory plan)
+        self.activation_dtype: torch.dtype | None = None
+
+    def stored_dtype(self) -> torch.dtype:
+        """The dtype that most of the checkpoint's floating-point bytes are stored in."""
+        seen: dict[torch.dtype, int] = {}
+        for k in self.reader.keys():
+            if self.reader.dtype(k).is_floating_point:
+                seen[self.reader.dtype(k)] = seen.get(self.reader.dtype(k), 0) + self.reader.nbytes(k)
+        return max(seen, key=seen.get) if seen else torch.float32
 
     # ------------------------------------------------------------------ reading and dropping modules
 
@@ -481,8 +492,7 @@ def estimate_bytes(sm, samples: int = 0, tokens: int = 0, shard_bytes: int = SHA
     for name in outside_modules(sm, prefix):
         m = sm.model.get_submodule(name)
         n = sum(p.numel() for p in m.parameters(recurse=False))
-        stored = 2 if stream is not None and any(stream.reader.dtype(k) in (torch.bfloat16, torch.float16)
-                                                 for k in stream.reader.keys()[:4]) else 4
+        stored = stream.stored_dtype().itemsize if stream is not None else 4
         outside = max(outside, n * (stored + 1 + 4 / 64))  # as stored + its int8 copy, converted in row chunks
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     ffn = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.hessian import inverse_hessian_cholesky, quadratic_error, working_copy
 from ..core.qmath import group_qparams, quantize_codes
 
 
@@ -31,16 +32,6 @@ class SparseGPTResult:
     error: float = 0.0  # tr(D H D^T) / tr(W H W^T), D = W - result: the layer-output error, relative
 
 
-def _hinv_chol(H: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1, as in GPTQ."""
-    H = H.clone().double()
-    n = H.shape[0]
-    H += damp * torch.diag(H).mean().clamp_min(1e-12) * torch.eye(n, dtype=H.dtype)
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True).float()
-
-
 @torch.no_grad()
 def sparsegpt(w: Tensor, H: Tensor, amount: float = 0.5, n: int = 0, m: int = 0, blocksize: int = 128,
               damp: float = 0.01, bits: int | None = None, group_size: int = 128) -> SparseGPTResult:
@@ -50,13 +41,12 @@ def sparsegpt(w: Tensor, H: Tensor, amount: float = 0.5, n: int = 0, m: int = 0,
     every m consecutive inputs of a row kept. bits (4 or 8): also round the kept weights to an
     asymmetric group-wise grid (group_size columns, integer zero points), the grid of each group
     set from the group's current weights when the pass reaches it."""
-    W = w.detach().clone().float()
+    W = w.detach().to(torch.float32, copy=True)
     out_f, in_f = W.shape
-    H = H.detach().float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    H = H.detach()
+    dead = torch.diag(H) == 0  # dead inputs: diag 1 in the factored copy, weight columns zeroed
     W[:, dead] = 0.0
-    Hc = _hinv_chol(H, damp)
+    Hc = inverse_hessian_cholesky(lambda: working_copy(H, dead), damp).float()  # (in, in) upper
     mask = torch.ones_like(W, dtype=torch.bool)
     nm = n > 0 and m > 0
     if nm and in_f % m:
@@ -114,8 +104,8 @@ def sparsegpt(w: Tensor, H: Tensor, amount: float = 0.5, n: int = 0, m: int = 0,
         mask[:, i1:i2] = m1
         W[:, i2:] -= Err1 @ Hc[i1:i2, i2:]
     W[~mask] = 0.0
-    D = (w.float() - W).double()
-    h = H.double()
-    den = float(((w.double() @ h) * w.double()).sum())
-    err = float(((D @ h) * D).sum()) / den if den > 0 else 0.0
+    H = H.clone() if dead.any() else H
+    H[dead, dead] = 1.0  # the error on the H that was factored (dead inputs' columns are 0 in W)
+    den = float(quadratic_error(w.float(), None, H).sum())
+    err = float(quadratic_error(w.float(), W, H).sum()) / den if den > 0 else 0.0
     return SparseGPTResult(W, mask, codes, scales, zeros.to(torch.uint8) if bits else None, err)

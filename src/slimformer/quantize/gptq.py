@@ -5,7 +5,9 @@ IST-DASLab/gptq and AutoGPTQ:
 * H = 2/n sum x x^T over calibration rows (HessianAccumulator, running average, float32);
 * dead inputs (diag(H) == 0): diag set to 1 and the weight columns zeroed;
 * damping: H += percdamp * mean(diag(H)) * I (retried x10 if Cholesky fails);
-* upper Cholesky factor of H^-1 (computed in float64), lazy batch updates of `block_size` columns;
+* upper Cholesky factor of H^-1, lazy batch updates of `block_size` columns; computed in float64
+  up to 8192 inputs and in float32 above (as the reference implementations do throughout), in
+  place on one working copy of H: an 8B's 14,336-wide down projection needs 0.8 GB per copy;
 * act_order: columns processed by descending diag(H), codes un-permuted at the end.
 
 Groups: without act_order, the params of each group are computed on the fly at its first
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..models.activations import HessianAccumulator  # noqa: F401  (shared with pruning; was defined here)
+from ..core.hessian import inverse_hessian_cholesky, quadratic_error, working_copy  # noqa: F401 (quadratic_error re-exported)
 from ..core.qmath import dequantize_groupwise, group_qparams, quantize_codes, resolve_group_size
 
 
@@ -42,33 +45,16 @@ class GPTQResult:
         return dequantize_groupwise(self.q, self.scales, self.zeros, self.g_idx)
 
 
-def _without_dead_inputs(weight: Tensor, H: Tensor, w_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Copies of weight (as w_dtype) and H (float64) where dead inputs (diag(H) == 0) get
+def _without_dead_inputs(weight: Tensor, H: Tensor, w_dtype: torch.dtype,
+                         h_dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """Copies of weight (as w_dtype) and H (as h_dtype) where dead inputs (diag(H) == 0) get
     diag 1 and zeroed weight columns, so H is invertible and those columns quantize to 0."""
     W = weight.detach().clone().to(w_dtype)
-    H = H.detach().clone().to(device=weight.device, dtype=torch.float64)
+    H = H.detach().to(device=weight.device, dtype=h_dtype, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     return W, H
-
-
-def _inverse_hessian_cholesky(H: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1, in float64, retried with
-    10x damping (up to 5 times) if H is not positive definite."""
-    H = H.double()
-    mean_diag = torch.diag(H).mean()
-    for attempt in range(6):  # (in, in) float64 copies are 1.6 GB for an 8B's down projection: few at a time
-        L, info = torch.linalg.cholesky_ex(_plus_diagonal(H, (damp * 10**attempt) * mean_diag))
-        if info == 0:
-            Hinv = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            del Hinv
-            if info == 0:
-                return U
-        del L
-    raise ValueError(f"GPTQ: Hessian is not positive definite even with damp={damp * 1e5:g}; check calibration data")
 
 
 def gptq_quantize(
@@ -98,7 +84,10 @@ def gptq_quantize(
     maxq = 2**bits - 1
     device = weight.device
 
-    W, H = _without_dead_inputs(weight, H, torch.float32)  # (out, in) float32, (in, in) float64
+    H = H.detach().to(device)
+    dead = torch.diag(H) == 0  # dead inputs: diag 1 in the factored copy, weight columns zeroed
+    W = weight.detach().to(torch.float32, copy=True)  # (out, in)
+    W[:, dead] = 0.0
 
     n_groups = -(-n_cols // gs)
     scales = torch.zeros(out_f, n_groups, dtype=torch.float32, device=device)
@@ -110,19 +99,20 @@ def gptq_quantize(
 
     perm = None
     if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
+        perm = torch.argsort(torch.diag(H).masked_fill(dead, 1.0), descending=True)
+        W = W[:, perm]
     col_group = (perm if perm is not None else torch.arange(n_cols, device=device)) // gs  # (in,)
 
-    Hinv = _inverse_hessian_cholesky(H, damp).float()  # (in, in) upper
+    Hinv = inverse_hessian_cholesky(lambda: working_copy(H, dead, perm), damp).float()  # (in, in) upper
     Q = torch.zeros_like(W)  # (out, in) quantized weight, processing order
-    codes = torch.zeros_like(W)  # (out, in) codes, processing order
-    losses = torch.zeros_like(W)
+    codes = torch.zeros(out_f, n_cols, dtype=torch.uint8, device=device)  # processing order
+    loss = torch.zeros((), dtype=torch.float64, device=device)  # GPTQ's proxy loss, summed block by block
 
     for i1 in range(0, n_cols, block_size):
         i2 = min(i1 + block_size, n_cols)
         W1 = W[:, i1:i2].clone()  # (out, B) block, updated column by column
         Err1 = torch.zeros_like(W1)  # (out, B) scaled errors
+        Loss1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]  # (B, B)
         for i in range(i2 - i1):
             col = i1 + i
@@ -137,32 +127,27 @@ def gptq_quantize(
             w, d = W1[:, i], Hinv1[i, i]  # (out,), scalar
             c = quantize_codes(w, scales[:, g], zeros[:, g], maxq)  # (out,)
             q = (c - zeros[:, g]) * scales[:, g]  # same arithmetic as dequantize_groupwise
-            codes[:, col], Q[:, col] = c, q
-            losses[:, col] = (w - q) ** 2 / d**2 / 2
+            codes[:, col], Q[:, col] = c, q  # codes are whole numbers in [0, maxq]: exact in uint8
+            Loss1[:, i] = (w - q) ** 2 / d**2 / 2
             err = (w - q) / d  # (out,)
             W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the remaining columns
+        loss += Loss1.sum(dtype=torch.float64)
 
     if perm is not None:
         inv = torch.argsort(perm)
         codes, Q = codes[:, inv], Q[:, inv]
     g_idx = torch.arange(n_cols, device=device) // gs
     return GPTQResult(
-        q=codes.to(torch.uint8),
+        q=codes,
         scales=scales,
         zeros=zeros if float_zero else zeros.to(torch.uint8),
         g_idx=g_idx,
         perm=perm,
         weight=Q,
-        error=float(losses.sum()),
+        error=float(loss),
     )
-
-
-def quadratic_error(weight: Tensor, approx: Tensor, H: Tensor) -> Tensor:
-    """Per-row (w - w_hat)^T H (w - w_hat): the layer-output error GPTQ minimises (out,)."""
-    D = (weight.double() - approx.double())
-    return ((D @ H.double()) * D).sum(1)
 
 
 def _damped(H: Tensor, damp: float) -> tuple[Tensor, Tensor]:

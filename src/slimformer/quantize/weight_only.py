@@ -19,7 +19,7 @@ from ..models.surgery import set_module as _set_module
 from .awq import awq_scale_
 from .awq import summary as awq_summary
 from .configs import AwqConfig, RotateConfig, WeightOnlyConfig
-from .gptq import coordinate_descent, gptq_quantize, refit_gptq
+from .gptq import coordinate_descent, gptq_quantize, quadratic_error, refit_gptq
 from .handlers import (_is_linear, _record, _replace_linear, embedding_name, head_name, linear_targets,
                        quantize_embedding, tied_head)
 from .modules import GroupQuantLinear, linear_weight
@@ -139,10 +139,8 @@ def _group_quantize(sm, name: str, mod: nn.Module, cfg: WeightOnlyConfig, H,
 
 def _relative_error(w, wq, H) -> float:
     """tr(D H D^T) / tr(W H W^T), D = W - Q(W): the layer-output error relative to its output."""
-    d = (w - wq).double()
-    h = H.double()
-    den = float(((w.double() @ h) * w.double()).sum())
-    return float(((d @ h) * d).sum()) / den if den > 0 else 0.0
+    den = float(quadratic_error(w, None, H).sum())
+    return float(quadratic_error(w, wq, H).sum()) / den if den > 0 else 0.0
 
 
 # ------------------------------------------------------------------ float steps: AWQ, rotation
