@@ -21,9 +21,16 @@ def factor_dtype(n_inputs: int) -> torch.dtype:
 
 def working_copy(H: Tensor, dead: Tensor, perm: Tensor | None = None) -> Tensor:
     """A copy of H in its factor dtype, dead inputs' diagonal set to 1 (so it is invertible),
-    rows and columns in `perm` order when given."""
-    dtype = factor_dtype(H.shape[0])
-    Hw = H.to(dtype, copy=True) if perm is None else H[perm][:, perm].to(dtype)
+    rows and columns in `perm` order when given. Laid out column-major (LAPACK's order), so that
+    inverse_hessian_cholesky factors it in place: a row-major matrix is copied by every LAPACK call."""
+    n = H.shape[0]
+    Hw = torch.empty_strided((n, n), (1, n), dtype=factor_dtype(n), device=H.device)
+    if perm is None:
+        Hw.copy_(H)
+    else:  # a column chunk at a time (contiguous in column-major memory)
+        cols = max(1, (64 << 20) // (n * H.element_size()))
+        for c0 in range(0, n, cols):
+            Hw[:, c0:c0 + cols] = H.index_select(1, perm[c0:c0 + cols]).index_select(0, perm)
     d = dead if perm is None else dead[perm]
     Hw[d, d] = 1.0
     return Hw
@@ -32,8 +39,8 @@ def working_copy(H: Tensor, dead: Tensor, perm: Tensor | None = None) -> Tensor:
 def inverse_hessian_cholesky(working_copy: Callable[[], Tensor], damp: float) -> Tensor:
     """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1, retried with 10x damping (up to 5
     times) if H is not positive definite. `working_copy()` gives a fresh copy of H in the dtype to
-    factor in; the factorization works in place on it (one (in, in) matrix alive, not four) and a
-    retry asks for a new one."""
+    factor in (column-major: see working_copy); the factorization works in place on it (one
+    (in, in) matrix alive, not four) and a retry asks for a new one."""
     info = None
     for attempt in range(6):
         H = working_copy()

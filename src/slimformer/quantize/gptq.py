@@ -45,18 +45,6 @@ class GPTQResult:
         return dequantize_groupwise(self.q, self.scales, self.zeros, self.g_idx)
 
 
-def _without_dead_inputs(weight: Tensor, H: Tensor, w_dtype: torch.dtype,
-                         h_dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
-    """Copies of weight (as w_dtype) and H (as h_dtype) where dead inputs (diag(H) == 0) get
-    diag 1 and zeroed weight columns, so H is invertible and those columns quantize to 0."""
-    W = weight.detach().clone().to(w_dtype)
-    H = H.detach().to(device=weight.device, dtype=h_dtype, copy=True)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    return W, H
-
-
 def gptq_quantize(
     weight: Tensor,
     H: Tensor,
@@ -86,8 +74,7 @@ def gptq_quantize(
 
     H = H.detach().to(device)
     dead = torch.diag(H) == 0  # dead inputs: diag 1 in the factored copy, weight columns zeroed
-    W = weight.detach().to(torch.float32, copy=True)  # (out, in)
-    W[:, dead] = 0.0
+    W = weight.detach().to(torch.float32)  # (out, in): copied below (act_order: in processing order)
 
     n_groups = -(-n_cols // gs)
     scales = torch.zeros(out_f, n_groups, dtype=torch.float32, device=device)
@@ -95,12 +82,17 @@ def gptq_quantize(
     static = act_order or gs == n_cols  # group params fixed before quantization
     if static:
         for g in range(n_groups):
-            scales[:, g], zeros[:, g] = group_qparams(W[:, g * gs : (g + 1) * gs], bits, symmetric, clip, float_zero)
+            Wg = W[:, g * gs : (g + 1) * gs].masked_fill(dead[g * gs : (g + 1) * gs], 0.0)
+            scales[:, g], zeros[:, g] = group_qparams(Wg, bits, symmetric, clip, float_zero)
 
     perm = None
     if act_order:
         perm = torch.argsort(torch.diag(H).masked_fill(dead, 1.0), descending=True)
-        W = W[:, perm]
+        W = W[:, perm]  # the copy
+        W[:, dead[perm]] = 0.0
+    else:
+        W = W.clone()
+        W[:, dead] = 0.0
     col_group = (perm if perm is not None else torch.arange(n_cols, device=device)) // gs  # (in,)
 
     Hinv = inverse_hessian_cholesky(lambda: working_copy(H, dead, perm), damp).float()  # (in, in) upper
@@ -135,6 +127,7 @@ def gptq_quantize(
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the remaining columns
         loss += Loss1.sum(dtype=torch.float64)
 
+    del W, Hinv
     if perm is not None:
         inv = torch.argsort(perm)
         codes, Q = codes[:, inv], Q[:, inv]
@@ -150,19 +143,6 @@ def gptq_quantize(
     )
 
 
-def _damped(H: Tensor, damp: float) -> tuple[Tensor, Tensor]:
-    """(H + lam I, lam) with lam = damp * mean(diag H): GPTQ's damping, in H's dtype."""
-    lam = damp * torch.diag(H).mean()
-    return _plus_diagonal(H, lam), lam
-
-
-def _plus_diagonal(H: Tensor, lam) -> Tensor:
-    """H + lam I without building I (the same values: only the diagonal changes)."""
-    out = H.clone()
-    out.diagonal().add_(lam)
-    return out
-
-
 def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, damp: float = 0.01
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Given fixed codes q (out, in), re-solve each row's group scales and (float) zero points to
@@ -176,30 +156,44 @@ def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, da
     out_f, n_cols = q.shape
     gs = resolve_group_size(n_cols, group_size)
     n_groups = -(-n_cols // gs)
-    W, H0 = _without_dead_inputs(weight, H, torch.float64)
-    Hd, _ = _damped(H0, damp)
+    H = H.detach().to(q.device)
+    dead = torch.diag(H) == 0
+    H0 = working_copy(H, dead)  # (in, in) undamped, dead inputs' diagonal 1, in the factor dtype: the one copy
+    dt = H0.dtype
+    W = weight.detach().to(torch.float32, copy=True)
+    W[:, dead] = 0.0
+    lam = damp * torch.diag(H0).mean()  # H_d = H0 + lam I, never built: its products are H0's plus lam x
     g_of = torch.arange(n_cols, device=q.device) // gs
-    E = torch.nn.functional.one_hot(g_of, n_groups).double()  # (in, G)
-    HE = Hd @ E  # (in, G)
-    M_bb = E.T @ HE  # (G, G)
-    eye = torch.eye(2 * n_groups, dtype=torch.float64, device=q.device)
-    # each row is its own least-squares problem: rows in chunks so that Z (rows, G, in) float64
-    # stays near 256 MB (whole, it is 8.6 GB for a 1B Llama's down projection)
-    chunk = max(1, (256 << 20) // (8 * n_groups * n_cols))
+
+    def group_sum(X: Tensor) -> Tensor:  # (c, in) -> (c, G): sums over each group's columns
+        return torch.zeros(X.shape[0], n_groups, dtype=X.dtype, device=X.device).index_add_(1, g_of, X)
+
+    HE = group_sum(H0)  # (in, G): sum_{k in h} H0_jk
+    HE[torch.arange(n_cols, device=q.device), g_of] += lam
+    M_bb = group_sum(HE.T.contiguous()).double()  # (G, G)
+    # each row is its own least-squares problem: rows in chunks so that M (rows, 2G, 2G) float64 and one
+    # (rows, in) product stay near 64 MB each
+    chunk = max(1, min((64 << 20) // (8 * 4 * n_groups * n_groups), (64 << 20) // (dt.itemsize * n_cols)))
     theta = torch.empty(out_f, 2 * n_groups, dtype=torch.float64, device=q.device)
+    eye = torch.eye(2 * n_groups, dtype=torch.float64, device=q.device)
     for r0 in range(0, out_f, chunk):
-        U = q[r0:r0 + chunk].double()  # (c, in)
-        HW = W[r0:r0 + chunk] @ Hd  # (c, in)
-        # Z[r, g', j] = sum_{k in g'} H_jk u_rk
-        Z = torch.stack([U[:, g_of == g] @ Hd[g_of == g, :] for g in range(n_groups)], 1)  # (c, G, in)
-        M_aa = torch.einsum("rhj,rj,jg->rgh", Z, U, E)  # sum_{j in g} u_j Z[h, j]
-        del Z
-        M_ab = torch.einsum("rj,jg,jh->rgh", U, E, HE)  # sum_{j in g, k in h} u_j H_jk
+        U = q[r0:r0 + chunk].to(dt)  # (c, in) codes
+        Wc = W[r0:r0 + chunk].to(dt)
         c = U.shape[0]
+        HW = Wc @ H0 + lam * Wc  # (c, in): H_d w per row
+        M_aa = torch.empty(c, n_groups, n_groups, dtype=torch.float64, device=q.device)
+        M_ab = torch.empty(c, n_groups, n_groups, dtype=torch.float64, device=q.device)
+        for g in range(n_groups):  # M_aa[r, g, h] = sum_{j in g, k in h} u_j H_d,jk u_k
+            sl = slice(g * gs, min((g + 1) * gs, n_cols))
+            T = U[:, sl] @ H0[sl, :]  # (c, in)
+            T[:, sl] += lam * U[:, sl]
+            M_aa[:, g, :] = group_sum(T * U).double()
+            M_ab[:, g, :] = (U[:, sl] @ HE[sl, :]).double()  # sum_{j in g} u_j sum_{k in h} H_d,jk
         M = torch.cat([torch.cat([M_aa, M_ab], 2), torch.cat([M_ab.transpose(1, 2), M_bb.expand(c, -1, -1)], 2)], 1)
-        rhs = torch.cat([(U * HW) @ E, HW @ E], 1)  # (c, 2G)
+        del M_aa, M_ab
+        rhs = torch.cat([group_sum(U * HW), group_sum(HW)], 1).double()  # (c, 2G)
         ridge = 1e-10 * M.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-        M = M + ridge[:, None, None] * eye
+        M += ridge[:, None, None] * eye
         theta[r0:r0 + chunk] = torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)  # (c, 2G)
     a, b = theta[:, :n_groups], theta[:, n_groups:]
     scales = a.float()
@@ -216,10 +210,15 @@ def refit_gptq(weight: Tensor, H: Tensor, q: Tensor, scales: Tensor, zeros: Tens
     s_new, z_new, ok, H0, W = refit_group_params(weight, H, q, group_size, damp)
     gs = resolve_group_size(q.shape[1], group_size)
     g_idx = torch.arange(q.shape[1], device=q.device) // gs
-    before = quadratic_error(W, dequantize_groupwise(q, scales, zeros, g_idx), H0)
     s_try = torch.where(ok[:, None], s_new, scales.float())
     z_try = torch.where(ok[:, None], z_new, zeros.float())
-    after = quadratic_error(W, dequantize_groupwise(q, s_try, z_try, g_idx), H0)
+    before = torch.empty(q.shape[0], dtype=torch.float64, device=q.device)
+    after = torch.empty_like(before)
+    rows = max(1, (64 << 20) // (4 * q.shape[1]))  # dequantized a row chunk at a time
+    for r0 in range(0, q.shape[0], rows):
+        r = slice(r0, r0 + rows)
+        before[r] = quadratic_error(W[r], dequantize_groupwise(q[r], scales[r], zeros[r], g_idx), H0)
+        after[r] = quadratic_error(W[r], dequantize_groupwise(q[r], s_try[r], z_try[r], g_idx), H0)
     keep_new = ok & (after <= before)
     s_out = torch.where(keep_new[:, None], s_new, scales.float())
     z_out = torch.where(keep_new[:, None], z_new, zeros.float())
@@ -243,9 +242,13 @@ def coordinate_descent(weight: Tensor, H: Tensor, q: Tensor, scales: Tensor, zer
     out_f, n_cols = q.shape
     gs = resolve_group_size(n_cols, group_size)
     maxq = 2**bits - 1
-    W, H0 = _without_dead_inputs(weight, H, torch.float32)
-    Hd, lam = _damped(H0, damp)
-    Hd32 = Hd.float()
+    H = H.detach().to(q.device)
+    dead = torch.diag(H) == 0
+    W = weight.detach().to(torch.float32, copy=True)
+    W[:, dead] = 0.0
+    Hd32 = working_copy(H, dead).float()  # one copy (float32 here: the sweep's arithmetic)
+    lam = damp * torch.diag(Hd32).mean()
+    Hd32.diagonal().add_(lam)
     g_idx = torch.arange(n_cols, device=q.device) // gs
     S = scales.float()[:, g_idx]
     Z = zeros.float()[:, g_idx]
