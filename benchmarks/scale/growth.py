@@ -50,7 +50,7 @@ def child(a) -> None:
     import torch
 
     import slimformer as sf
-    from slimformer.models.streaming import estimate_bytes
+    from slimformer.models.streaming import estimate_bytes, parse_size
 
     torch.set_num_threads(a.threads)
     folder = CACHE / f"llama-{a.size}"
@@ -60,13 +60,20 @@ def child(a) -> None:
     sm = sf.load(str(folder), stream=not a.whole_path)
     steps = steps_for(a.method, a.samples, a.tokens)
     calib = a.method != "w4"
-    est = estimate_bytes(sm, a.samples if calib else 0, a.tokens if calib else 0) if sm.stream is not None else None
+    est = None
+    if sm.stream is not None:
+        est = estimate_bytes(sm, a.samples if calib else 0, a.tokens if calib else 0)
+        if a.max_memory and calib and est["total"] > parse_size(a.max_memory):  # what the run's memory plan picks
+            est = estimate_bytes(sm, a.samples, a.tokens, activation_bytes=2)
     res = sf.compress(sm, {"name": a.method, "steps": [s.to_dict() for s in steps]}, None, out,
                       sf.CompressOptions(evaluation=False, calibration_source=str(a.data / "wikitext2" / "valid.txt"),
-                                         calibration_samples=4000))
+                                         calibration_samples=4000,
+                                         max_memory=parse_size(a.max_memory) if a.max_memory else None))
     secs = time.perf_counter() - t0
     st = res.steps[0]
+    act = sm.stream.activation_dtype if sm.stream is not None else None
     print("RESULT " + json.dumps({"seconds": secs, "step_seconds": st.seconds, "bytes_before": st.bytes_before,
+                                  "activations": str(act or torch.float32).replace("torch.", "") if calib else "",
                                   "bytes_after": st.bytes_after, "estimate": est,
                                   "out_bytes": sum(f.stat().st_size for f in out.glob("*.safetensors"))}), flush=True)
     shutil.rmtree(out, ignore_errors=True)
@@ -88,12 +95,14 @@ def measure(a, method: str, size: str, whole: bool) -> dict:
     cold = drop_page_cache() if a.cold else False
     cmd = [sys.executable, __file__, "--child", "--method", method, "--size", size, "--samples", str(a.samples),
            "--tokens", str(a.tokens), "--threads", str(a.threads), "--data", str(a.data)] + (["--whole-path"] if whole else [])
+    cmd += ["--max-memory", a.max_memory] if a.max_memory else []
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = "", ""
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
     row = {"method": method, "size": size, "params": params(size), "path": "whole" if whole else "streamed",
+           "samples": a.samples, "tokens": a.tokens, "max_memory": a.max_memory,
            "peak_rss_bytes": usage.ru_maxrss * 1024, "wall_seconds": time.time() - t0, "cold_cache": cold}
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     if status != 0 or not lines:
@@ -113,6 +122,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--name", default="scale_growth")
+    ap.add_argument("--max-memory", default="", help="passed to each run (compress's --max-memory): e.g. 8G keeps "
+                    "GPTQ's calibration activations in bf16 where float32 would not fit")
     ap.add_argument("--warm", dest="cold", action="store_false", help="keep the page cache between runs (default: "
                     "drop it before each run where permitted, so every size reads from disk)")
     ap.add_argument("--child", action="store_true", help=__import__("argparse").SUPPRESS)
@@ -144,11 +155,13 @@ def markdown(a, rows: list[dict]) -> str:
              f"peak RSS is the kernel's ru_maxrss; page cache dropped before each run: "
              f"{'yes' if all(r.get('cold_cache') for r in rows) else 'no (not permitted or --warm)'}. GPTQ and SparseGPT calibrate on {a.samples} x {a.tokens} tokens of "
              "WikiText-2 valid.", "",
-             "| method | model | params | path | wall s | s per 1B params | peak RSS GB | estimate GB | output GB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | model | params | path | calibration | wall s | s per 1B params | peak RSS GB | estimate GB | output GB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         est = (r.get("estimate") or {}).get("total")
-        lines.append(f"| {r['method']} | llama-{r['size']} | {r['params'] / 1e9:.2f}B | {r['path']} | "
+        cal = (f"{r.get('samples', a.samples)} x {r.get('tokens', a.tokens)}, {r['activations']} activations"
+               if r.get("activations") else "-")
+        lines.append(f"| {r['method']} | llama-{r['size']} | {r['params'] / 1e9:.2f}B | {r['path']} | {cal} | "
                      f"{r.get('seconds', float('nan')):.0f} | {r.get('seconds_per_billion', float('nan')):.0f} | "
                      f"{r['peak_rss_bytes'] / 1e9:.2f} | {est / 1e9 if est else float('nan'):.2f} | "
                      f"{r.get('out_bytes', 0) / 1e9:.2f} |" + (f" error: {r['error']}" if "error" in r else ""))

@@ -115,6 +115,53 @@ def test_max_memory_below_one_layer_is_refused_before_work_with_the_estimate(tmp
     assert "streaming" in r.stderr and sf.load(str(tmp_path / "out")).model(IDS).logits.isfinite().all()
 
 
+def test_memory_plan_keeps_activations_in_bf16_when_float32_does_not_fit_and_refuses_below_that(tmp_path):
+    from slimformer.core.errors import SlimformerError
+    from slimformer.models.streaming import estimate_bytes, plan_stream, shard_bytes_for
+
+    sm = sf.load(str(_checkpoint(tmp_path / "src")), stream=True)
+    hidden = sm.model.config.hidden_size
+    tokens = 64
+    samples = int(2e9 // (tokens * hidden * 4))  # planned only: 2 GB of float32 activations for this tiny model
+    limit = 3 << 30
+    wide = estimate_bytes(sm, samples, tokens, shard_bytes_for(limit))
+    narrow = estimate_bytes(sm, samples, tokens, shard_bytes_for(limit), activation_bytes=2)
+    assert wide["activations"] == samples * tokens * hidden * 4 == 2 * narrow["activations"]
+    assert narrow["total"] < limit < wide["total"]
+    plan = plan_stream(sm, samples, tokens, limit)
+    assert plan.activation_dtype == torch.bfloat16 and plan.estimate["total"] == narrow["total"]
+    assert any("bfloat16" in n for n in plan.notes)
+    assert plan_stream(sm, 4, tokens, limit).activation_dtype is None  # float32 where it fits
+    with pytest.raises(SlimformerError, match=r"needs about .* activations .*calibration samples of 64 tokens would fit"):
+        plan_stream(sm, samples, tokens, int(narrow["total"] * 0.9))
+    with pytest.raises(SlimformerError, match="the process and one layer alone need"):
+        plan_stream(sm, samples, tokens, 200 << 20)
+
+
+def test_gptq_with_bf16_activations_between_layers_stays_close_to_float32(tmp_path):
+    # the narrow plan changes only what is kept between layers: the result stays GPTQ's
+    src = _checkpoint(tmp_path / "src")
+    ref, _ = _compress(src, quantize_steps("w4-gptq"), tmp_path / "f32", stream=True)
+    assert ref.stream.activation_dtype is None
+    model = sf.load(str(src), stream=True)
+    model.stream.activation_dtype = torch.bfloat16
+    kept = []
+    from slimformer.models import sequential
+
+    real = sequential._layer_out
+    sequential._layer_out = lambda layer, args, kwargs: kept.append(sequential._hidden(args, kwargs).dtype) or real(layer, args, kwargs)
+    try:
+        sf.compress(model, {"name": "t", "steps": [s.to_dict() for s in quantize_steps("w4-gptq")]}, None,
+                    tmp_path / "bf16", sf.CompressOptions(evaluation=False))
+    finally:
+        sequential._layer_out = real
+    assert kept and set(kept) == {torch.bfloat16}
+    a = sf.load(str(tmp_path / "f32")).model(IDS).logits
+    b = sf.load(str(tmp_path / "bf16")).model(IDS).logits
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() <= 0.05 * a.abs().max()
+
+
 def test_layer_by_layer_perplexity_equals_the_whole_model_for_float_and_quantized(tmp_path, shared_data):
     src = _checkpoint(tmp_path / "src", tied=True)
     _compress(src, quantize_steps("w4"), tmp_path / "q", stream=True)

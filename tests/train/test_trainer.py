@@ -117,6 +117,82 @@ def test_two_processes_match_one(tmp_path):
     torch.testing.assert_close(a, w1, rtol=1e-5, atol=1e-6)  # = 1 process on the same global batch
 
 
+FSDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    from torch import nn
+    sys.path.insert(0, {tests!r})
+    from test_trainer import _data, _collate
+    from slimformer.train import TrainConfig, Trainer
+
+    class Net(nn.Module):  # layers in a ModuleList (one FSDP unit each) and a weight tied across units
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.inp = nn.Linear(6, 16)
+            self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(2))
+            self.out = nn.Linear(16, 1)
+        def forward(self, x):
+            h = torch.relu(self.inp(x))
+            for l in self.layers:
+                h = h + torch.tanh(l(h))
+            return self.out(h)
+
+    model = Net()
+    seen = []
+    def loss_fn(batch):
+        x, y = batch
+        seen.append(type(model.layers[0].weight).__name__)
+        if os.environ.get("DIE_AT") and len(seen) == int(os.environ["DIE_AT"]):
+            raise SystemExit(3)
+        return nn.functional.mse_loss(model(x), y)
+    out = sys.argv[3] if len(sys.argv) > 3 else None
+    t = Trainer(model, loss_fn, _data(), _collate, TrainConfig(max_steps=6, batch_size=16, lr=1e-2, warmup=0.0,
+                save_every=2, distributed=sys.argv[2]), out_dir=out)
+    t.fit()
+    assert type(model).__name__ == "Net" and all(type(p) is nn.Parameter for p in model.parameters())
+    w = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.save({{"w": w, "seen": seen, "out": model(torch.ones(2, 6)).detach()}},
+               sys.argv[1] + f"-{{t.accelerator.process_index}}.pt")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+""")
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_matches_one_process_and_resumes(tmp_path):
+    """FSDP (gloo, CPU): parameters sharded while training, plain full ones after on every process,
+    the same weights as one process on the same global batch; killed, it resumes from its gathered
+    checkpoint to the weights of an uninterrupted run."""
+    import os
+
+    script = tmp_path / "run.py"
+    script.write_text(FSDP_SCRIPT.format(tests=os.path.dirname(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+    def two(name, *extra, **more):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                               _free_port(), str(script), str(tmp_path / name), "fsdp", *extra],
+                              capture_output=True, text=True, env={**env, **more})
+
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "fsdp"], capture_output=True, text=True,
+                         env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    r = two("two")
+    assert r.returncode == 0, r.stderr[-3000:]
+    w1, a, b = (torch.load(tmp_path / f) for f in ("one-0.pt", "two-0.pt", "two-1.pt"))
+    assert set(a["seen"]) == {"DTensor"} and set(w1["seen"]) == {"Parameter"}  # sharded only with 2 processes
+    assert torch.equal(a["w"], b["w"]) and torch.equal(a["out"], b["out"])  # full weights on both after
+    torch.testing.assert_close(a["w"], w1["w"], rtol=1e-5, atol=1e-6)
+    died = two("died", str(tmp_path / "ck"), DIE_AT="5")  # after the step-4 checkpoint
+    assert died.returncode != 0
+    r = two("resumed", str(tmp_path / "ck"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = torch.load(tmp_path / "resumed-0.pt")
+    assert len(c["seen"]) == 2  # steps 5 and 6 only
+    torch.testing.assert_close(c["w"], a["w"], rtol=1e-5, atol=1e-6)
+
+
 def test_bf16_autocast_trains_and_auto_follows_the_cpu(monkeypatch):
     from slimformer.core import hardware
 
@@ -142,23 +218,25 @@ def test_bf16_autocast_trains_and_auto_follows_the_cpu(monkeypatch):
 
 
 @pytest.mark.slow
-def test_distill_command_under_torchrun_shares_one_work_folder(tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_distill_command_under_torchrun_shares_one_work_folder(tmp_path, distributed):
     """Two processes run the distill command (a compress run): one output, written once, and the
-    shared work folder removed once every process is done with it."""
+    shared work folder removed once every process is done with it; with FSDP too (a Hugging Face
+    student sharded layer by layer, saved whole)."""
     import os
 
     import slimformer as sf
     from slimformer.testing import tiny_slim
 
-    sf.save(tiny_slim("bert", "embedding"), tmp_path / "m")
+    sf.save(tiny_slim("bert", "embedding", num_hidden_layers=3), tmp_path / "m")
     (tmp_path / "s.txt").write_text("\n".join(sf.sample_sentences()[:64]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           _free_port(), "-m", "slimformer.cli", "distill", "--teacher", str(tmp_path / "m"), "--keep-layers",
-                          "0", "--unlabeled", str(tmp_path / "s.txt"), "--max-steps", "4", "--batch-size", "16", "--out",
-                          str(tmp_path / "d")], capture_output=True, text=True, env=env)
+                          "0,1", "--unlabeled", str(tmp_path / "s.txt"), "--max-steps", "4", "--batch-size", "16", "--out",
+                          str(tmp_path / "d"), "--distributed", distributed], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert len(sf.load(tmp_path / "d").model.encoder.layer) == 1
+    assert len(sf.load(tmp_path / "d").model.encoder.layer) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m", "s.txt"]  # no work folder left
 
 

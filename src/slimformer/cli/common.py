@@ -52,6 +52,10 @@ def _integer(text: str, low: int) -> int:
     return v
 
 
+DISTRIBUTED_HELP = ("with several processes (torchrun / accelerate launch): ddp = each process holds the whole model, "
+                    "gradients averaged; fsdp = parameters, gradients and optimizer state sharded over the processes "
+                    "(FSDP2); auto (default) = fsdp when accelerate was launched with an FSDP config, else ddp. One "
+                    "process ignores it")
 PRECISION_HELP = ("training precision (default auto: bf16 autocast where the CPU has AMX-BF16 / AVX512-BF16 or the "
                   "GPU supports bf16; else fp32)")
 

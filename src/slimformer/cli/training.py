@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import (MODEL_HELP, add_log_with, trackers_arg, PRECISION_HELP, TASKS, count, layers_arg, positive, positive_float, run_recipe,
+from .common import (MODEL_HELP, add_log_with, trackers_arg, DISTRIBUTED_HELP, PRECISION_HELP, TASKS, count, layers_arg, positive, positive_float, run_recipe,
                      task_from_args)
 
 
@@ -34,6 +34,7 @@ def add_parsers(sub) -> None:
                    "1e-4 otherwise)")
     p.add_argument("--batch-size", type=positive, default=64, help="sentences per step (default 64)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
+    p.add_argument("--distributed", choices=["auto", "ddp", "fsdp"], default="auto", help=DISTRIBUTED_HELP)
     p.add_argument("--out", required=True, help="output folder: the student, result.json, report.md, report.html")
     add_log_with(p)
     p.set_defaults(run=cmd_distill)
@@ -48,6 +49,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=5e-5)
     p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"], default="auto", help=PRECISION_HELP)
+    p.add_argument("--distributed", choices=["auto", "ddp", "fsdp"], default="auto", help=DISTRIBUTED_HELP)
     p.add_argument("--out", required=True, help="output folder: the model, result.json, report.md, report.html")
     add_log_with(p)
     p.set_defaults(run=cmd_finetune)
@@ -92,7 +94,7 @@ def cmd_distill(a) -> None:
         raise SlimformerError("distill needs --unlabeled SENTENCES (a text file, one sentence a line)")
     task = task_from_args(a)
     cfg = dict(losses=tuple(a.loss or ()), epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, batch_size=a.batch_size,
-               mixed_precision=a.precision, keep_best=task is not None)
+               mixed_precision=a.precision, keep_best=task is not None, distributed=a.distributed)
     if a.student:  # the student is the model the recipe runs on; the teacher is named
         model, steps = load(a.student), [DistillConfig(teacher=str(a.teacher or "default"), **cfg)]
     else:          # the teacher is the model; the student is made from its layers, then distilled from it
@@ -110,7 +112,7 @@ def cmd_finetune(a) -> None:
     train = load_task(a.task, a.data)
     ev = load_task(a.task, a.eval_data) if a.eval_data else None
     cfg = FinetuneConfig(epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, batch_size=a.batch_size,
-                         mixed_precision=a.precision)
+                         mixed_precision=a.precision, distributed=a.distributed)
     res = run_recipe(load(a.model), [cfg], a.out, ev, train_task=train, trackers=trackers_arg(a))
     d = res.steps[-1].details
     print(f"wrote {a.out}: {d['steps']} steps in {d['seconds']:.0f} s" + (f"; best {d['best']}" if d.get("best") else ""))

@@ -152,7 +152,8 @@ def _distill(student, teacher, texts, labels, cfg, losses, needs, lmap, projecti
 
     trainer = Trainer(module, loss_fn, list(range(len(texts))), collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate(student.kind),
-                                  batch_size=cfg.batch_size, seed=cfg.seed, warmup=0.1, mixed_precision=cfg.mixed_precision),
+                                  batch_size=cfg.batch_size, seed=cfg.seed, warmup=0.1, mixed_precision=cfg.mixed_precision,
+                                  distributed=cfg.distributed),
                       out_dir=out_dir, eval_fn=_eval_fn(student, eval_task), callbacks=callbacks)
     result = trainer.fit()
     if eval_task is not None:
@@ -207,10 +208,11 @@ def _teacher_cache(teacher, texts, cfg, out_dir) -> torch.Tensor:
         idx = order[b:b + 256]
         enc = teacher.tokenize([texts[i] for i in idx], cfg.max_length)
         out[idx] = model_outputs(teacher, enc, {"embedding"}).embedding.float()
-    if path is not None:
+    if path is not None:  # several processes (torchrun) share the work folder: each its own temporary file
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(out, str(path) + ".tmp")
-        Path(str(path) + ".tmp").replace(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(out, tmp)
+        tmp.replace(path)
     return out
 
 
@@ -446,7 +448,8 @@ def finetune(model, task, config: FinetuneConfig | None = None, out_dir=None, ev
         raise ConfigError(f"finetune: task {task.kind!r} is not supported; accepted: classification, stsb")
     trainer = Trainer(sm.model, loss_fn, list(range(n)), collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                                  warmup=cfg.warmup, seed=cfg.seed, mixed_precision=cfg.mixed_precision),
+                                  warmup=cfg.warmup, seed=cfg.seed, mixed_precision=cfg.mixed_precision,
+                                  distributed=cfg.distributed),
                       out_dir=out_dir, eval_fn=_eval_fn(sm, eval_task), callbacks=callbacks)
     result = trainer.fit()
     if eval_task is not None:

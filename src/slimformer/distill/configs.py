@@ -7,6 +7,7 @@ from ..core.config import MethodConfig
 from ..core.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "no")
+DISTRIBUTED = ("auto", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class DistillConfig(MethodConfig):
     file (one sentence a line) to train on; "" = the step's data. epochs / max_steps, lr,
     batch_size, max_length: training (the shared trainer, train.TrainConfig). mixed_precision:
     "auto" (bf16 autocast where the device runs bf16 natively), "bf16", "fp16" (GPU) or "no".
+    distributed: under torchrun / accelerate launch with several processes, "ddp" (each process
+    holds the student), "fsdp" (its parameters, gradients and optimizer state sharded over the
+    processes) or "auto" (FSDP when accelerate was launched with an FSDP config, else DDP).
     keep_best: inside a recipe, measure the run's evaluation task after each epoch and keep the best
     weights (the CLI's `distill --data`); off by default, so a recipe's figures are not picked on
     the data they are reported on."""
@@ -44,12 +48,14 @@ class DistillConfig(MethodConfig):
     seed: int = 0
     mixed_precision: str = "auto"
     keep_best: bool = False
+    distributed: str = "auto"
 
     def validate(self) -> None:
         from .losses import LOSSES
 
         self._check_bool("keep_best")
         self._check_choice("mixed_precision", PRECISIONS)
+        self._check_choice("distributed", DISTRIBUTED)
         for name in self.losses:
             LOSSES.get(name)  # a clear error listing the accepted names
         if self.weights and len(self.weights) != len(self.losses):
@@ -79,8 +85,8 @@ class DistillConfig(MethodConfig):
 class FinetuneConfig(MethodConfig):
     """Fine-tune a model on a labeled task with the shared trainer: classification (cross-entropy;
     an encoder gets a classification head) or stsb (sentence embeddings trained so that the
-    cosine of a pair matches score / 5, sentence-transformers' CosineSimilarityLoss). mixed_precision:
-    as DistillConfig's."""
+    cosine of a pair matches score / 5, sentence-transformers' CosineSimilarityLoss). mixed_precision,
+    distributed: as DistillConfig's."""
 
     method = "finetune"
     epochs: float = 3.0
@@ -91,9 +97,11 @@ class FinetuneConfig(MethodConfig):
     warmup: float = 0.1
     seed: int = 0
     mixed_precision: str = "auto"
+    distributed: str = "auto"
 
     def validate(self) -> None:
         self._check_choice("mixed_precision", PRECISIONS)
+        self._check_choice("distributed", DISTRIBUTED)
         if not (self.epochs > 0 or self.max_steps > 0):
             raise ConfigError("FinetuneConfig: epochs or max_steps must be > 0")
         self._check_range("lr", 0.0, 1.0, lo_open=True, hi_open=True)

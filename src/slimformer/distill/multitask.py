@@ -88,7 +88,8 @@ def distill_multitask(student, tasks: list[TaskSpec], config: DistillConfig | No
     module = nn.ModuleDict({"student": student.model, "heads": heads})
     trainer = Trainer(module, loss_fn, specs, collate,
                       TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.learning_rate("embedding"), batch_size=1,
-                                  seed=cfg.seed, mixed_precision=cfg.mixed_precision),
+                                  seed=cfg.seed, mixed_precision=cfg.mixed_precision,
+                                  distributed=cfg.distributed),
                       out_dir=out_dir)
     with frozen(*[t.teacher.model for t in tasks]):
         trainer.fit()

@@ -18,6 +18,7 @@ shard is a one-line error naming it, before any work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -478,32 +479,107 @@ def whole_model_bytes(sm) -> int:
     return 4 * sm.num_params()
 
 
-def estimate_bytes(sm, samples: int = 0, tokens: int = 0, shard_bytes: int = SHARD_BYTES) -> dict:
-    """Peak memory of a streamed layer-local step, by part: the process itself, the largest layer
-    in float32 with its processed copy, the largest module outside the layers as stored plus its
-    int8 copy, one output shard, and (calibration) the activations of `samples` x `tokens` kept
-    between layers, one sample's temporaries and the Hessians of one layer."""
+PROCESS_BYTES = 700e6  # Python, torch, transformers, the tokenizer and the allocator's slack (measured ~0.5-0.7 GB)
+PHASE_MARGIN = 1.1  # the largest phase's parts are summed; allocator fragmentation on top (measured on 0.36B-8B)
+
+
+def estimate_bytes(sm, samples: int = 0, tokens: int = 0, shard_bytes: int = SHARD_BYTES,
+                   activation_bytes: int = 4) -> dict:
+    """Peak memory of a streamed layer-local step, by part. Always: the process, an output shard
+    (and its serialized copy), the largest layer (float32 where calibrated, else as stored) with one
+    matrix's float32 math, the largest module outside the layers as stored plus its int8 copy.
+    Calibrated (`samples` x `tokens`): the activations kept between layers (`activation_bytes`
+    per value: 4 in float32, 2 in the stored 16-bit dtype), one sample's temporaries inside a layer,
+    the Hessians of one layer, GPTQ/SparseGPT's factor of the widest one with their weight copies,
+    and the float32 modules in front of the layers while the first layer's inputs are made.
+    The phases (front, layer, outside) do not overlap: total = process + shard + the largest
+    phase x PHASE_MARGIN."""
+    from ..core.hessian import factor_dtype
 
     stream = stream_of(sm)
     prefix, layers = layer_stack(sm)
     cfg = sm.model.config
-    layer = max(sum(p.numel() for p in l.parameters()) for l in layers) * 4
-    outside = 0
+    calib = bool(samples and tokens)
+    stored = stream.stored_dtype().itemsize if stream is not None else 4
+    per_layer = max(sum(p.numel() for p in l.parameters()) for l in layers)
+    mats = [p.shape for l in layers[:1] for p in l.parameters() if p.dim() == 2] or [(0, 0)]
+    biggest = max(o * i for o, i in mats)
+    widest = max(i for _, i in mats)
+    head = get_adapter(sm.model).lm_head(sm.model)
+    head_name = next((n for n, m in sm.model.named_modules() if m is head), "") if head is not None else ""
+    outside, front = 0.0, 0.0
     for name in outside_modules(sm, prefix):
-        m = sm.model.get_submodule(name)
-        n = sum(p.numel() for p in m.parameters(recurse=False))
-        stored = stream.stored_dtype().itemsize if stream is not None else 4
+        n = sum(p.numel() for p in sm.model.get_submodule(name).parameters(recurse=False))
         outside = max(outside, n * (stored + 1 + 4 / 64))  # as stored + its int8 copy, converted in row chunks
+        if name != head_name:
+            front += 4.0 * n
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     ffn = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
     heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
-    parts = {"process": 500e6, "layer": 2.5 * layer, "outside": outside, "shard": float(shard_bytes)}
-    if samples and tokens:
-        parts["activations"] = samples * tokens * hidden * 4.0
+    parts = {"process": PROCESS_BYTES, "shard": 2.0 * shard_bytes,
+             "layer": per_layer * (4 if calib else stored) + 3 * 4.0 * biggest, "outside": outside}
+    layer_phase = parts["layer"]
+    if calib:
+        fb = factor_dtype(widest).itemsize
+        parts["activations"] = samples * tokens * hidden * float(activation_bytes)
         parts["temporaries"] = tokens * (3 * ffn + 6 * hidden) * 4.0 + heads * tokens * tokens * 4.0
-        parts["hessians"] = 4.0 * (hidden * hidden * 3 + ffn * ffn)
-    parts["total"] = sum(parts.values())
+        parts["hessians"] = 4.0 * (3 * hidden * hidden + ffn * ffn)
+        parts["factor"] = widest * widest * (fb + (4 if fb == 8 else 0)) + 3 * 4.0 * biggest
+        layer_phase += parts["activations"] + parts["temporaries"] + parts["hessians"] + parts["factor"]
+        parts["front"] = front
+    phase = max(layer_phase, outside, front + parts.get("activations", 0.0))
+    parts["total"] = parts["process"] + parts["shard"] + PHASE_MARGIN * phase
     return parts
+
+
+def shard_bytes_for(limit: int | None) -> int:
+    """Output shard size under a memory limit: 256 MiB, an eighth of the limit when that is less."""
+    return SHARD_BYTES if limit is None else int(max(16 << 20, min(SHARD_BYTES, limit // 8)))
+
+
+@dataclasses.dataclass
+class StreamPlan:
+    shard_bytes: int
+    estimate: dict  # estimate_bytes' parts and total, as planned
+    activation_dtype: torch.dtype | None  # None: float32 (see WeightStream.activation_dtype)
+    notes: list[str]  # what was decided, one line each (printed as progress)
+
+
+def plan_stream(sm, samples: int = 0, tokens: int = 0, limit: int | None = None) -> StreamPlan:
+    """Plan a streamed layer-local step under `limit` bytes (None: 90% of the memory available
+    now, for choosing only): the output shard size, and the dtype the calibration activations are
+    kept in between layers: float32 (as the whole-model path computes) where it fits, else the
+    checkpoint's 16-bit dtype (half the bytes). Refuses up front (SlimformerError, with the
+    estimate by part and how many calibration samples would fit) when `limit` cannot be met."""
+    from ..core.hardware import available_memory
+
+    stream = stream_of(sm)
+    shard = shard_bytes_for(limit)
+    est = estimate_bytes(sm, samples, tokens, shard)
+    stored = stream.stored_dtype() if stream is not None else torch.float32
+    budget = limit if limit is not None else 0.9 * (available_memory() or float("inf"))
+    act, notes = None, []
+    if samples and tokens and est["total"] > budget and stored.itemsize == 2:
+        narrow = estimate_bytes(sm, samples, tokens, shard, activation_bytes=2)
+        if narrow["total"] <= budget or limit is None:
+            notes.append(f"keeping the calibration activations in {str(stored).replace('torch.', '')} between layers "
+                         f"to stay under {human(budget)} (in float32: {human(est['total'])} in all)")
+            act, est = stored, narrow
+    if limit is not None and est["total"] > limit:
+        narrow = stored.itemsize == 2
+        if narrow and act is None:
+            est = estimate_bytes(sm, samples, tokens, shard, activation_bytes=2)
+        per_sample = tokens * int(getattr(sm.model.config, "hidden_size", 0) or 0) * (2 if narrow else 4)
+        rest = est["total"] - est.get("activations", 0.0) * PHASE_MARGIN
+        fit = int((limit - rest) // (per_sample * PHASE_MARGIN)) if samples and per_sample else 0
+        hint = (f"; {fit} calibration samples of {tokens} tokens would fit" if fit > 0 else
+                f"; the process and one layer alone need {human(rest)}" if rest > limit else "")
+        parts = ", ".join(f"{k} {human(v)}" for k, v in est.items() if k != "total" and v)
+        raise SlimformerError(f"--max-memory {human(limit)}: streaming one layer at a time needs about "
+                              f"{human(est['total'])} ({parts}){hint}")
+    notes.append(f"streaming {stream.folder if stream is not None else 'the model'}: one layer in memory at a time "
+                 f"(about {human(est['total'])} at most)")
+    return StreamPlan(shard, est, act, notes)
 
 
 def parse_size(text: str) -> int:

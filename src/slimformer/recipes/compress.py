@@ -81,7 +81,7 @@ def plan_memory(model, rec, opts: CompressOptions, out) -> int | None:
     whose estimate is above it. Returns the output shard size of a streamed run (else None)."""
     from ..core.errors import SlimformerError
     from ..models.loading import load_whole
-    from ..models.streaming import SHARD_BYTES, estimate_bytes, human, whole_model_bytes
+    from ..models.streaming import human, plan_stream, whole_model_bytes
 
     stream = getattr(model, "stream", None)
     limit = opts.max_memory
@@ -97,21 +97,14 @@ def plan_memory(model, rec, opts: CompressOptions, out) -> int | None:
         if why is None:
             cfg = rec.steps[0]
             calib = traits_of(cfg).needs_calibration and getattr(cfg, "algorithm", "gptq") != "rtn"
-            samples = getattr(cfg, "calibration_samples", 0) if calib else 0
-            tokens = getattr(cfg, "calibration_tokens", 0) if calib else 0
-            shard = SHARD_BYTES if limit is None else int(min(SHARD_BYTES, max(64 << 20, limit // 8)))
-            est = estimate_bytes(model, samples, tokens, shard)
-            if limit is not None and est["total"] > limit:
-                rest = est["total"] - est.get("activations", 0)
-                fit = int((limit - rest) // (tokens * model.config.hidden_size * 4)) if samples else 0
-                hint = (f"; {fit} calibration samples of {tokens} tokens would fit" if fit > 0 else
-                        f"; the process and one layer alone need {human(rest)}" if rest > limit else "")
-                raise SlimformerError(f"--max-memory {human(limit)}: streaming one layer at a time needs about "
-                                      f"{human(est['total'])} ({', '.join(f'{k} {human(v)}' for k, v in est.items() if k != 'total')}){hint}")
+            plan = plan_stream(model, getattr(cfg, "calibration_samples", 0) if calib else 0,
+                               getattr(cfg, "calibration_tokens", 0) if calib else 0, limit)
+            if plan.activation_dtype is not None:  # narrowed to fit (never widened past what the caller set)
+                stream.activation_dtype = plan.activation_dtype
             if opts.progress:
-                print(f"streaming {stream.folder}: one layer in memory at a time (about {human(est['total'])} at most)",
-                      file=sys.stderr, flush=True)
-            return shard
+                for line in plan.notes:
+                    print(line, file=sys.stderr, flush=True)
+            return plan.shard_bytes
         need = whole_model_bytes(model)
         if limit is not None and need > limit:
             raise SlimformerError(f"--max-memory {human(limit)}: {why}, and loading it whole needs about {human(need)} "

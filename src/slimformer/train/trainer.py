@@ -7,8 +7,9 @@ all train through it.
 Built on Hugging Face `accelerate`: `accelerate launch` or `torchrun` runs the same code
 data-parallel (each process takes its share of every global batch; gradients are averaged over
 processes after each backward, as DDP does, so 2 processes on a global batch give what 1 process
-gives on it). The module is not wrapped (the loss closes over it), so FSDP / DeepSpeed sharding
-is not supported yet. AdamW, warmup then linear / cosine
+gives on it); with `TrainConfig.distributed="fsdp"` the module's parameters, gradients and
+optimizer state are sharded over the processes instead (FSDP2, train/fsdp.py). The module is not
+wrapped (the loss closes over it). AdamW, warmup then linear / cosine
 decay, gradient accumulation, clipping, bf16 autocast where asked, evaluation every N steps keeping
 the best weights, checkpoints every N steps (atomic; a killed run resumes from the last one and
 ends with the weights an uninterrupted run ends with), a progress bar with loss and rate, metrics
@@ -38,11 +39,13 @@ from tqdm.auto import tqdm
 
 from ..core.errors import ConfigError, SlimformerError
 from ..core.hardware import resolve_precision
+from .fsdp import Sharded, wants_fsdp
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 CALLBACKS_FILE = "callbacks.pt"  # the state of callbacks that have one (pruning masks and scores)
 MODULE_STATE = "custom_checkpoint_0.pkl"  # accelerate's file for the first registered object: the module
+FSDP_OPTIMIZER_STATE = "optimizer_full.pt"  # FSDP runs: the optimizer state gathered to full tensors
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,10 @@ class TrainConfig:
     "bf16" (autocast), "fp16" (GPU, with a gradient scaler) or "auto" (bf16 where the device runs it
     natively: CUDA GPUs with bf16, CPUs with AMX-BF16 or AVX512-BF16; else "no"; on a 2-core AMX
     Xeon a MiniLM distillation step ran 1.7x faster with the same loss curve). log_every: steps
-    between log lines."""
+    between log lines. distributed (under torchrun / accelerate launch with several processes):
+    "ddp" (each process holds the whole module; gradients averaged), "fsdp" (parameters, gradients
+    and optimizer state sharded over the processes, train/fsdp.py) or "auto" (FSDP when accelerate
+    was launched with an FSDP config, else DDP); one process ignores it."""
 
     epochs: float = 1.0
     max_steps: int = 0
@@ -75,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"
     log_every: int = 20
+    distributed: str = "auto"
 
     def __post_init__(self) -> None:
         def bad(name, accepted):
@@ -98,6 +105,8 @@ class TrainConfig:
             bad("schedule", "linear, cosine, constant, inverse_sqrt")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             bad("mixed_precision", "no, bf16, fp16, auto")
+        if self.distributed not in ("auto", "ddp", "fsdp"):
+            bad("distributed", "auto (FSDP when accelerate was launched with it, else DDP), ddp, fsdp")
         if self.clip_norm < 0 or self.weight_decay < 0:
             bad("clip_norm" if self.clip_norm < 0 else "weight_decay", "a number >= 0")
 
@@ -197,30 +206,38 @@ class Trainer:
                               f"x grad_accum={config.grad_accum}")
         self.steps_per_epoch = max(1, len(examples) // config.batch_size)
         self.total_steps = config.max_steps or max(1, int(round(config.epochs * self.steps_per_epoch)))
-        params = [p for p in module.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in module.parameters()):
             raise ConfigError("the trainer got a model with no trainable parameters (every requires_grad is False; "
                               "was it copied from a frozen teacher?)")
+        self.fingerprint = self._fingerprint(module)
+        self.raw_module = module
+        self.module = module.to(self.accelerator.device)
+        self.sharded = None  # FSDP: the module's parameters sharded in place over the processes
+        if world > 1 and wants_fsdp(config.distributed):
+            self.sharded = Sharded(module, self.accelerator.device)
+        params = [p for p in module.parameters() if p.requires_grad]  # (sharded ones under FSDP)
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
         warm = config.warmup_steps or int(round(config.warmup * self.total_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config.schedule, warm, self.total_steps))
-        self.raw_module = module
-        self.module = module.to(self.accelerator.device)
         # the module is not wrapped (loss_fn closes over it): gradients are averaged over processes
-        # after each backward (data parallel, as DDP does); optimizer, scheduler and the module are
-        # registered so checkpoints hold them and the RNG states
-        # (the scheduler is not prepared: accelerate would step it once per process per step)
-        self.optimizer = self.accelerator.prepare(opt)
+        # after each backward (data parallel, as DDP does; FSDP reduce-scatters them itself); optimizer,
+        # scheduler and the module are registered so checkpoints hold them and the RNG states
+        # (the scheduler is not prepared: accelerate would step it once per process per step). Under
+        # FSDP the module and optimizer states are gathered and saved by the trainer (full tensors)
         self.scheduler = sched
-        self.accelerator.register_for_checkpointing(module, sched)
+        if self.sharded is None:
+            self.optimizer = self.accelerator.prepare(opt)
+            self.accelerator.register_for_checkpointing(module, sched)
+        else:
+            self.optimizer = opt
+            self.accelerator.register_for_checkpointing(_Placeholder(), sched)  # index 0: MODULE_STATE is ours
         self._params = params
         self.step = 0
         self.best: dict | None = None
         self.history: list[dict] = []
-        self.fingerprint = self._fingerprint(module)
 
     # ------------------------------------------------------------------ data
 
@@ -288,6 +305,12 @@ class Trainer:
             root.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=False)
+        if self.sharded is not None:  # every process takes part in gathering; rank 0 writes
+            module_state = self.sharded.full_state_dict()
+            optimizer_state = self.sharded.optimizer_state_dict(self.optimizer)
+            if acc.is_main_process:
+                torch.save(module_state, tmp / MODULE_STATE)
+                torch.save(optimizer_state, tmp / FSDP_OPTIMIZER_STATE)
         if acc.is_main_process:
             state = {"step": self.step, "best": self.best, "history": self.history, "fingerprint": self.fingerprint}
             cb_state = {i: cb.state_dict() for i, cb in enumerate(self.callbacks) if hasattr(cb, "state_dict")}
@@ -308,6 +331,12 @@ class Trainer:
             raise SlimformerError(f"{path}: a checkpoint of another run (different model, data size or training "
                                   "settings); use a new output folder, or delete its checkpoints folder to start over")
         self.accelerator.load_state(str(path))
+        if self.sharded is not None:
+            main = self.accelerator.is_main_process
+            if main and not (path / FSDP_OPTIMIZER_STATE).exists():
+                raise SlimformerError(f"{path}: a checkpoint of a DDP run; resume it with distributed='ddp'")
+            self.sharded.load(torch.load(path / MODULE_STATE, map_location="cpu") if main else {}, self.optimizer,
+                              torch.load(path / FSDP_OPTIMIZER_STATE, map_location="cpu", weights_only=False) if main else {})
         if (path / CALLBACKS_FILE).exists():
             for i, st in torch.load(path / CALLBACKS_FILE, weights_only=False).items():
                 if int(i) < len(self.callbacks) and hasattr(self.callbacks[int(i)], "load_state_dict"):
@@ -329,9 +358,10 @@ class Trainer:
         self.history.append({"eval": res})
         if "score" in res and (self.best is None or res["score"] > self.best["score"]):
             self.best = res
+            state = self.sharded.full_state_dict() if self.sharded is not None else None  # all processes gather
             if self.out_dir is not None and self.accelerator.is_main_process:
                 best = self.out_dir / "best.pt"
-                torch.save(self.module.state_dict(), str(best) + ".tmp")
+                torch.save(state if state is not None else self.module.state_dict(), str(best) + ".tmp")
                 os.replace(str(best) + ".tmp", best)
         return res
 
@@ -370,8 +400,8 @@ class Trainer:
                     total += float(loss.detach()) / cfg.grad_accum
                     for k, v in parts.items():
                         logs[k] = logs.get(k, 0.0) + float(v) / cfg.grad_accum
-                if acc.num_processes > 1:
-                    for p in self._params:
+                if acc.num_processes > 1:  # FSDP reduce-scatters its units' gradients; the rest are averaged here
+                    for p in (self._params if self.sharded is None else self.sharded.replicated):
                         if p.grad is not None:
                             p.grad = acc.reduce(p.grad, reduction="mean")
                 for cb in self.callbacks:
@@ -402,6 +432,9 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+        if self.sharded is not None:  # full, plain parameters back on every process
+            self.sharded.release()
+            self.sharded = None
         for cb in self.callbacks:
             cb.on_train_end(self)
         return TrainResult(self.step, self.step / self.steps_per_epoch, time.perf_counter() - t0, last, self.best,
@@ -434,6 +467,17 @@ class Trainer:
             return False
         self.module.load_state_dict(torch.load(self.out_dir / "best.pt"))
         return True
+
+
+class _Placeholder:
+    """Holds accelerate's first checkpoint slot under FSDP, where the trainer writes the module's
+    gathered state itself (accelerate would save rank 0's shard only)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state) -> None:
+        pass
 
 
 class _Logger:
