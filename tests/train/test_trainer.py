@@ -191,6 +191,14 @@ def test_fsdp_on_two_processes_matches_one_process_and_resumes(tmp_path):
     c = torch.load(tmp_path / "resumed-0.pt")
     assert len(c["seen"]) == 2  # steps 5 and 6 only
     torch.testing.assert_close(c["w"], a["w"], rtol=1e-5, atol=1e-6)
+    # distributed="auto" under `accelerate launch --use_fsdp` (what an FSDP config file sets) shards too
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_fsdp",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                        _free_port(), str(script), str(tmp_path / "acc"), "auto"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = torch.load(tmp_path / "acc-0.pt")
+    assert set(d["seen"]) == {"DTensor"}
+    torch.testing.assert_close(d["w"], a["w"], rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_autocast_trains_and_auto_follows_the_cpu(monkeypatch):

@@ -12,6 +12,7 @@ processes. CPU (gloo) and CUDA (nccl) alike.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -25,6 +26,21 @@ def wants_fsdp(setting: str) -> bool:
     if setting == "auto":
         return os.environ.get(ACCELERATE_FSDP_ENV, "").lower() in ("1", "true", "yes")
     return setting == "fsdp"
+
+
+@contextlib.contextmanager
+def accelerate_without_fsdp():
+    """Build accelerate's Accelerator as for DDP even under an FSDP launch: the trainer shards the
+    module itself (accelerate's own FSDP plugin wraps prepared models, which the trainer never
+    gives it, and refuses to start on CPU)."""
+    old = os.environ.get(ACCELERATE_FSDP_ENV)
+    if old is not None:
+        os.environ[ACCELERATE_FSDP_ENV] = "false"
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ[ACCELERATE_FSDP_ENV] = old
 
 
 def _runs(m: nn.Module) -> bool:

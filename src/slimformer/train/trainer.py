@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import ConfigError, SlimformerError
 from ..core.hardware import resolve_precision
-from .fsdp import Sharded, wants_fsdp
+from .fsdp import Sharded, accelerate_without_fsdp, wants_fsdp
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -198,8 +198,9 @@ class Trainer:
         self.precision = resolve_precision(config.mixed_precision, device)
         # bf16 is plain autocast (below); accelerate's own mixed-precision state is process-wide and
         # cannot change between trainers in one process, so it is used only for fp16's scaler
-        self.accelerator = Accelerator(mixed_precision="fp16" if self.precision == "fp16" else "no",
-                                       cpu=device == "cpu")
+        with accelerate_without_fsdp():  # FSDP, where asked, is applied by the trainer (train/fsdp.py)
+            self.accelerator = Accelerator(mixed_precision="fp16" if self.precision == "fp16" else "no",
+                                           cpu=device == "cpu")
         world = self.accelerator.num_processes
         if config.batch_size % (world * config.grad_accum):
             raise ConfigError(f"TrainConfig.batch_size={config.batch_size} must split evenly over {world} processes "
