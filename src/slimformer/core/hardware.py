@@ -4,6 +4,7 @@ One place that reads them, so evaluation records them, export picks 7- or 8-bit 
 and training picks bf16 autocast by them."""
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
@@ -65,3 +66,19 @@ def available_memory() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the block on one intra-op thread. For batched LAPACK calls (many small solves): torch
+    parallelises over the batch and MKL's LAPACK opens its own OpenMP team inside each, and the
+    nested teams spin on each other's locks (a refit of an 8B's down projection sat in
+    mkl_lapack_dgetrf for over half an hour on 2 busy cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

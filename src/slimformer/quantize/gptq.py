@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..models.activations import HessianAccumulator  # noqa: F401  (shared with pruning; was defined here)
+from ..core.hardware import one_thread
 from ..core.hessian import inverse_hessian_cholesky, quadratic_error, working_copy  # noqa: F401 (quadratic_error re-exported)
 from ..core.qmath import dequantize_groupwise, group_qparams, quantize_codes, resolve_group_size
 
@@ -194,7 +195,8 @@ def refit_group_params(weight: Tensor, H: Tensor, q: Tensor, group_size: int, da
         rhs = torch.cat([group_sum(U * HW), group_sum(HW)], 1).double()  # (c, 2G)
         ridge = 1e-10 * M.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
         M += ridge[:, None, None] * eye
-        theta[r0:r0 + chunk] = torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)  # (c, 2G)
+        with one_thread():  # many small solves: see core.hardware.one_thread
+            theta[r0:r0 + chunk] = torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)  # (c, 2G)
     a, b = theta[:, :n_groups], theta[:, n_groups:]
     scales = a.float()
     zeros = (-b / a).float()
