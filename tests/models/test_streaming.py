@@ -1,5 +1,6 @@
 """Streaming a model from its shards, one layer at a time: the same output as the whole-model path,
 one layer in memory, clear errors for bad shards and memory limits."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -180,3 +181,29 @@ def test_layer_by_layer_perplexity_equals_the_whole_model_for_float_and_quantize
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"{whole.metrics['perplexity']:.2f}" in r.stdout and "peak_rss_mb" in r.stdout
+
+
+def test_layer_by_layer_hessians_keep_only_one_batchs_inputs(tmp_path, monkeypatch):
+    """The collector holds each observed input until the end of its batch (so q/k/v share one
+    accumulator); across batches it must let them go, or 128 calibration samples of an 8B would
+    keep ~27 GB of layer inputs alive."""
+    from slimformer.models import sequential
+
+    held, calls = [], []
+    real = sequential.run_sequential
+
+    def watched(sm, targets, batches, observe, process_layer, *args, end_of_batch=None, **kw):
+        def end():
+            held.append(len(observe.seen))
+            if end_of_batch is not None:
+                end_of_batch()
+        calls.append(len(batches))
+        return real(sm, targets, batches, observe, process_layer, *args, end_of_batch=end, **kw)
+
+    monkeypatch.setattr(sequential, "run_sequential", watched)
+    sm = sf.load(str(_checkpoint(tmp_path / "src", layers=2)))
+    cfg = dataclasses.replace(quantize_steps("w4-gptq")[0], calibration_samples=4, calibration_tokens=32)
+    sf.compress(sm, {"name": "t", "steps": [cfg.to_dict()]}, None, tmp_path / "out",
+                sf.CompressOptions(evaluation=False, calibration_samples=64))
+    assert calls == [4] and len(held) == 2 * 4  # 2 layers x 4 batches
+    assert max(held) == 4  # one batch's distinct inputs: q/k/v, o, gate/up, down

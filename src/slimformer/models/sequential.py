@@ -108,7 +108,7 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
                    observe: Callable[[str, torch.Tensor, torch.Tensor], None],
                    process_layer: Callable[[list[tuple[str, nn.Module]]], None],
                    desc: str = "sequential calibration", true_sequential: bool = True,
-                   exact: bool = False) -> None:
+                   exact: bool = False, end_of_batch: Callable[[], None] | None = None) -> None:
     """For each layer of the stack: run every batch through it with hooks calling
     observe(name, input as float, the input tensor itself) for its targets, call
     process_layer(its targets) (which swaps modules in place), then run the batches through the
@@ -119,7 +119,8 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
     layer computes (a float re-parametrisation such as AWQ scaling), so the observation pass's
     outputs are the next layer's inputs (one pass per layer instead of two; needs
     true_sequential=False). Targets outside the layers (e.g. a pooler) are observed in one final
-    pass of the whole model and compressed last."""
+    pass of the whole model and compressed last. end_of_batch: called after each batch of an
+    observation pass (a collector drops what it kept of that batch's inputs)."""
     if exact and true_sequential:
         raise ValueError("run_sequential: exact=True observes each layer in one pass; use true_sequential=False")
     stack = layer_stack(sm)
@@ -163,6 +164,8 @@ def run_sequential(sm, targets: list[tuple[str, nn.Module]], batches: list[dict]
                     out = _layer_out(layer, args, kwargs)
                     if exact:
                         outs.append(out)
+                    if end_of_batch is not None:
+                        end_of_batch()
             finally:
                 for h in hooks:
                     h.remove()
@@ -245,7 +248,7 @@ def with_hessians(sm, targets: list[tuple[str, nn.Module]], batches: list[dict],
             observe.seen.clear()
 
         run_sequential(sm, targets, batches, observe, process, desc=f"{name} (layer by layer)",
-                       true_sequential=true_sequential)
+                       true_sequential=true_sequential, end_of_batch=observe.seen.clear)  # (else it holds every batch's inputs)
         return []
     if stream_of(sm) is not None:
         raise ValueError(f"{name}: a streamed model is calibrated layer by layer (sequential); this configuration asks "
