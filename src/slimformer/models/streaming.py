@@ -479,21 +479,22 @@ def whole_model_bytes(sm) -> int:
     return 4 * sm.num_params()
 
 
-PROCESS_BYTES = 700e6  # Python, torch, transformers, the tokenizer and the allocator's slack (measured ~0.5-0.7 GB)
-PHASE_MARGIN = 1.1  # the largest phase's parts are summed; allocator fragmentation on top (measured on 0.36B-8B)
+PROCESS_BYTES = 600e6  # Python, torch, transformers, the tokenizer and the allocator's slack (measured 0.48 GB + slack)
 
 
 def estimate_bytes(sm, samples: int = 0, tokens: int = 0, shard_bytes: int = SHARD_BYTES,
                    activation_bytes: int = 4) -> dict:
     """Peak memory of a streamed layer-local step, by part. Always: the process, an output shard
-    (and its serialized copy), the largest layer (float32 where calibrated, else as stored) with one
-    matrix's float32 math, the largest module outside the layers as stored plus its int8 copy.
+    (and its serialized copy), the largest layer (float32 where calibrated, else as stored; with
+    one matrix's float32 math) and the next one read ahead as stored, the largest module outside
+    the layers as stored plus its int8 copy.
     Calibrated (`samples` x `tokens`): the activations kept between layers (`activation_bytes`
     per value: 4 in float32, 2 in the stored 16-bit dtype), one sample's temporaries inside a layer,
     the Hessians of one layer, GPTQ/SparseGPT's factor of the widest one with their weight copies,
     and the float32 modules in front of the layers while the first layer's inputs are made.
     The phases (front, layer, outside) do not overlap: total = process + shard + the largest
-    phase x PHASE_MARGIN."""
+    phase. Each part is an upper bound: measured peaks on 0.36B-8B Llama shapes were 3-20% below
+    the total (benchmarks/scale/growth.py records both)."""
     from ..core.hessian import factor_dtype
 
     stream = stream_of(sm)
@@ -510,25 +511,33 @@ def estimate_bytes(sm, samples: int = 0, tokens: int = 0, shard_bytes: int = SHA
     outside, front = 0.0, 0.0
     for name in outside_modules(sm, prefix):
         n = sum(p.numel() for p in sm.model.get_submodule(name).parameters(recurse=False))
-        outside = max(outside, n * (stored + 1 + 4 / 64))  # as stored + its int8 copy, converted in row chunks
+        # as stored + its int8 copy (converted in row chunks) + that copy again in the output shard being written
+        outside = max(outside, n * (stored + 2 + 4 / 64))
         if name != head_name:
             front += 4.0 * n
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     ffn = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
     heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
+    # a layer as it is processed, plus the next one read ahead as stored; round-to-nearest reads it as stored
+    # and converts one matrix at a time, calibration computes it in float32
+    layer = per_layer * (4 if calib else stored) + per_layer * stored
     parts = {"process": PROCESS_BYTES, "shard": 2.0 * shard_bytes,
-             "layer": per_layer * (4 if calib else stored) + 3 * 4.0 * biggest, "outside": outside}
+             "layer": layer + (0 if calib else 3 * 4.0 * biggest), "outside": outside}
     layer_phase = parts["layer"]
     if calib:
         fb = factor_dtype(widest).itemsize
+        eager = getattr(cfg, "_attn_implementation", "eager") == "eager"
         parts["activations"] = samples * tokens * hidden * float(activation_bytes)
-        parts["temporaries"] = tokens * (3 * ffn + 6 * hidden) * 4.0 + heads * tokens * tokens * 4.0
+        # one sample inside a layer (and its inputs to each observed matrix), attention scores when eager
+        parts["temporaries"] = tokens * (3 * ffn + 6 * hidden) * 4.0 + (heads * tokens * tokens * 8.0 if eager else 0)
         parts["hessians"] = 4.0 * (3 * hidden * hidden + ffn * ffn)
-        parts["factor"] = widest * widest * (fb + (4 if fb == 8 else 0)) + 3 * 4.0 * biggest
+        # GPTQ / SparseGPT on the widest matrix: its inverse Hessian factor (in place; float64 narrow ones
+        # have a float32 copy) and the weight's working copies
+        parts["factor"] = widest * widest * (fb + (4 if fb == 8 else 0)) + 4 * 4.0 * biggest
         layer_phase += parts["activations"] + parts["temporaries"] + parts["hessians"] + parts["factor"]
         parts["front"] = front
     phase = max(layer_phase, outside, front + parts.get("activations", 0.0))
-    parts["total"] = parts["process"] + parts["shard"] + PHASE_MARGIN * phase
+    parts["total"] = parts["process"] + parts["shard"] + phase
     return parts
 
 
@@ -570,8 +579,8 @@ def plan_stream(sm, samples: int = 0, tokens: int = 0, limit: int | None = None)
         if narrow and act is None:
             est = estimate_bytes(sm, samples, tokens, shard, activation_bytes=2)
         per_sample = tokens * int(getattr(sm.model.config, "hidden_size", 0) or 0) * (2 if narrow else 4)
-        rest = est["total"] - est.get("activations", 0.0) * PHASE_MARGIN
-        fit = int((limit - rest) // (per_sample * PHASE_MARGIN)) if samples and per_sample else 0
+        rest = est["total"] - est.get("activations", 0.0)
+        fit = int((limit - rest) // per_sample) if samples and per_sample else 0
         hint = (f"; {fit} calibration samples of {tokens} tokens would fit" if fit > 0 else
                 f"; the process and one layer alone need {human(rest)}" if rest > limit else "")
         parts = ", ".join(f"{k} {human(v)}" for k, v in est.items() if k != "total" and v)
