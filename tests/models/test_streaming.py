@@ -207,3 +207,21 @@ def test_layer_by_layer_hessians_keep_only_one_batchs_inputs(tmp_path, monkeypat
                 sf.CompressOptions(evaluation=False, calibration_samples=64))
     assert calls == [4] and len(held) == 2 * 4  # 2 layers x 4 batches
     assert max(held) == 4  # one batch's distinct inputs: q/k/v, o, gate/up, down
+
+
+def test_load_for_perplexity_streams_when_asked_or_when_the_model_does_not_fit(tmp_path, monkeypatch):
+    from slimformer.core import hardware
+    from slimformer.core.errors import ConfigError
+    from slimformer.models.loading import load_for_perplexity
+    from slimformer.testing import tiny_slim
+
+    src = _checkpoint(tmp_path / "src")
+    assert load_for_perplexity(src, True).stream is not None
+    assert load_for_perplexity(src, False).stream is None
+    assert load_for_perplexity(src).stream is None  # fits in memory: whole
+    told = []
+    monkeypatch.setattr(hardware, "available_memory", lambda: 1000)  # bytes: nothing fits
+    assert load_for_perplexity(src, notify=told.append).stream is not None and "layer by layer" in told[0]
+    sf.save(tiny_slim("bert", "embedding"), tmp_path / "bert")
+    with pytest.raises(ConfigError, match="not a decoder LM folder"):
+        load_for_perplexity(tmp_path / "bert", True)

@@ -138,33 +138,17 @@ def cmd_evaluate(a) -> None:
 
 def _load_for_evaluation(a, load):
     """The model whole, or (--stream, or a float32 model bigger than the memory available, with
-    --task lm) streamed from its shards, evaluated layer by layer."""
-    want = a.stream
-    if not want and getattr(a, "task", None) == "lm" and a.model:
-        lazy = load(a.model, stream=True)
-        if lazy.stream is None:
-            return lazy
-        from ..core.hardware import available_memory
-        from ..models.streaming import human, whole_model_bytes
-
-        need, free = whole_model_bytes(lazy), available_memory()
-        if free and need > 0.8 * free:
-            print(f"the model needs about {human(need)} in float32 and {human(free)} is available: evaluating it "
-                  "layer by layer from its shards", file=sys.stderr)
-            return lazy
-        return load(a.model)
-    if not want:
-        return load(a.model)
+    --task lm) streamed from its shards, evaluated layer by layer (models.loading.load_for_perplexity)."""
     from ..core.errors import ConfigError
+    from ..models.loading import load_for_perplexity
 
-    if getattr(a, "task", None) != "lm" or a.reference or a.attention or a.kv_cache:
+    if a.stream and (getattr(a, "task", None) != "lm" or a.reference or a.attention or a.kv_cache):
         raise ConfigError("--stream evaluates perplexity layer by layer: it takes --task lm, without --reference, "
                           "--attention or --kv-cache")
-    model = load(a.model, stream=True)
-    if model.stream is None:
-        raise ConfigError(f"--stream: {a.model} is not a decoder LM folder of safetensors shards; evaluate it "
-                          "without --stream")
-    return model
+    if getattr(a, "task", None) == "lm" and a.model:
+        return load_for_perplexity(a.model, True if a.stream else None,
+                                   notify=lambda m: print(m, file=sys.stderr))
+    return load(a.model)
 
 
 def _is_eval_result(path: Path) -> bool:

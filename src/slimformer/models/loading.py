@@ -49,6 +49,35 @@ def load(source: str | os.PathLike | None = None, kind: str | None = None, strea
         return _load(source, kind)
 
 
+
+def load_for_perplexity(source: str | os.PathLike, stream: bool | None = None, notify=None) -> SlimModel:
+    """A decoder LM to measure perplexity on: stream=True streams it from its shards (evaluated
+    layer by layer; an error where it cannot be), False loads it whole, None decides: streamed when
+    the model in float32 would take over 80% of the memory available now (`notify(message)` is
+    told why)."""
+    from ..core.errors import ConfigError
+    from ..core.hardware import available_memory
+    from .streaming import human, whole_model_bytes
+
+    if stream is False:
+        return load(source)
+    lazy = load(source, stream=True)
+    if lazy.stream is None:
+        if stream:
+            raise ConfigError(f"streamed evaluation: {source} is not a decoder LM folder of safetensors shards; "
+                              "evaluate it whole")
+        return lazy
+    if stream:
+        return lazy
+    need, free = whole_model_bytes(lazy), available_memory()
+    if free and need > 0.8 * free:
+        if notify is not None:
+            notify(f"the model needs about {human(need)} in float32 and {human(free)} is available: evaluating it "
+                   "layer by layer from its shards")
+        return lazy
+    return load(source)
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """Hide transformers' per-tensor progress bars and load reports (slimformer shows its own)."""
