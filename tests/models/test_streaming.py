@@ -123,10 +123,12 @@ def test_memory_plan_keeps_activations_in_bf16_when_float32_does_not_fit_and_ref
     sm = sf.load(str(_checkpoint(tmp_path / "src")), stream=True)
     hidden = sm.model.config.hidden_size
     tokens = 64
-    samples = int(2e9 // (tokens * hidden * 4))  # planned only: 2 GB of float32 activations for this tiny model
-    limit = 3 << 30
-    wide = estimate_bytes(sm, samples, tokens, shard_bytes_for(limit))
-    narrow = estimate_bytes(sm, samples, tokens, shard_bytes_for(limit), activation_bytes=2)
+    samples = int(3e9 // (tokens * hidden * 4))  # planned only: 3 GB of float32 activations for this tiny model
+    shard = shard_bytes_for(4 << 30)  # the same for every limit >= 2 GiB
+    wide = estimate_bytes(sm, samples, tokens, shard)
+    narrow = estimate_bytes(sm, samples, tokens, shard, activation_bytes=2)
+    limit = int((wide["total"] + narrow["total"]) / 2)
+    assert shard_bytes_for(limit) == shard
     assert wide["activations"] == samples * tokens * hidden * 4 == 2 * narrow["activations"]
     assert narrow["total"] < limit < wide["total"]
     plan = plan_stream(sm, samples, tokens, limit)

@@ -67,12 +67,14 @@ def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dic
 
 def _layer_out(layer: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     """The layer's output hidden states. Hidden states kept in a narrower dtype than the layer
-    computes in (a streamed bf16 model under a memory limit) go in as float32 and come out in
+    computes in (a streamed bf16 model under a memory limit) go in in the layer's dtype and come out in
     the dtype they were kept in."""
     h = _hidden(args, kwargs)
-    kept = h.dtype if h.is_floating_point() and h.dtype != torch.float32 else None
+    w = next((p for p in layer.parameters() if p.is_floating_point()), None)
+    computes = w.dtype if w is not None else torch.float32
+    kept = h.dtype if h.is_floating_point() and h.dtype != computes else None
     if kept is not None:
-        args, kwargs = _with_hidden(args, kwargs, h.float())
+        args, kwargs = _with_hidden(args, kwargs, h.to(computes))
     out = layer(*args, **kwargs)
     out = out[0] if isinstance(out, (tuple, list)) else out
     return out.to(kept) if kept is not None else out
