@@ -573,12 +573,10 @@ def plan_stream(sm, samples: int = 0, tokens: int = 0, limit: int | None = None)
         if narrow["total"] <= budget or limit is None:
             notes.append(f"keeping the calibration activations in {str(stored).replace('torch.', '')} between layers "
                          f"to stay under {human(budget)} (in float32: {human(est['total'])} in all)")
-            act, est = stored, narrow
+            act = stored
+        est = narrow  # the least this run can plan for; refused below if that is still above the limit
     if limit is not None and est["total"] > limit:
-        narrow = stored.itemsize == 2
-        if narrow and act is None:
-            est = estimate_bytes(sm, samples, tokens, shard, activation_bytes=2)
-        per_sample = tokens * int(getattr(sm.model.config, "hidden_size", 0) or 0) * (2 if narrow else 4)
+        per_sample = est.get("activations", 0.0) / samples if samples else 0.0
         rest = est["total"] - est.get("activations", 0.0)
         fit = int((limit - rest) // per_sample) if samples and per_sample else 0
         hint = (f"; {fit} calibration samples of {tokens} tokens would fit" if fit > 0 else
