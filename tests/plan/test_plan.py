@@ -141,6 +141,39 @@ def test_two_workers_share_one_study(tmp_path):
     done = [t for t in res.trials if t["state"] == "COMPLETE"]
     assert len(done) >= 4 and {t["worker"] for t in done} == {0, 1}  # both processes ran trials of the one study
     assert len({t["trial"] for t in res.trials}) == len(res.trials)
+    assert not [t for t in res.trials if t["state"] == "FAIL"]  # no trial taken (and run) by both workers
+
+
+def _take_trials(out: str, q) -> None:
+    import optuna
+
+    from slimformer.plan.study import STUDY_NAME, study_storage
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(Path(out)))
+    q.put([study.ask().number for _ in range(15)])
+
+
+def test_workers_never_take_the_same_enqueued_trial(tmp_path):
+    """Optuna on SQLite reads a WAITING trial's state unlocked before writing RUNNING: four
+    processes asking at once took the same enqueued trial (54 distinct of 60 without the lock)."""
+    import multiprocessing
+
+    import optuna
+
+    from slimformer.plan.study import STUDY_NAME, study_storage
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(tmp_path))
+    for i in range(60):
+        study.enqueue_trial({"x": i})
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_take_trials, args=(str(tmp_path), q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    taken = [n for _ in procs for n in q.get(timeout=120)]
+    for p in procs:
+        p.join()
+    assert sorted(taken) == list(range(60))
 
 
 def test_a_second_plan_into_the_same_folder_is_refused_and_resume_needs_a_plan(tmp_path):

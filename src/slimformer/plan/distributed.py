@@ -59,10 +59,10 @@ def run_on_ray(out: Path, spec: PlanSpec, address: str, workers: int, deadline: 
     from ray import tune
 
     from .space import SpaceInfo
-    from .study import DIRECTION, STUDY_NAME, storage_url, value_of
+    from .study import DIRECTION, STUDY_NAME, study_storage, value_of
 
     budget, info = spec.budget_obj, SpaceInfo(**spec.info)
-    storage = optuna.storages.RDBStorage(storage_url(out))
+    storage = study_storage(out)
     search = _search_class()(space=_Space(info, budget.objective), metric="value", mode="max" if DIRECTION[budget.objective] == "maximize" else "min",
                      points_to_evaluate=None,  # the study holds the first candidates (enqueued when it was made)
                      study_name=STUDY_NAME, storage=storage, seed=spec.seed)

@@ -3,13 +3,11 @@ worker processes share it), a TPE sampler with the quality budget as a constrain
 of each trial, the multi-fidelity gate, and the best model so far kept in OUT/best/."""
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from .budget import Budget
@@ -29,12 +27,21 @@ def storage_url(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
+def study_storage(out: Path):
+    """OUT/study.db as an Optuna storage whose trial-state changes hold a file lock (plan/storage.py:
+    without it two workers on SQLite could take the same enqueued trial)."""
+    from .storage import LockedStorage
+
+    (out / ".plan").mkdir(parents=True, exist_ok=True)
+    return LockedStorage(storage_url(out), str((out / ".plan" / "state.lock").resolve()))
+
+
 def open_study(out: Path, budget: Budget, seed: int = 0, create: bool = True):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=4)
-    kw = dict(study_name=STUDY_NAME, storage=storage_url(out), sampler=sampler)
+    kw = dict(study_name=STUDY_NAME, storage=study_storage(out), sampler=sampler)
     if create:
         return optuna.create_study(direction=DIRECTION[budget.objective], load_if_exists=True, **kw)
     return optuna.load_study(**kw)
@@ -161,14 +168,10 @@ def _typical_seconds(study, trains: bool) -> float | None:
     # machine) must not keep every later candidate from starting
 
 
-@contextmanager
 def plan_lock(out: Path):
-    with open(out / ".plan" / "lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    from .storage import flock
+
+    return flock(out / ".plan" / "lock")
 
 
 def _keep_if_best(out: Path, spec: PlanSpec, number: int, cand, fig: dict, value: float, loss_search: float,
