@@ -121,6 +121,8 @@ CASES = {
                                         _quantized_llama(hidden_size=64, head_dim=16), p, close=_lm_close(0.999)),
     "gguf": lambda p: check_artifact(sf.export.GgufConfig(), _gguf_llama(), p, close=_lm_close(0.999)),
     "compressed_tensors": lambda p: check_artifact(sf.export.CompressedTensorsConfig(), _quantized_llama(), p),
+    "executorch": lambda p: check_artifact(sf.export.ExecuTorchConfig(quantize="int8"), tiny_slim("bert", "embedding"),
+                                           p, close=_embeds_close(0.98)),
     # training, and pruning during training: check_training (the model as its own teacher)
     "distill": lambda p: check_training([sf.ShrinkConfig(keep=(0,)), _distill()], tiny_slim("bert", "embedding"), p,
                                         {"unlabeled": TEXTS}, bound=_params_fall),
@@ -152,6 +154,8 @@ def test_conformance_case(method, tmp_path):
         pytest.importorskip("onnxruntime")
     if method in ("gguf",):
         pytest.importorskip("gguf")
+    if method == "executorch":
+        pytest.importorskip("executorch")
     CASES[method](tmp_path)
 
 

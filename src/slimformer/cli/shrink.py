@@ -101,7 +101,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(run=cmd_factorize)
 
     p = sub.add_parser("export", help="export to ONNX (optionally int8) for ONNX Runtime, the fastest CPU path, to "
-                       "GGUF for llama.cpp, or a quantized model to the compressed-tensors format plain transformers "
+                       "GGUF for llama.cpp, to ExecuTorch (.pte) for phones, or a quantized model to the compressed-tensors format plain transformers "
                        "and vLLM load")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     g = p.add_mutually_exclusive_group(required=True)
@@ -111,11 +111,17 @@ def add_parsers(sub) -> None:
                    help="write a Llama-architecture LM (float, or quantized with groups of 32: w4-g32-fz, w4/w4-gptq at "
                    "group 32, w8 symmetric, int8_dynamic) as one .gguf file for llama.cpp: Q4_1 / Q4_0 / Q8_0 blocks "
                    "holding our codes, scales in float16; --out is the .gguf file (OUT.result.json beside it)")
+    g.add_argument("--executorch", action="store_true",
+                   help="one .pte for ExecuTorch's XNNPACK backend (phones, small devices): an encoder, or a Llama-family "
+                   "LM with its KV cache; float32, or --quantize int8 (int8 dynamic activations x int8 weights) / int4 "
+                   "(4-bit weights in groups of 32, for LMs) through torchao; --out is the .pte file (OUT.json and the "
+                   "tokenizer files beside it; pip install 'slimformer[executorch]'); run it with slimformer evaluate OUT")
     g.add_argument("--compressed-tensors", action="store_true",
                    help="write a model quantized by slimformer (weight_only with integer zero points and whole groups, "
                    "or int8_dynamic) in the compressed-tensors format, codes and scales carried over exactly; loads with "
                    "AutoModelForCausalLM.from_pretrained (pip install compressed-tensors) and vLLM")
-    p.add_argument("--quantize", choices=["int8", "int8-static", "int8-weights", "int8-nncf"], help="int8: SmoothQuant-equalized "
+    p.add_argument("--quantize", choices=["int8", "int8-static", "int8-weights", "int8-nncf", "int4"], help="--executorch: "
+                   "int8 or int4 (torchao, XNNPACK). --onnx: int8: SmoothQuant-equalized "
                    "dynamic int8 (weights per channel, int8 embedding) tuned for ONNX Runtime on CPU; int8-static: "
                    "activation ranges calibrated on --data, QDQ graph whose int8 tensors flow between ORT's int8 ops; "
                    "int8-weights: int8 weights per channel (slimformer's own codes), activations quantized at run time "
@@ -129,7 +135,7 @@ def add_parsers(sub) -> None:
                    help="--onnx of a Llama-family LM: ONNX Runtime MatMulNBits accuracy level: 4 (default) quantizes "
                    "activations to int8 per block for the fastest kernels, 0 keeps them float (exact)")
     p.add_argument("--out", required=True, help="output folder (model.onnx, tokenizer, config, result.json); with "
-                   "--gguf, the .gguf file")
+                   "--gguf, the .gguf file; with --executorch, the .pte file")
     p.set_defaults(run=cmd_export)
 
 
@@ -204,10 +210,12 @@ def cmd_export(a) -> None:
     from ..export.formats import export_step
 
     model = load(a.model)
-    fmt = "gguf" if a.gguf else "compressed-tensors" if a.compressed_tensors else "onnx"
+    fmt = "gguf" if a.gguf else "compressed-tensors" if a.compressed_tensors else "executorch" if a.executorch else "onnx"
     step = export_step(model, fmt, a.quantize, False if a.no_optimize else "auto", a.accuracy_level)
     said = {"gguf": "for llama.cpp; load it with slimformer.load too",
             "compressed_tensors": "compressed-tensors; load it with transformers' from_pretrained",
+            "executorch": f"ExecuTorch, XNNPACK, {a.quantize or 'float32'}; run it with slimformer evaluate {a.out} or "
+                          "slimformer.load, on a phone with ExecuTorch's runtime",
             "onnx_lm": f"a KV-cache graph for ONNX Runtime: prefill and decode, int4/int8 weights as MatMulNBits, "
                        f"accuracy level {a.accuracy_level}; run it with slimformer.load(DIR).generate, evaluate or "
                        "onnxruntime-genai",

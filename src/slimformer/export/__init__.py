@@ -8,7 +8,7 @@ Needs the `onnx` extra: pip install 'slimformer[onnx]'.
 """
 from __future__ import annotations
 
-from ..models.loading import FOLDER_LOADERS
+from ..models.loading import FILE_LOADERS, FOLDER_LOADERS
 from .compressed_tensors import export_compressed_tensors
 from .gguf import export_gguf
 from .onnx_lm import export_onnx_lm
@@ -16,9 +16,13 @@ from .onnx import EXPORT_OPTIONS, ONNX_META_FILE, export_onnx
 from .runtime import OnnxSlimModel, _load_folder, load_onnx
 from .deploy import DeployConfig, deploy_step
 from .step import ExportConfig, onnx_step
-from .formats import CompressedTensorsConfig, ExportedFiles, GgufConfig, OnnxLMConfig
+from .formats import CompressedTensorsConfig, ExecuTorchConfig, ExportedFiles, GgufConfig, OnnxLMConfig
+from .executorch import ExecuTorchSlimModel, export_executorch, load_executorch
+from .executorch import _load_file as _load_pte
 
 FOLDER_LOADERS[ONNX_META_FILE] = _load_folder  # slimformer.load(DIR) opens an exported folder
+FILE_LOADERS[".pte"] = _load_pte  # slimformer.load(FILE.pte) runs it with ExecuTorch
 
 __all__ = ["export_onnx", "export_compressed_tensors", "export_gguf", "export_onnx_lm", "load_onnx", "OnnxSlimModel", "EXPORT_OPTIONS", "ONNX_META_FILE", "ExportConfig", "DeployConfig",
-           "OnnxLMConfig", "GgufConfig", "CompressedTensorsConfig", "ExportedFiles"]
+           "OnnxLMConfig", "GgufConfig", "CompressedTensorsConfig", "ExportedFiles", "ExecuTorchConfig",
+           "ExecuTorchSlimModel", "export_executorch", "load_executorch"]

@@ -235,7 +235,6 @@ def export_executorch(sm, path, quantize: str | None = None, batch_size: int = 1
         raise ConfigError(f"export_executorch: {path} is a folder; give a file name ending in .pte")
     if path.exists() and not written_by_slimformer(path):
         raise SlimformerError(f"{path} exists and was not written by slimformer; give another --out (it is left alone)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(sm.model).eval().requires_grad_(False)
     meta = {"format": MARK, "kind": sm.kind, "source": sm.source, "quantize": quantize or "none",
             "batch_size": batch_size, "params": sm.num_params(), "config": sm.model.config.to_dict(),
@@ -301,6 +300,7 @@ def _write_together(path: Path, buf, meta: dict, tokenizer) -> None:
     last (a failure leaves the user's folder as it was). A different tokenizer already beside PATH is
     refused rather than replaced."""
     folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".slimformer-tok-") as tmp:
         tokenizer.save_pretrained(tmp)
         files = [f for f in Path(tmp).iterdir() if f.is_file()]
@@ -391,6 +391,7 @@ class ExecuTorchSlimModel:
 
     def __init__(self, path, threads: int | None = None):
         require_executorch()
+        import executorch.kernels.quantized  # noqa: F401  (the quantized embedding kernels, into the runtime's registry)
         import transformers as tf
         from executorch.runtime import Runtime
 
@@ -430,6 +431,14 @@ class ExecuTorchSlimModel:
 
     def memory_bytes(self) -> int:
         return self.path.stat().st_size
+
+    def companions(self, dest: Path) -> dict[Path, Path]:
+        """{where: from} for the files that go beside this .pte when it is copied to `dest`: its
+        description (DEST.json) and the tokenizer files."""
+        dest = Path(dest)
+        out = {meta_path(dest): meta_path(self.path)}
+        out.update({dest.parent / f: self.path.parent / f for f in self.meta.get("tokenizer_files", [])})
+        return out
 
     def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
         from ..models.wrapper import tokenize

@@ -83,10 +83,40 @@ class CompressedTensorsConfig(MethodConfig):
         _refuse_targets(self)
 
 
+@dataclass(frozen=True)
+class ExecuTorchConfig(MethodConfig):
+    """One .pte file for ExecuTorch's XNNPACK backend (export_executorch): an encoder, or a
+    Llama-family LM with its KV cache. quantize: "none", "int8" (int8 dynamic activations x int8
+    weights per channel) or "int4" (4-bit weights in groups of `group_size`, int8 dynamic
+    activations), torchao's quantizers as ExecuTorch documents them; the token-embedding table
+    weight-only at `embedding_bits` (4: groups of 32; 8: per row). batch_size: the program's fixed
+    batch (1: a phone runs one input at a time). max_seq_len: the longest input (encoders; default
+    the model's pooling length) or the KV cache's length (LMs; default 1024)."""
+
+    method = "executorch"
+    quantize: str = "none"
+    batch_size: int = 1
+    max_seq_len: int | None = None
+    group_size: int = 32
+    embedding_bits: int = 4
+
+    def validate(self) -> None:
+        from .executorch import PTE_QUANTIZE
+
+        self._check_choice("quantize", ("none",) + PTE_QUANTIZE)
+        self._check_range("batch_size", 1, 1024)
+        if self.max_seq_len is not None:
+            self._check_range("max_seq_len", 2, 32768)
+        self._check_choice("group_size", (32, 64, 128, 256))
+        self._check_choice("embedding_bits", (4, 8))
+        _refuse_targets(self)
+
+
 def _not_exported(sm, step: str) -> None:
+    from .executorch import ExecuTorchSlimModel
     from .runtime import OnnxSlimModel
 
-    if isinstance(sm, (OnnxSlimModel, ExportedFiles)):
+    if isinstance(sm, (OnnxSlimModel, ExportedFiles, ExecuTorchSlimModel)):
         raise ConfigError(f"{step}: the model is an export already; an export step must come last in a recipe")
 
 
@@ -126,16 +156,39 @@ def compressed_tensors_step(sm, cfg: CompressedTensorsConfig, run) -> Applied:
                    {"folder": str(folder)}, model=ExportedFiles(folder, "compressed-tensors", sm))
 
 
+@register_method(ExecuTorchConfig, traits=Traits(artifact=True))
+def executorch_step(sm, cfg: ExecuTorchConfig, run) -> Applied:
+    from .executorch import export_executorch, load_executorch
+
+    _not_exported(sm, "executorch")
+    path = export_executorch(sm, run.artifact_folder("executorch") / "model.pte",
+                             quantize=None if cfg.quantize == "none" else cfg.quantize, batch_size=cfg.batch_size,
+                             max_seq_len=cfg.max_seq_len, group_size=cfg.group_size, embedding_bits=cfg.embedding_bits)
+    art = load_executorch(path)
+    outside = art.meta.get("ops_outside_xnnpack", [])
+    return Applied([f"executorch: {path.stat().st_size / 1e6:.1f} MB, {art.meta.get('xnnpack_partitions')} XNNPACK "
+                    f"partitions" + (f"; run by ExecuTorch's portable kernels: {', '.join(outside)}" if outside else "")],
+                   {"file": str(path), "quantize": cfg.quantize, "xnnpack_partitions": art.meta.get("xnnpack_partitions"),
+                    "ops_outside_xnnpack": outside}, model=art)
+
+
 def export_step(sm, fmt: str, quantize: str | None = None, optimize="auto", accuracy_level: int = 4) -> MethodConfig:
-    """The export step `slimformer export` runs: fmt "gguf", "compressed-tensors" or "onnx"; for
+    """The export step `slimformer export` runs: fmt "gguf", "compressed-tensors", "executorch"
+    (`quantize` none / int8 / int4) or "onnx"; for
     ONNX, a Llama-family LM without `quantize` becomes one KV-cache graph (onnx_lm), anything else
     the encoder-style export (onnx, `quantize` none / int8 / int8-static / int8-weights)."""
     from .onnx_lm import lm_graph_supported
     from .step import ExportConfig
 
+    if fmt == "executorch":
+        from .executorch import PTE_QUANTIZE
+
+        if quantize not in (None,) + PTE_QUANTIZE:
+            raise ConfigError(f"--executorch --quantize {quantize}: accepted: {', '.join(PTE_QUANTIZE)} (or none: float32)")
+        return ExecuTorchConfig(quantize=quantize or "none")
     if fmt != "onnx" and (quantize or optimize is False):
-        raise ConfigError("--quantize / --no-optimize apply to --onnx; --gguf and --compressed-tensors write the "
-                          "model as quantized (run slimformer quantize first)")
+        raise ConfigError("--quantize / --no-optimize apply to --onnx and --executorch; --gguf and --compressed-tensors "
+                          "write the model as quantized (run slimformer quantize first)")
     if fmt == "gguf":
         return GgufConfig()
     if fmt == "compressed-tensors":

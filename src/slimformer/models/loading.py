@@ -24,6 +24,9 @@ SLIM_WEIGHTS = "slimformer-model.safetensors"
 # other folder formats slimformer writes: {marker file: loader(folder, kind) -> model}; the ONNX
 # export registers its folder here (export/runtime.py), so `load(DIR)` opens any of them
 FOLDER_LOADERS: dict = {}
+# other single-file formats slimformer runs: {suffix: loader(path, kind) -> model} (the ExecuTorch
+# export registers ".pte")
+FILE_LOADERS: dict = {}
 
 
 def default_model_path() -> Path:
@@ -109,8 +112,11 @@ def _load(source, kind: str | None) -> SlimModel:
     if p.is_file():
         if p.suffix.lower() == ".gguf":
             return _load_gguf(p)
+        if p.suffix.lower() in FILE_LOADERS:
+            return FILE_LOADERS[p.suffix.lower()](p, kind)
         raise ModelLoadError(
-            f"{src} is a file but not a model; accepted: a model folder, a .gguf file, or a hub id"
+            f"{src} is a file but not a model; accepted: a model folder, a .gguf file, a .pte written by slimformer, "
+            "or a hub id"
         )
     if p.is_dir():
         for marker, loader in FOLDER_LOADERS.items():
@@ -119,7 +125,7 @@ def _load(source, kind: str | None) -> SlimModel:
         if not (p / "config.json").exists():
             raise ModelLoadError(f"{src} is a folder without config.json, so not a Hugging Face model folder")
         return _load_folder(p, kind, label=src)
-    looks_like_path = src.startswith((".", "/", "~")) or src.count("/") > 1 or p.suffix in (".gguf", ".json", ".safetensors", ".bin")
+    looks_like_path = src.startswith((".", "/", "~")) or src.count("/") > 1 or p.suffix in (".gguf", ".pte", ".json", ".safetensors", ".bin")
     if looks_like_path:
         raise ModelLoadError(f"{src}: no such file or folder")
     return _load_hub(src, kind)

@@ -198,10 +198,12 @@ def _check_out(out, model) -> None:
         if p == src or src in p.parents or p in src.parents:
             raise SlimformerError(f"--out {p} is the input model {src}, inside it or holds it; writing there would "
                                   "replace the input; give another folder")
-    if p.suffix == ".gguf":
+    if p.suffix in (".gguf", ".pte"):
+        from ..export.executorch import written_by_slimformer
         from ..export.formats import gguf_written_by_slimformer
 
-        if p.exists() and (not p.is_file() or not gguf_written_by_slimformer(p)):
+        mine = gguf_written_by_slimformer if p.suffix == ".gguf" else written_by_slimformer
+        if p.exists() and (not p.is_file() or not mine(p)):
             raise SlimformerError(f"{p} exists and was not written by slimformer; refusing to overwrite it (give a "
                                   "new path)")
         check_out_dir(p.parent / f".{p.name}.check")  # the folder can be written
@@ -233,8 +235,13 @@ def _write_out(out, model, final, result, logs: dict) -> None:
     extra = {**text, **logs}
     path = getattr(final, "path", None)
     p = Path(out).expanduser().resolve()
+    beside = getattr(final, "companions", lambda dest: {})  # files that go with the artifact (a .pte's tokenizer)
     if path is not None and Path(path).is_file() and p.suffix == Path(path).suffix:  # one file: x.gguf + x.result.json
         p.parent.mkdir(parents=True, exist_ok=True)
+        for dest, src in beside(p).items():
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
         for name, content in text.items():
             dest = p.with_name(f"{p.stem}.{name}")
             tmp = dest.with_name(f".{dest.name}.tmp")
@@ -247,6 +254,8 @@ def _write_out(out, model, final, result, logs: dict) -> None:
     if path is not None and Path(path).is_file():  # one file into the folder
         def write_file(tmp: Path) -> None:
             shutil.copyfile(path, tmp / Path(path).name)
+            for dest, src in beside(tmp / Path(path).name).items():
+                shutil.copyfile(src, dest)
             write_extra(tmp, extra)
             (tmp / "slimformer.json").write_text(json.dumps({"artifact": Path(path).name, **final.meta}, default=str))
 
