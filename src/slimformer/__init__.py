@@ -11,7 +11,18 @@ def _check_transformers() -> None:
                           "pip install 'transformers>=5,<6'")
 
 
+def _quiet_optional_imports() -> None:
+    """transformers imports torchao when it is installed (the executorch extra); torchao then logs
+    one warning per CUDA-only library it cannot load on a CPU build, and torch one per enum torchao
+    registers. Noise on every command: kept to errors."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 _check_transformers()
+_quiet_optional_imports()
 
 from ._version import __version__  # noqa: E402
 from .core import SlimformerError, ConfigError, DataError, UnsupportedArchitectureError, MethodConfig

@@ -30,6 +30,19 @@ def test_decomposed_layer_norm_is_layer_norm():
     assert torch.allclose(DecomposedLayerNorm(ln)(x), ln(x), atol=1e-5)
 
 
+def test_decomposed_rms_norm_is_the_models_rms_norm():
+    from slimformer.export.executorch import DecomposedRMSNorm, _rms_norms
+
+    sm = tiny_slim("llama", "causal-lm")
+    norms = _rms_norms(sm.model)
+    assert len(norms) == 2 * sm.model.config.num_hidden_layers + 1
+    norm, offset = norms[0]
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(2, 5, norm.weight.shape[0]) * 3
+    assert torch.allclose(DecomposedRMSNorm(norm, offset)(x), norm(x), atol=1e-5)
+
+
 def test_float_encoder_runs_in_executorch_as_in_pytorch(tmp_path):
     sm = tiny_slim("bert", "embedding")
     path = export_executorch(sm, tmp_path / "enc.pte")

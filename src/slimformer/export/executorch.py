@@ -88,15 +88,49 @@ class DecomposedLayerNorm(nn.Module):
         return y.flatten(-2)
 
 
+class DecomposedRMSNorm(nn.Module):
+    """An RMSNorm (Llama's, Gemma's with its weight offset) as mul / mean / rsqrt on a 4D view, for
+    the same reason as DecomposedLayerNorm. `offset`: the adapter's norm_weight_offset."""
+
+    def __init__(self, norm: nn.Module, offset: float = 0.0):
+        super().__init__()
+        self.weight, self.offset = norm.weight, float(offset)
+        self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+    def forward(self, x):
+        x4 = x.float().unsqueeze(-2)
+        y = x4 * torch.rsqrt((x4 * x4).mean((-2, -1), keepdim=True) + self.eps)
+        return (y.flatten(-2) * (self.weight.float() + self.offset)).to(x.dtype)
+
+
+def _rms_norms(model: nn.Module) -> list[tuple[nn.Module, float]]:
+    """(norm, weight offset) for each RMSNorm the model's adapter names (none for other models)."""
+    from ..adapters import get_adapter
+
+    try:
+        ad = get_adapter(model)
+        norms = [n for info in ad.layers(model) for n in info.norms.values()] + [ad.final_norm(model)]
+    except Exception:  # an architecture without an adapter: its norms stay as they are
+        return []
+    seen, out = set(), []
+    for n in norms:
+        if n is not None and id(n) not in seen and "rmsnorm" in type(n).__name__.lower() and hasattr(n, "weight"):
+            seen.add(id(n))
+            out.append((n, getattr(ad, "norm_weight_offset", 0.0)))
+    return out
+
+
 def _prepare(model: nn.Module) -> nn.Module:
-    """The model as XNNPACK lowers it best (module docstring): eager attention, LayerNorm
-    decomposed, embeddings without padding_idx (it only matters for gradients; torchao's quantized
+    """The model as XNNPACK lowers it best (module docstring): eager attention, LayerNorm and the
+    adapter's RMSNorms decomposed, embeddings without padding_idx (it only matters for gradients; torchao's quantized
     embedding pattern does not match with it)."""
     from ..models.surgery import replace_module
 
     if hasattr(model, "set_attn_implementation"):
         with contextlib.suppress(Exception):  # a model without the choice keeps its own
             model.set_attn_implementation("eager")
+    for norm, offset in _rms_norms(model):
+        replace_module(model, norm, DecomposedRMSNorm(norm, offset))
     for m in list(model.modules()):
         if type(m) is nn.LayerNorm and len(m.normalized_shape) == 1:
             replace_module(model, m, DecomposedLayerNorm(m))
