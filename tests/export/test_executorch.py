@@ -157,3 +157,14 @@ def test_cli_export_executorch_then_evaluate(tmp_path, capsys):
     assert main(["export", str(src), "--executorch", "--quantize", "int8-static", "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "accepted: int8, int4" in err[-1]
+
+
+def test_a_recipe_ending_in_executorch_writes_a_folder_that_loads(tmp_path):
+    sm = tiny_slim("bert", "embedding")
+    ref = sm.embed(TEXTS)
+    res = sf.compress(sm, [sf.export.ExecuTorchConfig()], None, tmp_path / "out",
+                      sf.CompressOptions(evaluate=sf.EvalOptions(efficiency=False)))
+    assert res.steps[-1].method == "executorch"
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"model.pte", "model.pte.json", "tokenizer.json", "result.json", "report.html"} <= names
+    assert (sf.load(tmp_path / "out" / "model.pte").embed(TEXTS) - ref).abs().max() < 1e-5

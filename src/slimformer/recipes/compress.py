@@ -55,8 +55,9 @@ def compress(model, recipe, task=None, out=None, options: CompressOptions | None
     dict or list of configs), evaluating on `task` before and after. What is evaluated after is
     what the recipe ends with: the model, or the exported artifact of a final export step. With
     `out`, the folder gets that model or artifact, result.json and report.md (checked before any
-    work: a folder that cannot be written is an error up front; an `out` ending in .gguf is the
-    file itself, with OUT.result.json and OUT.report.md beside it)."""
+    work: a folder that cannot be written is an error up front; an `out` ending in .gguf or .pte
+    is the file itself, with OUT.result.json and OUT.report.md beside it, and a .pte's description
+    and tokenizer files)."""
     import contextlib
 
     from ..models.saving import OutputLock, remove_stale
