@@ -269,8 +269,10 @@ def export_executorch(sm, path, quantize: str | None = None, batch_size: int = 1
         raise ConfigError(f"export_executorch: {path} is a folder; give a file name ending in .pte")
     if path.exists() and not written_by_slimformer(path):
         raise SlimformerError(f"{path} exists and was not written by slimformer; give another --out (it is left alone)")
-    model = copy.deepcopy(sm.model).eval().requires_grad_(False)
-    meta = {"format": MARK, "kind": sm.kind, "source": sm.source, "quantize": quantize or "none",
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in sm.model.parameters() if p.is_floating_point()})
+    # XNNPACK computes in float32 here: a bf16 / fp16 model (encoder-fast's bf16 student) is cast up
+    model = copy.deepcopy(sm.model).float().eval().requires_grad_(False)
+    meta = {"format": MARK, "kind": sm.kind, "source": sm.source, "quantize": quantize or "none", "source_dtypes": dtypes,
             "batch_size": batch_size, "params": sm.num_params(), "config": sm.model.config.to_dict(),
             "pooling": vars(sm.pooling) if getattr(sm, "pooling", None) else None,
             "source_meta": {k: v for k, v in getattr(sm, "meta", {}).items() if k in ("steps", "recipe")}}

@@ -1,8 +1,8 @@
 """ExecuTorch (XNNPACK) against ONNX Runtime, llama.cpp and fp32 PyTorch on the same CPU.
 
-    python benchmarks/edge/executorch.py                    # encoders, then SmolLM2
-    python benchmarks/edge/executorch.py --parts encoders
-    python benchmarks/edge/executorch.py --parts lm
+    python benchmarks/edge/runtimes.py                    # encoders, then SmolLM2
+    python benchmarks/edge/runtimes.py --parts encoders
+    python benchmarks/edge/runtimes.py --parts lm
 
 Encoders (all-MiniLM-L6-v2 on STS-B dev): fp32 PyTorch; ONNX Runtime float32 and slimformer's int8
 export (the `int8` recipe's graph); ExecuTorch float32 and int8 (`slimformer export --executorch
@@ -113,14 +113,11 @@ class _LlamaCpp:
                                    verbose=False)
 
     def decode_seconds(self, prompt, steps: int) -> float:
-        import numpy as np
-
-        self.llm.reset()
-        self.llm.eval(prompt[0].tolist())
+        gen = self.llm.generate(prompt[0].tolist(), top_k=1, temp=0.0, reset=True)  # greedy
+        next(gen)  # the prefill and the first token
         t0 = time.perf_counter()
         for _ in range(steps):
-            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            self.llm.eval([tok])
+            next(gen)
         return time.perf_counter() - t0
 
 
