@@ -87,6 +87,13 @@ def test_tiny_llama_logits_and_greedy_decoding_through_the_kv_cache(tmp_path):
     assert torch.equal(et.generate(ids, 10), want)           # one prefill, then one call per token
     assert torch.equal(et.generate(ids, 10), want)           # a second generation starts afresh
     assert et.decode_seconds(ids, 4) > 0
+    two = torch.tensor([[4, 7, 33, 68, 5, 9], [0, 0, 12, 40, 41, 3]])           # a left-padded batch of two
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    out = et.model(input_ids=two, attention_mask=mask).logits
+    assert out.shape == (2, 6, ref.shape[-1]) and (out[0] - ref[0]).abs().max() < 1e-4
+    with torch.no_grad():
+        assert (out[1, 2:] - sm.model(input_ids=two[1:, 2:]).logits[0]).abs().max() < 1e-4
+    assert et.decode_seconds(two[:, 2:], 3) > 0                              # rows one after another
     with pytest.raises(ValueError, match="KV cache holds 64"):
         et.generate(ids, 60)
 

@@ -390,8 +390,12 @@ class _PteModule:
 
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
-        if self.kind == "causal-lm":
-            return CausalLMOutput(logits=torch.cat([self.prefill(ids[i : i + 1][:, mask[i].bool()]) for i in range(len(ids))]))
+        if self.kind == "causal-lm":  # one row at a time, its padding left out; padded positions get zeros
+            rows = [self.prefill(ids[i : i + 1][:, mask[i].bool()]) for i in range(len(ids))]
+            logits = rows[0].new_zeros(len(ids), ids.shape[1], rows[0].shape[-1])
+            for i, r in enumerate(rows):
+                logits[i, mask[i].bool()] = r[0]
+            return CausalLMOutput(logits=logits)
         given = {"input_ids": ids, "attention_mask": mask, **kw}
         cols = {k: torch.as_tensor(given[k], dtype=torch.long) if given.get(k) is not None else torch.zeros_like(ids)
                 for k in self.names}
@@ -498,8 +502,9 @@ class ExecuTorchSlimModel:
         if not self.meta.get("kv_cache"):
             raise ValueError("generate() needs an LM exported with its KV cache")
         ids = torch.as_tensor(input_ids, dtype=torch.long)
-        if ids.shape[0] != 1:
-            return torch.cat([self._greedy(ids[i : i + 1], steps)[0] for i in range(len(ids))]), float("nan")
+        if ids.shape[0] != 1:  # the program holds one sequence's cache: rows one after another, times added
+            rows = [self._greedy(ids[i : i + 1], steps) for i in range(len(ids))]
+            return torch.cat([r[0] for r in rows]), sum(r[1] for r in rows)
         t = ids.shape[1]
         if t + steps > self.meta["max_seq_len"]:
             raise ValueError(f"{t} + {steps} tokens; this .pte's KV cache holds {self.meta['max_seq_len']}")
