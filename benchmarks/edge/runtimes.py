@@ -188,6 +188,7 @@ def main() -> None:
                       "(fp32 PyTorch: its float32 parameters).\n\n")
             md.append(table(["variant", "spearman", "change", "MB", "bytes / fp32", "throughput x", "latency x",
                              "latency ms"], rows))
+            write(a.name, payload, "".join(md) + "\n", a.out)  # kept if the LM part fails
         if "lm" in a.parts:
             rows, raw = lm(a, Path(tmp))
             payload["lm"] = raw

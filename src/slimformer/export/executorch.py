@@ -271,7 +271,9 @@ def export_executorch(sm, path, quantize: str | None = None, batch_size: int = 1
         raise SlimformerError(f"{path} exists and was not written by slimformer; give another --out (it is left alone)")
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in sm.model.parameters() if p.is_floating_point()})
     # XNNPACK computes in float32 here: a bf16 / fp16 model (encoder-fast's bf16 student) is cast up
-    model = copy.deepcopy(sm.model).float().eval().requires_grad_(False)
+    model = copy.deepcopy(sm.model).eval().requires_grad_(False)
+    if dtypes != ["float32"]:
+        nn.Module.float(model)  # (transformers' own .float() refuses a model it loaded from a GGUF file)
     meta = {"format": MARK, "kind": sm.kind, "source": sm.source, "quantize": quantize or "none", "source_dtypes": dtypes,
             "batch_size": batch_size, "params": sm.num_params(), "config": sm.model.config.to_dict(),
             "pooling": vars(sm.pooling) if getattr(sm, "pooling", None) else None,
