@@ -111,6 +111,7 @@ class _LlamaCpp:
 
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=threads, n_threads_batch=threads,
                                    verbose=False)
+        self.model = None  # not a torch module: decode_seconds asks this object
 
     def decode_seconds(self, prompt, steps: int) -> float:
         gen = self.llm.generate(prompt[0].tolist(), top_k=1, temp=0.0, reset=True)  # greedy
@@ -161,9 +162,14 @@ def lm(a, tmp: Path) -> tuple[list, dict]:
 
 
 def _pte_lm(base, tmp: Path, q, threads: int):
+    """The SmolLM2 .pte (3-7 min to lower on 2 cores), kept in .cache/bench/edge and reused."""
     from slimformer.export import export_executorch, load_executorch
+    from slimformer.export.executorch import written_by_slimformer
 
-    return load_executorch(export_executorch(base, tmp / f"smollm2-{q}.pte", quantize=q, max_seq_len=256), threads=threads)
+    path = CACHE / "edge" / f"smollm2-{q or 'float32'}.pte"
+    if not written_by_slimformer(path):
+        export_executorch(base, path, quantize=q, max_seq_len=256)
+    return load_executorch(path, threads=threads)
 
 
 def main() -> None:
