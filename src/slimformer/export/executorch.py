@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError, ModelLoadError, SlimformerError
-from ..models.wrapper import Pooling
+from ..models.wrapper import ArtifactText, Pooling
 
 _log = logging.getLogger(__name__)
 PTE_QUANTIZE = ("int8", "int4")
@@ -426,7 +426,7 @@ class _PteModule:
         return self.method.execute([ids.contiguous(), torch.arange(t)])[0]
 
 
-class ExecuTorchSlimModel:
+class ExecuTorchSlimModel(ArtifactText):
     """A .pte written by export_executorch, run by ExecuTorch's Python runtime (XNNPACK). Quacks like
     SlimModel for evaluation: kind, tokenizer, pooling, source, meta, config, tokenize(), embed(),
     model(**enc), num_params(), disk_bytes(), and for LMs generate() / decode_seconds()."""
@@ -481,22 +481,6 @@ class ExecuTorchSlimModel:
         out = {meta_path(dest): meta_path(self.path)}
         out.update({dest.parent / f: self.path.parent / f for f in self.meta.get("tokenizer_files", [])})
         return out
-
-    def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
-        from ..models.wrapper import tokenize
-
-        return tokenize(self.tokenizer, self.pooling, texts, max_length, pairs)
-
-    @torch.inference_mode()
-    def embed(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
-        if self.kind != "embedding":
-            raise ValueError(f"embed() needs an embedding model; this one is {self.kind}")
-        pool = self.pooling or Pooling()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenize(texts[i : i + batch_size], max_length)
-            out.append(pool(self.model(**enc).last_hidden_state.float(), enc["attention_mask"]))
-        return torch.cat(out)
 
     def _greedy(self, input_ids, steps: int) -> tuple[torch.Tensor, float]:
         import time

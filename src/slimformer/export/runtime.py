@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ModelLoadError
-from ..models.wrapper import Pooling
+from ..models.wrapper import ArtifactText, Pooling
 from .options import MODEL_FILE, ONNX_META_FILE
 
 _log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def _np(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.int64))
 
 
-class OnnxSlimModel:
+class OnnxSlimModel(ArtifactText):
     """An exported folder loaded with ONNX Runtime (CPU). Quacks like SlimModel for evaluation:
     kind, tokenizer, pooling, source, meta, config, tokenize(), embed(), model(**enc), num_params().
 
@@ -234,24 +234,6 @@ class OnnxSlimModel:
     def memory_bytes(self) -> int:
         """The graph's initializers held in memory (about the .onnx file's size)."""
         return self.disk_bytes()["bytes"]
-
-    def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
-        from ..models.wrapper import tokenize
-
-        return tokenize(self.tokenizer, self.pooling, texts, max_length, pairs)
-
-    @torch.inference_mode()
-    def embed(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
-        """Sentence embeddings (B, H) with the exported pooling (mean if none)."""
-        if self.kind != "embedding":
-            raise ValueError(f"embed() needs an embedding model; this one is {self.kind}")
-        pool = self.pooling or Pooling()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenize(texts[i : i + batch_size], max_length)
-            hidden = self.model(**enc).last_hidden_state
-            out.append(pool(hidden.float(), enc["attention_mask"]))
-        return torch.cat(out)
 
     def _greedy(self, input_ids, steps: int) -> tuple[np.ndarray, float]:
         """(ids with `steps` greedy tokens appended, seconds of the steps after the prefill)."""

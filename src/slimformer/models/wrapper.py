@@ -87,6 +87,26 @@ class SlimModel:
         return torch.cat(out)
 
 
+class ArtifactText:
+    """tokenize() and embed() for a model another runtime runs (an ONNX folder, a .pte): it has
+    `tokenizer`, `pooling`, `kind`, and `model(**enc)` returning `last_hidden_state`."""
+
+    def tokenize(self, texts, max_length: int | None = None, pairs=None) -> dict[str, torch.Tensor]:
+        return tokenize(self.tokenizer, self.pooling, texts, max_length, pairs)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+        """Sentence embeddings (B, H) with the exported pooling (mean if none)."""
+        if self.kind != "embedding":
+            raise ValueError(f"embed() needs an embedding model; this one is {self.kind}")
+        pool = self.pooling or Pooling()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[i : i + batch_size], max_length)
+            out.append(pool(self.model(**enc).last_hidden_state.float(), enc["attention_mask"]))
+        return torch.cat(out)
+
+
 def tokenize(tokenizer, pooling: Pooling | None, texts, max_length: int | None = None, pairs=None) -> dict:
     """Padded, truncated tensors; max_length defaults to the pooling's max_seq_length, else 512."""
     max_length = max_length or (pooling.max_seq_length if pooling else None) or 512
