@@ -161,6 +161,11 @@ def test_cli_export_executorch_then_evaluate(tmp_path, capsys):
     assert [s["method"] for s in result["steps"]] == ["executorch"]
     assert main(["evaluate", str(out)]) == 0
     assert "throughput" in capsys.readouterr().out
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "tokenizer.json").write_text("{}")                                # a user's own tokenizer: left alone
+    assert main(["export", str(src), "--executorch", "--out", str(mine / "m.pte")]) != 0
+    assert "already holds tokenizer.json" in capsys.readouterr().err and (mine / "tokenizer.json").read_text() == "{}"
     assert main(["export", str(src), "--executorch", "--quantize", "int8-static", "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "accepted: int8, int4" in err[-1]

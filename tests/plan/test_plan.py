@@ -101,6 +101,10 @@ def test_plan_runs_trials_keeps_the_best_and_its_recipe_rebuilds_it(tmp_path):
     # the recipe in best/ rebuilds the same model from the original
     from slimformer.plan.trial import read_task
 
+    import yaml
+
+    steps = yaml.safe_load((out / "best" / "recipe.yaml").read_text())["steps"]
+    assert all(isinstance(st["optimize"], bool) for st in steps if st["method"] == "onnx")  # the choice made, pinned
     search = read_task(out / ".plan" / "search.json")  # re-run on the same data
     rebuilt = sf.compress(tiny_slim("bert", "embedding"), str(out / "best" / "recipe.yaml"), search,
                           tmp_path / "again", sf.CompressOptions(evaluation=False, unlabeled=sf.sample_sentences()))

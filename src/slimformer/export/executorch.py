@@ -46,6 +46,9 @@ PTE_QUANTIZE = ("int8", "int4")
 META_SUFFIX = ".json"  # model.pte -> model.pte.json
 MARK = "slimformer-executorch"
 KINDS = ("embedding", "classification", "causal-lm")
+# what tokenizers' save_pretrained may write beside the .pte (checked before a run writes there)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "tokenizer.model", "chat_template.jinja")
 
 
 def executorch_available() -> bool:

@@ -195,6 +195,20 @@ def _keep_if_best(out: Path, spec: PlanSpec, number: int, cand, fig: dict, value
     return keep
 
 
+def _pin_choices(steps: list, model_dir: Path) -> list:
+    """The steps with what the trial chose on this machine written in, so recipe.yaml rebuilds the
+    same model: an ONNX export's optimize="auto" (the optimized or plain graph, whichever ran faster
+    then; timing noise could pick the other one on a re-run, ~1e-5 apart)."""
+    from ..export.options import ONNX_META_FILE
+
+    meta = model_dir / ONNX_META_FILE
+    chosen = json.loads(meta.read_text()).get("optimize") if meta.exists() else None
+    if chosen is None:
+        return steps
+    return [{**st, "optimize": bool(chosen)} if isinstance(st, dict) and st.get("method") == "onnx"
+            and st.get("optimize", "auto") == "auto" else st for st in steps]
+
+
 def save_best(out: Path, number: int, label: str, steps: list, fig: dict, value: float, inside: bool,
               miss: float) -> None:
     import yaml
@@ -202,7 +216,8 @@ def save_best(out: Path, number: int, label: str, steps: list, fig: dict, value:
     from ..models.saving import atomic_folder
 
     src = out / "trials" / f"{number:04d}" / "model"
-    recipe = {"name": f"plan-trial-{number}", "description": f"found by slimformer plan: {label}", "steps": steps}
+    recipe = {"name": f"plan-trial-{number}", "description": f"found by slimformer plan: {label}",
+              "steps": _pin_choices(steps, src)}
 
     def write(tmp: Path) -> None:
         shutil.copytree(src, tmp, dirs_exist_ok=True)

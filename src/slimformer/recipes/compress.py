@@ -207,6 +207,13 @@ def _check_out(out, model) -> None:
         if p.exists() and (not p.is_file() or not mine(p)):
             raise SlimformerError(f"{p} exists and was not written by slimformer; refusing to overwrite it (give a "
                                   "new path)")
+        if p.suffix == ".pte":  # its tokenizer files go beside it: never over a tokenizer that is not ours
+            from ..export.executorch import TOKENIZER_FILES
+
+            theirs = [f for f in TOKENIZER_FILES if (p.parent / f).exists()]
+            if theirs and not any(written_by_slimformer(x) for x in p.parent.glob("*.pte")):
+                raise SlimformerError(f"{p.parent} already holds {', '.join(theirs)}, and a .pte's tokenizer files go "
+                                      "beside it; give --out in another folder")
         check_out_dir(p.parent / f".{p.name}.check")  # the folder can be written
         return
     check_out_dir(p)
