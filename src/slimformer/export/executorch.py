@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,6 +69,13 @@ def written_by_slimformer(pte: Path) -> bool:
         return json.loads(meta_path(pte).read_text()).get("format") == MARK
     except (OSError, ValueError):
         return False
+
+
+def foreign_tokenizer_files(folder: Path) -> list[str]:
+    """Tokenizer files already in `folder` that a .pte written there would put its own over: any of
+    TOKENIZER_FILES, unless the folder holds a .pte slimformer wrote (then they are its own)."""
+    theirs = [f for f in TOKENIZER_FILES if (folder / f).exists()]
+    return [] if not theirs or any(written_by_slimformer(p) for p in folder.glob("*.pte")) else theirs
 
 
 class DecomposedLayerNorm(nn.Module):

@@ -1,7 +1,9 @@
 """Save a SlimModel atomically: safetensors + config + tokenizer (+ pooling) + slimformer.json."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -189,6 +191,18 @@ def remove_stale(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def flock(path: Path):
+    """Hold an exclusive lock on the file at `path` (created if missing) while the block runs; other
+    processes taking the same lock wait."""
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class OutputLock:

@@ -7,21 +7,11 @@ enqueued trials). The lock makes the read and the write one step. A module of it
 Optuna) so the class is importable by name: Ray pickles the storage to its workers."""
 from __future__ import annotations
 
-import fcntl
-from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 
-
-@contextmanager
-def flock(path: Path):
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+from ..models.saving import flock
 
 
 class LockedStorage(optuna.storages.RDBStorage):

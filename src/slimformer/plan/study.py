@@ -169,7 +169,7 @@ def _typical_seconds(study, trains: bool) -> float | None:
 
 
 def plan_lock(out: Path):
-    from .storage import flock
+    from ..models.saving import flock
 
     return flock(out / ".plan" / "lock")
 

@@ -200,7 +200,7 @@ def _check_out(out, model) -> None:
             raise SlimformerError(f"--out {p} is the input model {src}, inside it or holds it; writing there would "
                                   "replace the input; give another folder")
     if p.suffix in (".gguf", ".pte"):
-        from ..export.executorch import written_by_slimformer
+        from ..export.executorch import foreign_tokenizer_files, written_by_slimformer
         from ..export.formats import gguf_written_by_slimformer
 
         mine = gguf_written_by_slimformer if p.suffix == ".gguf" else written_by_slimformer
@@ -208,10 +208,8 @@ def _check_out(out, model) -> None:
             raise SlimformerError(f"{p} exists and was not written by slimformer; refusing to overwrite it (give a "
                                   "new path)")
         if p.suffix == ".pte":  # its tokenizer files go beside it: never over a tokenizer that is not ours
-            from ..export.executorch import TOKENIZER_FILES
-
-            theirs = [f for f in TOKENIZER_FILES if (p.parent / f).exists()]
-            if theirs and not any(written_by_slimformer(x) for x in p.parent.glob("*.pte")):
+            theirs = foreign_tokenizer_files(p.parent)
+            if theirs:
                 raise SlimformerError(f"{p.parent} already holds {', '.join(theirs)}, and a .pte's tokenizer files go "
                                       "beside it; give --out in another folder")
         check_out_dir(p.parent / f".{p.name}.check")  # the folder can be written
