@@ -43,6 +43,30 @@ def test_decomposed_rms_norm_is_the_models_rms_norm():
     assert torch.allclose(DecomposedRMSNorm(norm, offset)(x), norm(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads, full_mask", [(4, False), (2, True)])
+def test_bmm_attention_is_eager_attention(kv_heads, full_mask):
+    """The exported encoders' attention (heads folded into the batch) equals transformers' eager
+    attention, with a padding mask per row or a full (B, 1, S, S) one, and grouped key/value heads."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from slimformer.export.executorch import _bmm_attention
+
+    b, h, s, d = 3, 4, 7, 8
+    q, k, v = torch.randn(b, h, s, d), torch.randn(b, kv_heads, s, d), torch.randn(b, kv_heads, s, d)
+    keep = torch.ones(b, s, dtype=torch.bool)
+    keep[1, 5:] = False
+    keep[2, 2:] = False
+    bias = torch.where(keep[:, None, None, :], 0.0, torch.finfo(torch.float32).min)
+    if full_mask:
+        bias = bias.expand(b, 1, s, s).clone()
+        bias[0, 0, 3, 6] = torch.finfo(torch.float32).min  # rows differ: not a padding mask
+    module = nn.Module()
+    module.num_key_value_groups, module.training = h // kv_heads, False
+    want, _ = eager_attention_forward(module, q, k, v, bias, scaling=d ** -0.5)
+    got, _ = _bmm_attention(module, q, k, v, bias, scaling=d ** -0.5)
+    assert got.shape == (b, s, h, d) and torch.allclose(got, want, atol=1e-5)
+
+
 def test_float_encoder_runs_in_executorch_as_in_pytorch(tmp_path):
     sm = tiny_slim("bert", "embedding")
     path = export_executorch(sm, tmp_path / "enc.pte")

@@ -14,10 +14,14 @@ channel for every linear layer (Int8DynamicActivationIntxWeightConfig); `int4` =
 (IntxWeightOnlyConfig, 4-bit in groups of 32 by default, `embedding_bits=8`: per row).
 
 Made for XNNPACK 1.5 (measured on MiniLM, int8, 2 threads): eager attention instead of the SDPA
-path (transformers' SDPA mask ops left 61 fragments, half the speed), LayerNorm written as
-mean/sub/rsqrt (XNNPACK has no layer_norm: it ran outside the delegate), reshapes with one
+path (transformers' SDPA mask ops left 61 fragments, half the speed), for encoders with the heads
+folded into the batch and a (B, 1, 1, S) padding bias (_bmm_attention: the (B, H, S, S) score
+reshapes of eager attention hold two symbolic sizes and ran outside XNNPACK, two copies per layer),
+LayerNorm written as mean/sub/rsqrt on a 4D view (XNNPACK has no layer_norm), reshapes with one
 symbolic size written with -1 (XNNPACK takes no symbolic reshape), and a fixed batch (`batch_size`,
 default 1: a phone runs one input at a time) with the sequence length dynamic up to `max_seq_len`.
+The encoder-fast student lowers to one XNNPACK program; only the embedding lookups and the mask run
+outside it.
 
 Beside FILE.pte: FILE.pte.json (what the runtime needs: kind, inputs, pooling, the model config,
 shapes, quantization) and the tokenizer files. Needs the `executorch` extra:
@@ -78,6 +82,13 @@ def foreign_tokenizer_files(folder: Path) -> list[str]:
     return [] if not theirs or any(written_by_slimformer(p) for p in folder.glob("*.pte")) else theirs
 
 
+def _four_d(x):
+    """(..., H) -> (..., 1, H): XNNPACK averages only a 4D tensor over its last two dimensions. A view,
+    not unsqueeze: XNNPACK takes no unsqueeze of a symbolic size, and the view's one symbolic size
+    becomes -1 (_symbolic_views_to_minus_one)."""
+    return x.view(*x.shape[:-1], 1, x.shape[-1])
+
+
 class DecomposedLayerNorm(nn.Module):
     """LayerNorm over the last dimension of a 3D input as mean / sub / mul / rsqrt (ops XNNPACK runs;
     it has no layer_norm). Same parameters, same result to float rounding."""
@@ -87,8 +98,7 @@ class DecomposedLayerNorm(nn.Module):
         self.weight, self.bias, self.eps = ln.weight, ln.bias, ln.eps
 
     def forward(self, x):
-        # XNNPACK averages only a 4D tensor over its last two dimensions: (..., H) -> (..., 1, H)
-        x4 = x.unsqueeze(-2)
+        x4 = _four_d(x)
         d = x4 - x4.mean((-2, -1), keepdim=True)
         y = d * torch.rsqrt((d * d).mean((-2, -1), keepdim=True) + self.eps)
         if self.weight is not None:
@@ -107,9 +117,64 @@ class DecomposedRMSNorm(nn.Module):
         self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
     def forward(self, x):
-        x4 = x.float().unsqueeze(-2)
+        x4 = _four_d(x.float())
         y = x4 * torch.rsqrt((x4 * x4).mean((-2, -1), keepdim=True) + self.eps)
         return (y.flatten(-2) * (self.weight.float() + self.offset)).to(x.dtype)
+
+
+ATTENTION = "slimformer_xnnpack"  # the attention implementation encoders are exported with
+
+
+def _padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None,
+                  dtype=torch.float32, **kwargs):
+    """transformers' mask for ATTENTION: a plain bidirectional mask over a 2D padding mask (an encoder's)
+    as an additive (batch, 1, 1, keys) bias, the same for every query row; anything else as the eager mask."""
+    from transformers.masking_utils import bidirectional_mask_function, eager_mask
+
+    if (mask_function is bidirectional_mask_function and q_offset == 0 and kv_offset == 0
+            and attention_mask is not None and attention_mask.ndim == 2):
+        keep = attention_mask[:, None, None, :kv_length].to(torch.bool)
+        return torch.where(keep, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype))
+    return eager_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function=mask_function,
+                      attention_mask=attention_mask, dtype=dtype, **kwargs)
+
+
+def _bmm_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with the heads folded into the batch ((B*H, S, D) bmm's), so that no reshape
+    holds two symbolic sizes: XNNPACK runs a reshape with at most one, and transformers' eager
+    attention reshapes the (B, H, S, S) scores (two per layer left outside XNNPACK, each a copy
+    through ExecuTorch's portable kernels). Takes a (B, 1, 1, S) mask (_padding_mask) or a full
+    (B, 1, S, S) one. Returns (B, S, H, D) and no attention weights."""
+    b, h, s, d = query.shape
+    if key.shape[1] != h:  # grouped-query attention: each key/value head serves h / kv heads
+        key, value = (t.repeat_interleave(h // t.shape[1], dim=1) for t in (key, value))
+    sk = key.shape[2]
+    scaling = d ** -0.5 if scaling is None else scaling
+    q = (query * scaling).reshape(b * h, s, d)
+    scores = torch.bmm(q, key.reshape(b * h, sk, d).transpose(1, 2))
+    if attention_mask is not None:
+        if attention_mask.shape[-2] == 1:
+            scores = scores + attention_mask.expand(b, h, 1, sk).reshape(b * h, 1, sk)
+        else:  # two symbolic sizes: correct, but this reshape runs outside XNNPACK
+            scores = (scores.view(b, h, s, sk) + attention_mask).reshape(b * h, s, sk)
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.bmm(probs, value.reshape(b * h, sk, value.shape[-1]))
+    return out.view(b, h, s, -1).transpose(1, 2).contiguous(), None
+
+
+def _use_bmm_attention(model: nn.Module) -> bool:
+    """Switch a transformers model to _bmm_attention (registered with transformers once); False when
+    the model has no attention implementation to choose (it keeps its own)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION, _bmm_attention)
+    AttentionMaskInterface.register(ATTENTION, _padding_mask)
+    try:
+        model.set_attn_implementation(ATTENTION)
+    except Exception:
+        return False
+    return True
 
 
 def _rms_norms(model: nn.Module) -> list[tuple[nn.Module, float]]:
@@ -129,13 +194,16 @@ def _rms_norms(model: nn.Module) -> list[tuple[nn.Module, float]]:
     return out
 
 
-def _prepare(model: nn.Module) -> nn.Module:
-    """The model as XNNPACK lowers it best (module docstring): eager attention, LayerNorm and the
+def _prepare(model: nn.Module, bmm_attention: bool = False) -> nn.Module:
+    """The model as XNNPACK lowers it best (module docstring): eager attention (`bmm_attention`:
+    _bmm_attention, for encoders), LayerNorm and the
     adapter's RMSNorms decomposed, embeddings without padding_idx (it only matters for gradients; torchao's quantized
     embedding pattern does not match with it)."""
     from ..models.surgery import replace_module
 
-    if hasattr(model, "set_attn_implementation"):
+    if bmm_attention and hasattr(model, "set_attn_implementation") and _use_bmm_attention(model):
+        pass
+    elif hasattr(model, "set_attn_implementation"):
         with contextlib.suppress(Exception):  # a model without the choice keeps its own
             model.set_attn_implementation("eager")
     for norm, offset in _rms_norms(model):
@@ -311,7 +379,7 @@ def _export_encoder(model, sm, quantize, group_size, embedding_bits, batch_size,
     names = input_names(sm)
     limit = max_seq_len or (sm.pooling.max_seq_length if getattr(sm, "pooling", None) else None) or 512
     limit = min(limit, getattr(sm.model.config, "max_position_embeddings", limit) or limit)
-    wrapper = _Encoder(_prepare(model), names, sm.kind).eval()
+    wrapper = _Encoder(_prepare(model, bmm_attention=True), names, sm.kind).eval()
     _quantize(wrapper, quantize, group_size, embedding_bits)
     enc = sm.tokenize(["an example sentence that is long enough to be typical"] * batch_size)
     example = {k: enc[k][:, : min(16, limit)].contiguous() for k in names}
