@@ -284,10 +284,12 @@ def _lower(ep, tag: str):
 
     edge = to_edge_transform_and_lower(ep, transform_passes=[RemoveNoopExpandCopyPass(), _symbolic_views_to_minus_one],
                                        partitioner=[XnnpackPartitioner()])
-    outside = sorted({str(getattr(n.target, "__name__", n.target)) for n in edge.exported_program().graph.nodes
-                      if n.op == "call_function" and "delegate" not in str(n.target) and "getitem" not in str(n.target)})
     prog = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True, do_quant_fusion_and_const_prop=True))
-    delegated = sum(1 for n in edge.exported_program().graph.nodes if "call_delegate" in str(n.target))
+    plan = prog.executorch_program.execution_plan[0]
+    # what the runtime runs with its own kernels, after to_executorch's fusions (a dequantize + embedding pair is
+    # one quantized_decomposed::embedding_4bit by then)
+    outside = sorted({f"{o.name}.{o.overload}" if o.overload else o.name for o in plan.operators})
+    delegated = len(plan.delegates)
     _log.info("%s: %d XNNPACK partitions; outside them: %s", tag, delegated, ", ".join(outside) or "nothing")
     return prog.buffer, {"xnnpack_partitions": delegated, "ops_outside_xnnpack": outside}
 
