@@ -137,10 +137,11 @@ def main() -> None:
     for _, size in runs:
         if not (CACHE / f"llama-{size}" / "model.safetensors.index.json").exists():
             raise SystemExit(f"no model llama-{size}: run python benchmarks/scale/make_models.py {size}")
-    rows = [measure(a, "w4", s, True) for s in a.whole.split(",") if s]
-    rows += [measure(a, m, s, False) for m, s in runs]
-    md = markdown(a, rows)
-    write(a.name, {"rows": rows, "samples": a.samples, "tokens": a.tokens, "shapes": SHAPES}, md, a.out)
+    rows = []
+    for method, size, whole in [("w4", s, True) for s in a.whole.split(",") if s] + [(m, s, False) for m, s in runs]:
+        rows.append(measure(a, method, size, whole))
+        # written after every run: a long series stopped part way keeps what it measured
+        write(a.name, {"rows": rows, "samples": a.samples, "tokens": a.tokens, "shapes": SHAPES}, markdown(a, rows), a.out)
     plot(rows, a.out / f"{a.name}.png")
 
 
