@@ -201,9 +201,7 @@ def _prepare(model: nn.Module, bmm_attention: bool = False) -> nn.Module:
     embedding pattern does not match with it)."""
     from ..models.surgery import replace_module
 
-    if bmm_attention and hasattr(model, "set_attn_implementation") and _use_bmm_attention(model):
-        pass
-    elif hasattr(model, "set_attn_implementation"):
+    if hasattr(model, "set_attn_implementation") and not (bmm_attention and _use_bmm_attention(model)):
         with contextlib.suppress(Exception):  # a model without the choice keeps its own
             model.set_attn_implementation("eager")
     for norm, offset in _rms_norms(model):
