@@ -162,7 +162,8 @@ def lm(a, tmp: Path) -> tuple[list, dict]:
 
 
 def _pte_lm(base, tmp: Path, q, threads: int):
-    """The SmolLM2 .pte (3-7 min to lower on 2 cores), kept in .cache/bench/edge and reused."""
+    """The SmolLM2 .pte (3-7 min to lower on 2 cores), kept in .cache/bench/edge and reused: delete it
+    there after changing the export."""
     from slimformer.export import export_executorch, load_executorch
     from slimformer.export.executorch import written_by_slimformer
 
