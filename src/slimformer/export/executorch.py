@@ -195,10 +195,10 @@ def _rms_norms(model: nn.Module) -> list[tuple[nn.Module, float]]:
 
 
 def _prepare(model: nn.Module, bmm_attention: bool = False) -> nn.Module:
-    """The model as XNNPACK lowers it best (module docstring): eager attention (`bmm_attention`:
-    _bmm_attention, for encoders), LayerNorm and the
-    adapter's RMSNorms decomposed, embeddings without padding_idx (it only matters for gradients; torchao's quantized
-    embedding pattern does not match with it)."""
+    """The model as XNNPACK lowers it best (module docstring): eager attention (_bmm_attention with
+    `bmm_attention`, for encoders), LayerNorm and the adapter's RMSNorms decomposed, embeddings without
+    padding_idx (it only matters for gradients; torchao's quantized embedding pattern does not match
+    with it)."""
     from ..models.surgery import replace_module
 
     if hasattr(model, "set_attn_implementation") and not (bmm_attention and _use_bmm_attention(model)):
